@@ -1,0 +1,24 @@
+//! A stream-processing engine in the style of Kafka Streams: topologies declared in Rust
+//! (source -> transforms -> sink) with typed serdes, run on Kafka through rdkafka, and
+//! testable in-process without a broker.
+//!
+//! - [`topology`]: the DSL ([`topology::TopologyBuilder`], [`topology::KStream`]) and the
+//!   per-partition executor.
+//! - [`serde`]: how keys and values become bytes.
+//! - [`testing`]: the test driver, Kafka Streams' `TopologyTestDriver` equivalent.
+//! - [`kafka`]: client configuration and the embedded broker (librdkafka's mock cluster).
+//! - [`runtime`]: runs topologies on Kafka with at-least-once delivery.
+//! - [`config`] and [`cli`]: the `engine` command, reusable from your own `main`.
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod record;
+pub mod runtime;
+pub mod serde;
+pub mod testing;
+pub mod topology;
+
+pub use catalog::{BuildContext, Catalog};

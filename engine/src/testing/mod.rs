@@ -1,0 +1,350 @@
+//! The test driver: runs a topology in-process with no broker, the equivalent of Kafka
+//! Streams' `TopologyTestDriver`. Pipe records into input topics, read what the topology
+//! wrote to output topics, and advance wall-clock time to fire punctuations.
+//!
+//! Everything runs synchronously on one task (partition 0). Records a topology writes to
+//! a topic it also reads are fed back in, as a broker would.
+//!
+//! ```
+//! use engine::serde::Serdes;
+//! use engine::testing::TestDriver;
+//! use engine::topology::{Consumed, Produced, TopologyBuilder};
+//!
+//! let b = TopologyBuilder::new("upper");
+//! b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()))
+//!     .map_values("upper", |v: String| v.to_uppercase())
+//!     .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
+//! let driver = TestDriver::new(b.build().unwrap());
+//! let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+//! let output = driver.output_topic("out", Serdes::string(), Serdes::string());
+//! input.pipe("k".to_string(), "hello".to_string()).unwrap();
+//! assert_eq!(output.read_key_value(), Some(("k".to_string(), "HELLO".to_string())));
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::{MetricsSnapshot, TopologyMetrics};
+use crate::record::{Headers, ProducedRecord, RawRecord, Record, Timestamp};
+use crate::serde::{Serde, Written};
+use crate::topology::{Outcome, RecordError, Task, Topology};
+
+/// Options for [`TestDriver::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct TestDriverOptions {
+    /// Initial wall-clock time in ms (default 0).
+    pub start_time: Timestamp,
+    /// Partition counts of topics, for sinks with a partitioner (default 1).
+    pub partition_counts: HashMap<String, i32>,
+}
+
+struct DriverState {
+    topology: Topology,
+    task: Task,
+    next_offset: HashMap<String, i64>,
+    outputs: HashMap<String, VecDeque<ProducedRecord>>,
+    wall_clock: Timestamp,
+    metrics: Arc<TopologyMetrics>,
+}
+
+/// Runs a topology in-process; see the module documentation.
+pub struct TestDriver {
+    state: Rc<RefCell<DriverState>>,
+}
+
+impl TestDriver {
+    /// A driver with wall-clock time starting at 0.
+    pub fn new(topology: Topology) -> Self {
+        Self::with_options(topology, TestDriverOptions::default())
+    }
+
+    /// A driver with the given options.
+    ///
+    /// # Panics
+    /// If a processor's `init` fails: the topology cannot start.
+    pub fn with_options(topology: Topology, options: TestDriverOptions) -> Self {
+        let metrics = Arc::new(TopologyMetrics::default());
+        let mut counts = options.partition_counts;
+        for t in topology.topics() {
+            counts.entry(t).or_insert(1);
+        }
+        let task = match Task::new(
+            &topology,
+            0,
+            Arc::new(counts),
+            options.start_time,
+            metrics.clone(),
+        ) {
+            Ok(task) => task,
+            Err(e) => panic!(
+                "topology `{}` failed to start: {e}",
+                topology.application_id()
+            ),
+        };
+        TestDriver {
+            state: Rc::new(RefCell::new(DriverState {
+                topology,
+                task,
+                next_offset: HashMap::new(),
+                outputs: HashMap::new(),
+                wall_clock: options.start_time,
+                metrics,
+            })),
+        }
+    }
+
+    /// A typed handle for piping records into `topic`.
+    pub fn input_topic<K, V>(
+        &self,
+        topic: &str,
+        key: impl Serde<K>,
+        value: impl Serde<V>,
+    ) -> TestInputTopic<K, V> {
+        TestInputTopic {
+            state: self.state.clone(),
+            topic: topic.to_string(),
+            key: Box::new(key),
+            value: Box::new(value),
+        }
+    }
+
+    /// A typed handle for reading what the topology wrote to `topic`.
+    pub fn output_topic<K, V>(
+        &self,
+        topic: &str,
+        key: impl Serde<K>,
+        value: impl Serde<V>,
+    ) -> TestOutputTopic<K, V> {
+        TestOutputTopic {
+            state: self.state.clone(),
+            topic: topic.to_string(),
+            key: Box::new(key),
+            value: Box::new(value),
+        }
+    }
+
+    /// Pipes raw bytes, for testing how bad input is handled.
+    pub fn pipe_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Timestamp,
+        headers: Headers,
+    ) -> Result<Outcome, RecordError> {
+        self.state
+            .borrow_mut()
+            .pipe(topic, key, value, timestamp, headers)
+    }
+
+    /// Reads the next raw record written to `topic` (including dead-letter topics).
+    pub fn read_raw(&self, topic: &str) -> Option<ProducedRecord> {
+        self.state
+            .borrow_mut()
+            .outputs
+            .get_mut(topic)
+            .and_then(VecDeque::pop_front)
+    }
+
+    /// Advances wall-clock time, firing wall-clock punctuations that become due.
+    pub fn advance_wall_clock(&self, by: Duration) -> Result<(), RecordError> {
+        let mut state = self.state.borrow_mut();
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        state.wall_clock = state.wall_clock.saturating_add(by);
+        let now = state.wall_clock;
+        let mut produced = Vec::new();
+        state.task.punctuate_wall_clock(now, &mut produced)?;
+        state.route(produced)
+    }
+
+    /// Current wall-clock time of the driver.
+    pub fn wall_clock(&self) -> Timestamp {
+        self.state.borrow().wall_clock
+    }
+
+    /// Counters of the topology.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.state.borrow().metrics.snapshot()
+    }
+}
+
+impl DriverState {
+    fn pipe(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Timestamp,
+        headers: Headers,
+    ) -> Result<Outcome, RecordError> {
+        let offset = self.next_offset.entry(topic.to_string()).or_insert(0);
+        let raw = RawRecord {
+            topic,
+            partition: 0,
+            offset: *offset,
+            timestamp,
+            key,
+            value,
+            headers,
+        };
+        *offset += 1;
+        let mut produced = Vec::new();
+        let outcome = self.task.process(&raw, self.wall_clock, &mut produced)?;
+        self.route(produced)?;
+        Ok(outcome)
+    }
+
+    /// Sends produced records to the outputs, or back into the topology when it reads
+    /// the topic.
+    fn route(&mut self, produced: Vec<ProducedRecord>) -> Result<(), RecordError> {
+        let mut queue: VecDeque<ProducedRecord> = produced.into();
+        while let Some(record) = queue.pop_front() {
+            TopologyMetrics::add(&self.metrics.records_out, 1);
+            if self
+                .topology
+                .source_topics()
+                .iter()
+                .any(|t| **t == *record.topic)
+            {
+                let mut more = Vec::new();
+                let offset = self
+                    .next_offset
+                    .entry(record.topic.to_string())
+                    .or_insert(0);
+                let raw = RawRecord {
+                    topic: &record.topic,
+                    partition: 0,
+                    offset: *offset,
+                    timestamp: record.timestamp,
+                    key: record.key.as_deref(),
+                    value: record.value.as_deref(),
+                    headers: record.headers.clone(),
+                };
+                *offset += 1;
+                self.task.process(&raw, self.wall_clock, &mut more)?;
+                queue.extend(more);
+            }
+            self.outputs
+                .entry(record.topic.to_string())
+                .or_default()
+                .push_back(record);
+        }
+        Ok(())
+    }
+}
+
+/// Typed input to one topic of a [`TestDriver`].
+pub struct TestInputTopic<K, V> {
+    state: Rc<RefCell<DriverState>>,
+    topic: String,
+    key: Box<dyn Serde<K>>,
+    value: Box<dyn Serde<V>>,
+}
+
+impl<K: 'static, V: 'static> TestInputTopic<K, V> {
+    /// Pipes a record stamped with the driver's current wall-clock time.
+    pub fn pipe(&self, key: K, value: V) -> Result<Outcome, RecordError> {
+        let now = self.state.borrow().wall_clock;
+        self.pipe_record(Record::new(key, value, now))
+    }
+
+    /// Pipes a record with an explicit timestamp.
+    pub fn pipe_at(&self, key: K, value: V, timestamp: Timestamp) -> Result<Outcome, RecordError> {
+        self.pipe_record(Record::new(key, value, timestamp))
+    }
+
+    /// Pipes a full record (key, value, timestamp, headers).
+    ///
+    /// # Panics
+    /// If the test's own serdes cannot serialize the record.
+    pub fn pipe_record(&self, record: Record<K, V>) -> Result<Outcome, RecordError> {
+        let mut key = Vec::new();
+        let key = match self.key.serialize(&self.topic, &record.key, &mut key) {
+            Ok(Written::Bytes) => Some(key),
+            Ok(Written::Null) => None,
+            Err(e) => panic!("test input key does not serialize: {e}"),
+        };
+        let mut value = Vec::new();
+        let value = match self.value.serialize(&self.topic, &record.value, &mut value) {
+            Ok(Written::Bytes) => Some(value),
+            Ok(Written::Null) => None,
+            Err(e) => panic!("test input value does not serialize: {e}"),
+        };
+        self.state.borrow_mut().pipe(
+            &self.topic,
+            key.as_deref(),
+            value.as_deref(),
+            record.timestamp,
+            record.headers,
+        )
+    }
+}
+
+/// Typed output of one topic of a [`TestDriver`].
+pub struct TestOutputTopic<K, V> {
+    state: Rc<RefCell<DriverState>>,
+    topic: String,
+    key: Box<dyn Serde<K>>,
+    value: Box<dyn Serde<V>>,
+}
+
+impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
+    /// The next record, decoded; `None` when the topic has nothing more.
+    ///
+    /// # Panics
+    /// If the record does not decode with the test's serdes: that is a test failure.
+    pub fn read_record(&self) -> Option<Record<K, V>> {
+        let raw = self
+            .state
+            .borrow_mut()
+            .outputs
+            .get_mut(&self.topic)
+            .and_then(VecDeque::pop_front)?;
+        let key = self
+            .key
+            .deserialize(&self.topic, raw.key.as_deref())
+            .unwrap_or_else(|e| panic!("output key on `{}` does not decode: {e}", self.topic));
+        let value = self
+            .value
+            .deserialize(&self.topic, raw.value.as_deref())
+            .unwrap_or_else(|e| panic!("output value on `{}` does not decode: {e}", self.topic));
+        Some(Record {
+            key,
+            value,
+            timestamp: raw.timestamp,
+            headers: raw.headers,
+        })
+    }
+
+    /// The next key and value.
+    pub fn read_key_value(&self) -> Option<(K, V)> {
+        self.read_record().map(|r| (r.key, r.value))
+    }
+
+    /// The next value.
+    pub fn read_value(&self) -> Option<V> {
+        self.read_record().map(|r| r.value)
+    }
+
+    /// Every remaining record.
+    pub fn read_records(&self) -> Vec<Record<K, V>> {
+        std::iter::from_fn(|| self.read_record()).collect()
+    }
+
+    /// Every remaining key and value.
+    pub fn read_key_values(&self) -> Vec<(K, V)> {
+        std::iter::from_fn(|| self.read_key_value()).collect()
+    }
+
+    /// True when nothing is left to read.
+    pub fn is_empty(&self) -> bool {
+        self.state
+            .borrow()
+            .outputs
+            .get(&self.topic)
+            .is_none_or(VecDeque::is_empty)
+    }
+}

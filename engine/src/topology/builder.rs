@@ -1,0 +1,441 @@
+//! Declaring a topology: [`TopologyBuilder`] creates sources, [`KStream`] handles chain
+//! operators, and `build()` validates the whole graph and freezes it into a [`Topology`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::serde::{Serde, SerdeInfo};
+
+use super::error::{DecodeError, Problem, TopologyError};
+use super::node::{Datum, NodeFactory, NodeInstance, SourceDecoder, TypeSig};
+use super::policy::ErrorPolicy;
+use super::processor::{Processor, ProcessorNode};
+
+/// Bounds every key and value type in a topology meets: records are cloned when a stream
+/// fans out, and tasks move between threads.
+pub trait Data: Clone + Send + 'static {}
+impl<T: Clone + Send + 'static> Data for T {}
+
+/// How a source reads its topics: the key and value serdes.
+pub struct Consumed<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
+}
+
+impl<K, V> Consumed<K, V> {
+    /// Reads keys with `key` and values with `value`.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Consumed {
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
+    }
+}
+
+/// Chooses a partition from the key, the value and the topic's partition count.
+pub type Partitioner<K, V> = Arc<dyn Fn(&K, &V, i32) -> i32 + Send + Sync>;
+
+/// How a sink writes its topic: the key and value serdes and an optional partitioner.
+pub struct Produced<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
+    pub(crate) partitioner: Option<Partitioner<K, V>>,
+}
+
+impl<K, V> Produced<K, V> {
+    /// Writes keys with `key` and values with `value`; the producer partitions by key.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Produced {
+            key: Arc::new(key),
+            value: Arc::new(value),
+            partitioner: None,
+        }
+    }
+
+    /// Chooses the partition with `f(key, value, partition_count)` instead.
+    pub fn partitioner(mut self, f: impl Fn(&K, &V, i32) -> i32 + Send + Sync + 'static) -> Self {
+        self.partitioner = Some(Arc::new(f));
+        self
+    }
+}
+
+/// What kind of node, with what it needs to run.
+#[derive(Clone)]
+pub(crate) enum NodeKind {
+    Source {
+        topics: Vec<String>,
+        key: SerdeInfo,
+        value: SerdeInfo,
+        decoder: Arc<dyn SourceDecoder>,
+    },
+    Processor {
+        operator: &'static str,
+        factory: NodeFactory,
+    },
+    Sink {
+        topic: String,
+        key: SerdeInfo,
+        value: SerdeInfo,
+        factory: NodeFactory,
+    },
+}
+
+/// One node as declared.
+#[derive(Clone)]
+pub(crate) struct NodeSpec {
+    pub name: String,
+    pub kind: NodeKind,
+    pub parents: Vec<String>,
+    /// Types the node accepts (`None` for sources).
+    pub input: Option<TypeSig>,
+    /// Types the node emits (`None` for sinks).
+    pub output: Option<TypeSig>,
+}
+
+impl NodeSpec {
+    pub fn factory(&self) -> Option<&NodeFactory> {
+        match &self.kind {
+            NodeKind::Processor { factory, .. } | NodeKind::Sink { factory, .. } => Some(factory),
+            NodeKind::Source { .. } => None,
+        }
+    }
+}
+
+pub(crate) struct BuilderState {
+    pub application_id: String,
+    pub nodes: Vec<NodeSpec>,
+    pub error_policy: ErrorPolicy,
+}
+
+/// Declares a topology.
+///
+/// ```
+/// use engine::topology::{TopologyBuilder, Consumed, Produced};
+/// use engine::serde::Serdes;
+///
+/// let builder = TopologyBuilder::new("shout");
+/// builder
+///     .stream("words", ["words"], Consumed::with(Serdes::string(), Serdes::string()))
+///     .map_values("upper", |v: String| v.to_uppercase())
+///     .to("to-shouts", "shouts", Produced::with(Serdes::string(), Serdes::string()));
+/// let topology = builder.build().unwrap();
+/// assert!(topology.describe().contains("Sink: to-shouts (topic: shouts)"));
+/// ```
+pub struct TopologyBuilder {
+    state: Rc<RefCell<BuilderState>>,
+}
+
+impl TopologyBuilder {
+    /// A builder for the topology with this application id (also its consumer group).
+    pub fn new(application_id: impl Into<String>) -> Self {
+        TopologyBuilder {
+            state: Rc::new(RefCell::new(BuilderState {
+                application_id: application_id.into(),
+                nodes: Vec::new(),
+                error_policy: ErrorPolicy::default(),
+            })),
+        }
+    }
+
+    /// Sets what happens to records that fail (default: fail the topology).
+    pub fn error_policy(&self, policy: ErrorPolicy) -> &Self {
+        self.state.borrow_mut().error_policy = policy;
+        self
+    }
+
+    /// A stream of the records of `topics`, decoded with `consumed`'s serdes.
+    pub fn stream<K: Data, V: Data, T: Into<String>>(
+        &self,
+        name: &str,
+        topics: impl IntoIterator<Item = T>,
+        consumed: Consumed<K, V>,
+    ) -> KStream<K, V> {
+        let spec = NodeSpec {
+            name: name.to_string(),
+            kind: NodeKind::Source {
+                topics: topics.into_iter().map(Into::into).collect(),
+                key: consumed.key.info(),
+                value: consumed.value.info(),
+                decoder: Arc::new(TypedDecoder {
+                    key: consumed.key,
+                    value: consumed.value,
+                }),
+            },
+            parents: Vec::new(),
+            input: None,
+            output: Some(TypeSig::of::<K, V>()),
+        };
+        self.state.borrow_mut().nodes.push(spec);
+        KStream::new(self.state.clone(), name)
+    }
+
+    /// Adds a processor fed by the nodes named in `parents` (the Processor API, for
+    /// wiring by name); returns its output stream.
+    pub fn add_processor<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P>(
+        &self,
+        name: &str,
+        parents: &[&str],
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<KOut, VOut>
+    where
+        P: Processor<KIn, VIn, KOut, VOut>,
+    {
+        add_processor_node::<KIn, VIn, KOut, VOut, P>(
+            &self.state,
+            name,
+            "process",
+            parents.iter().map(|p| p.to_string()).collect(),
+            factory,
+        );
+        KStream::new(self.state.clone(), name)
+    }
+
+    /// Every problem with the topology as declared so far; empty when it is valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let state = self.state.borrow();
+        super::validate::problems(&state.nodes)
+    }
+
+    /// Validates and freezes the topology; the error lists every problem at once.
+    pub fn build(self) -> Result<Topology, TopologyError> {
+        let state = self.state.borrow();
+        let problems = super::validate::problems(&state.nodes);
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid {
+                topology: state.application_id.clone(),
+                problems,
+            });
+        }
+        Ok(Topology::freeze(&state))
+    }
+}
+
+pub(crate) fn add_node(state: &Rc<RefCell<BuilderState>>, spec: NodeSpec) {
+    state.borrow_mut().nodes.push(spec);
+}
+
+pub(crate) fn add_processor_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P>(
+    state: &Rc<RefCell<BuilderState>>,
+    name: &str,
+    operator: &'static str,
+    parents: Vec<String>,
+    factory: impl Fn() -> P + Send + Sync + 'static,
+) where
+    P: Processor<KIn, VIn, KOut, VOut>,
+{
+    let factory: NodeFactory = Arc::new(move || {
+        Box::new(ProcessorNode::<P, KIn, VIn, KOut, VOut>::new(factory())) as Box<dyn NodeInstance>
+    });
+    add_node(
+        state,
+        NodeSpec {
+            name: name.to_string(),
+            kind: NodeKind::Processor { operator, factory },
+            parents,
+            input: Some(TypeSig::of::<KIn, VIn>()),
+            output: Some(TypeSig::of::<KOut, VOut>()),
+        },
+    );
+}
+
+struct TypedDecoder<K, V> {
+    key: Arc<dyn Serde<K>>,
+    value: Arc<dyn Serde<V>>,
+}
+
+impl<K: Data, V: Data> SourceDecoder for TypedDecoder<K, V> {
+    fn decode(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(Datum, Datum), DecodeError> {
+        let k = self
+            .key
+            .deserialize(topic, key)
+            .map_err(|source| DecodeError {
+                part: "key",
+                source,
+            })?;
+        let v = self
+            .value
+            .deserialize(topic, value)
+            .map_err(|source| DecodeError {
+                part: "value",
+                source,
+            })?;
+        Ok((Box::new(k), Box::new(v)))
+    }
+}
+
+/// A typed stream of records: the output of one node, to which operators attach.
+pub struct KStream<K, V> {
+    pub(crate) state: Rc<RefCell<BuilderState>>,
+    pub(crate) node: String,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for KStream<K, V> {
+    fn clone(&self) -> Self {
+        KStream::new(self.state.clone(), &self.node)
+    }
+}
+
+impl<K, V> KStream<K, V> {
+    pub(crate) fn new(state: Rc<RefCell<BuilderState>>, node: &str) -> Self {
+        KStream {
+            state,
+            node: node.to_string(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The name of the node whose output this stream is.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+}
+
+impl<K: Data, V: Data> KStream<K, V> {
+    /// Attaches a processor node to this stream; the building block of every operator.
+    pub(crate) fn attach<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        operator: &'static str,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
+        add_processor_node::<K, V, K2, V2, P>(
+            &self.state,
+            name,
+            operator,
+            vec![self.node.clone()],
+            factory,
+        );
+        KStream::new(self.state.clone(), name)
+    }
+}
+
+/// A validated topology, ready to run on Kafka or in the test driver. Cheap to clone.
+#[derive(Clone)]
+pub struct Topology {
+    pub(crate) inner: Arc<TopologyInner>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("application_id", &self.inner.application_id)
+            .field("nodes", &self.inner.nodes.len())
+            .finish()
+    }
+}
+
+pub(crate) struct TopologyInner {
+    pub application_id: String,
+    pub nodes: Vec<NodeSpec>,
+    pub children: Vec<Vec<usize>>,
+    pub child_names: Vec<Vec<Arc<str>>>,
+    pub sources_by_topic: HashMap<String, usize>,
+    pub error_policy: ErrorPolicy,
+}
+
+impl Topology {
+    fn freeze(state: &BuilderState) -> Topology {
+        let index: HashMap<&str, usize> = state
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut children = vec![Vec::new(); state.nodes.len()];
+        for (i, node) in state.nodes.iter().enumerate() {
+            for parent in &node.parents {
+                // Validation has proven every parent name resolves.
+                if let Some(&p) = index.get(parent.as_str()) {
+                    children[p].push(i);
+                }
+            }
+        }
+        let child_names = children
+            .iter()
+            .map(|c: &Vec<usize>| {
+                c.iter()
+                    .map(|&i| Arc::from(state.nodes[i].name.as_str()))
+                    .collect()
+            })
+            .collect();
+        let mut sources_by_topic = HashMap::new();
+        for (i, node) in state.nodes.iter().enumerate() {
+            if let NodeKind::Source { topics, .. } = &node.kind {
+                for t in topics {
+                    sources_by_topic.insert(t.clone(), i);
+                }
+            }
+        }
+        Topology {
+            inner: Arc::new(TopologyInner {
+                application_id: state.application_id.clone(),
+                nodes: state.nodes.clone(),
+                children,
+                child_names,
+                sources_by_topic,
+                error_policy: state.error_policy.clone(),
+            }),
+        }
+    }
+
+    /// The application id: consumer group, and prefix of internal topics and stores.
+    pub fn application_id(&self) -> &str {
+        &self.inner.application_id
+    }
+
+    /// The error policy.
+    pub fn error_policy(&self) -> &ErrorPolicy {
+        &self.inner.error_policy
+    }
+
+    /// Topics the topology reads, sorted.
+    pub fn source_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.inner.sources_by_topic.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// Topics the topology writes (sinks and dead-letter topics), sorted.
+    pub fn sink_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .inner
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Sink { topic, .. } => Some(topic.clone()),
+                _ => None,
+            })
+            .chain(
+                self.inner
+                    .error_policy
+                    .dead_letter_topics()
+                    .into_iter()
+                    .map(String::from),
+            )
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Every topic the topology touches, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut t = self.source_topics();
+        t.extend(self.sink_topics());
+        t.sort();
+        t.dedup();
+        t
+    }
+}

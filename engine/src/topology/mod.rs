@@ -1,0 +1,28 @@
+//! The topology DSL: declaring a graph of sources, operators and sinks with typed keys
+//! and values, validating it, describing it, and executing it one partition at a time
+//! ([`Task`]).
+//!
+//! Knows serdes only through the [`Serde`](crate::serde::Serde) trait and no Kafka client,
+//! so the test driver can run any topology without a broker. May depend on `record`,
+//! `serde` and `metrics`.
+
+mod builder;
+mod describe;
+mod error;
+mod node;
+mod operators;
+mod policy;
+mod processor;
+pub(crate) mod task;
+mod validate;
+
+pub use builder::{Consumed, Data, KStream, Partitioner, Produced, Topology, TopologyBuilder};
+pub use error::{
+    DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
+};
+pub use operators::Branch;
+pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
+pub use processor::{Processor, ProcessorContext, PunctuationType, ScheduleId};
+pub use task::{Outcome, Task};
+
+pub(crate) use task::dead_letter_record;

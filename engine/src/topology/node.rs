@@ -1,0 +1,245 @@
+//! The type-erased graph a task executes: records whose key and value are boxed, node
+//! instances behind one object-safe trait, and the context a node runs in.
+//!
+//! The typed DSL (`builder`, `processor`) is a thin layer over this; keeping the graph
+//! untyped lets one task hold nodes of any key and value types.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::record::{Headers, ProducedRecord, RecordMetadata, Timestamp};
+
+use super::error::ProcessingError;
+use super::processor::{PunctuationType, ScheduleId};
+
+/// A value that can be cloned behind a box, for fan-out to several children.
+pub(crate) trait AnyData: Any + Send {
+    fn clone_data(&self) -> Datum;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Any + Send + Clone> AnyData for T {
+    fn clone_data(&self) -> Datum {
+        Box::new(self.clone())
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+pub(crate) type Datum = Box<dyn AnyData>;
+
+/// Unboxes a datum into the type the receiving node was built for.
+pub(crate) fn unbox<T: 'static>(datum: Datum, node: &str) -> Result<T, ProcessingError> {
+    datum
+        .into_any()
+        .downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| ProcessingError::TypeMismatch {
+            node: node.to_string(),
+            expected: std::any::type_name::<T>(),
+        })
+}
+
+/// A record between two nodes.
+pub(crate) struct ErasedRecord {
+    pub key: Datum,
+    pub value: Datum,
+    pub timestamp: Timestamp,
+    pub headers: Headers,
+}
+
+impl Clone for ErasedRecord {
+    fn clone(&self) -> Self {
+        ErasedRecord {
+            key: self.key.clone_data(),
+            value: self.value.clone_data(),
+            timestamp: self.timestamp,
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// The Rust key and value types on one side of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TypeSig {
+    pub key: TypeId,
+    pub value: TypeId,
+    pub key_name: &'static str,
+    pub value_name: &'static str,
+}
+
+impl TypeSig {
+    pub fn of<K: 'static, V: 'static>() -> Self {
+        TypeSig {
+            key: TypeId::of::<K>(),
+            value: TypeId::of::<V>(),
+            key_name: std::any::type_name::<K>(),
+            value_name: std::any::type_name::<V>(),
+        }
+    }
+}
+
+/// One node of one task: created per task from its factory.
+pub(crate) trait NodeInstance: Send {
+    fn init(&mut self, _ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        record: ErasedRecord,
+        ctx: &mut NodeContext<'_>,
+    ) -> Result<(), ProcessingError>;
+    fn punctuate(
+        &mut self,
+        _schedule: ScheduleId,
+        _timestamp: Timestamp,
+        _ctx: &mut NodeContext<'_>,
+    ) -> Result<(), ProcessingError> {
+        Ok(())
+    }
+}
+
+/// Creates a node's per-task instance.
+pub(crate) type NodeFactory = Arc<dyn Fn() -> Box<dyn NodeInstance> + Send + Sync>;
+
+/// Turns a source's raw bytes into an erased record.
+pub(crate) trait SourceDecoder: Send + Sync {
+    fn decode(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(Datum, Datum), super::error::DecodeError>;
+}
+
+/// A punctuation registered by a node of a task.
+#[derive(Clone, Debug)]
+pub(crate) struct Schedule {
+    pub node: usize,
+    pub id: ScheduleId,
+    pub kind: PunctuationType,
+    pub interval_ms: i64,
+    /// Next time (stream or wall-clock) at which it fires; `None` until the first
+    /// stream time is known for stream-time schedules.
+    pub next: Option<Timestamp>,
+    pub cancelled: bool,
+}
+
+/// Read-only facts about the task a node runs in.
+pub(crate) struct TaskInfo {
+    pub application_id: Arc<str>,
+    pub partition: i32,
+    pub partition_counts: Arc<HashMap<String, i32>>,
+}
+
+/// Everything a node may touch while it runs.
+pub(crate) struct NodeContext<'a> {
+    pub node: usize,
+    pub node_name: &'a str,
+    pub children: &'a [usize],
+    pub child_names: &'a [Arc<str>],
+    /// Records forwarded by the node, in order, with the child they go to.
+    pub forwarded: &'a mut Vec<(usize, ErasedRecord)>,
+    /// Records written by sinks.
+    pub produced: &'a mut Vec<ProducedRecord>,
+    pub schedules: &'a mut Vec<Schedule>,
+    pub next_schedule_id: &'a mut u32,
+    pub metadata: Option<&'a RecordMetadata>,
+    pub stream_time: Timestamp,
+    pub wall_clock: Timestamp,
+    pub task: &'a TaskInfo,
+}
+
+/// The operations a typed `ProcessorContext` forwards to; object-safe so the typed
+/// context can borrow a `NodeContext` of any lifetime.
+pub(crate) trait NodeOps {
+    fn forward(&mut self, record: ErasedRecord);
+    fn forward_to(&mut self, child: &str, record: ErasedRecord) -> Result<(), ProcessingError>;
+    fn child_names(&self) -> &[Arc<str>];
+    fn metadata(&self) -> Option<&RecordMetadata>;
+    fn task(&self) -> &TaskInfo;
+    fn stream_time(&self) -> Timestamp;
+    fn wall_clock(&self) -> Timestamp;
+    fn schedule(&mut self, interval_ms: i64, kind: PunctuationType) -> ScheduleId;
+    fn cancel(&mut self, id: ScheduleId);
+    fn produce(&mut self, record: ProducedRecord);
+}
+
+impl NodeOps for NodeContext<'_> {
+    fn child_names(&self) -> &[Arc<str>] {
+        self.child_names
+    }
+    fn metadata(&self) -> Option<&RecordMetadata> {
+        self.metadata
+    }
+    fn task(&self) -> &TaskInfo {
+        self.task
+    }
+    fn stream_time(&self) -> Timestamp {
+        self.stream_time
+    }
+    fn wall_clock(&self) -> Timestamp {
+        self.wall_clock
+    }
+    fn produce(&mut self, record: ProducedRecord) {
+        self.produced.push(record);
+    }
+
+    /// Sends a record to every child; the last child gets the original, the others a clone.
+    fn forward(&mut self, record: ErasedRecord) {
+        match self.children.split_last() {
+            None => {}
+            Some((last, rest)) => {
+                for &child in rest {
+                    self.forwarded.push((child, record.clone()));
+                }
+                self.forwarded.push((*last, record));
+            }
+        }
+    }
+
+    /// Sends a record to the child with this name.
+    fn forward_to(&mut self, child: &str, record: ErasedRecord) -> Result<(), ProcessingError> {
+        let index = self
+            .child_names
+            .iter()
+            .position(|n| &**n == child)
+            .ok_or_else(|| ProcessingError::UnknownChild {
+                node: self.node_name.to_string(),
+                child: child.to_string(),
+                children: self.child_names.iter().map(|c| c.to_string()).collect(),
+            })?;
+        self.forwarded.push((self.children[index], record));
+        Ok(())
+    }
+
+    fn schedule(&mut self, interval_ms: i64, kind: PunctuationType) -> ScheduleId {
+        let id = ScheduleId(*self.next_schedule_id);
+        *self.next_schedule_id += 1;
+        let next = match kind {
+            PunctuationType::WallClockTime => Some(self.wall_clock + interval_ms),
+            PunctuationType::StreamTime => {
+                (self.stream_time != Timestamp::MIN).then_some(self.stream_time + interval_ms)
+            }
+        };
+        self.schedules.push(Schedule {
+            node: self.node,
+            id,
+            kind,
+            interval_ms: interval_ms.max(1),
+            next,
+            cancelled: false,
+        });
+        id
+    }
+
+    fn cancel(&mut self, id: ScheduleId) {
+        for s in self.schedules.iter_mut() {
+            if s.node == self.node && s.id == id {
+                s.cancelled = true;
+            }
+        }
+    }
+}

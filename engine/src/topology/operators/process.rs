@@ -1,0 +1,36 @@
+//! `process`: a custom [`Processor`] with full access to its context.
+
+use crate::topology::builder::{Data, KStream};
+use crate::topology::processor::Processor;
+
+impl<K: Data, V: Data> KStream<K, V> {
+    /// Runs a custom processor; `factory` makes one instance per task (partition).
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Consumed, Processor, ProcessorContext, ProcessingError};
+    /// # use engine::record::Record;
+    /// # use engine::serde::Serdes;
+    /// struct Count(i64);
+    /// impl Processor<String, String, String, i64> for Count {
+    ///     fn process(&mut self, r: Record<String, String>, ctx: &mut ProcessorContext<'_, String, i64>)
+    ///         -> Result<(), ProcessingError> {
+    ///         self.0 += 1;
+    ///         ctx.forward(r.with_value(self.0));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let b = TopologyBuilder::new("app");
+    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
+    /// let counts = s.process("count", || Count(0));
+    /// ```
+    pub fn process<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
+        self.attach(name, "process", factory)
+    }
+}

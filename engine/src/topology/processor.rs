@@ -1,0 +1,223 @@
+//! The processor API: what `KStream::process` runs, and what every built-in operator is
+//! written in. A processor sees one record at a time with its context (key, value,
+//! timestamp, headers, source partition and offset), forwards records to all or named
+//! children, and can schedule punctuations on stream time or wall-clock time.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::record::{ProducedRecord, Record, RecordMetadata, Timestamp};
+
+use super::error::ProcessingError;
+use super::node::{ErasedRecord, NodeContext, NodeInstance, NodeOps, unbox};
+
+/// When a punctuation's clock advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PunctuationType {
+    /// The largest record timestamp the task has seen; advances only with input.
+    StreamTime,
+    /// The system clock; fires even when no input arrives.
+    WallClockTime,
+}
+
+/// Identifies one scheduled punctuation of a processor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ScheduleId(pub(crate) u32);
+
+/// Custom record processing, one instance per task (partition).
+///
+/// ```
+/// use engine::topology::{Processor, ProcessorContext, ProcessingError};
+/// use engine::record::Record;
+///
+/// /// Forwards each value with its source offset appended.
+/// struct TagOffset;
+///
+/// impl Processor<String, String, String, String> for TagOffset {
+///     fn process(
+///         &mut self,
+///         record: Record<String, String>,
+///         ctx: &mut ProcessorContext<'_, String, String>,
+///     ) -> Result<(), ProcessingError> {
+///         let offset = ctx.offset().unwrap_or(-1);
+///         let value = format!("{}@{offset}", record.value);
+///         ctx.forward(record.with_value(value));
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Processor<KIn, VIn, KOut, VOut>: Send + 'static {
+    /// Called once when the task starts, before any record.
+    fn init(&mut self, _ctx: &mut ProcessorContext<'_, KOut, VOut>) -> Result<(), ProcessingError> {
+        Ok(())
+    }
+
+    /// Handles one record.
+    fn process(
+        &mut self,
+        record: Record<KIn, VIn>,
+        ctx: &mut ProcessorContext<'_, KOut, VOut>,
+    ) -> Result<(), ProcessingError>;
+
+    /// Called when a schedule made with [`ProcessorContext::schedule`] fires.
+    fn punctuate(
+        &mut self,
+        _schedule: ScheduleId,
+        _timestamp: Timestamp,
+        _ctx: &mut ProcessorContext<'_, KOut, VOut>,
+    ) -> Result<(), ProcessingError> {
+        Ok(())
+    }
+}
+
+/// What a processor can see and do while it handles a record or a punctuation.
+pub struct ProcessorContext<'a, K, V> {
+    inner: &'a mut (dyn NodeOps + 'a),
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<'a, K, V> ProcessorContext<'a, K, V> {
+    pub(crate) fn new(inner: &'a mut (dyn NodeOps + 'a)) -> Self {
+        ProcessorContext {
+            inner,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, K, V> {
+    /// Sends a record to every child of this node.
+    pub fn forward(&mut self, record: Record<K, V>) {
+        self.inner.forward(erase(record));
+    }
+
+    /// Sends a record to the child with this name only.
+    pub fn forward_to(&mut self, child: &str, record: Record<K, V>) -> Result<(), ProcessingError> {
+        self.inner.forward_to(child, erase(record))
+    }
+
+    /// Names of this node's children, for `forward_to`.
+    pub fn children(&self) -> impl Iterator<Item = &str> {
+        self.inner.child_names().iter().map(|c| &**c)
+    }
+
+    /// Topic, partition and offset of the record being processed (`None` in a punctuation).
+    pub fn record_metadata(&self) -> Option<&RecordMetadata> {
+        self.inner.metadata()
+    }
+
+    /// Source topic of the record being processed.
+    pub fn topic(&self) -> Option<&str> {
+        self.inner.metadata().map(|m| &*m.topic)
+    }
+
+    /// Offset of the record being processed.
+    pub fn offset(&self) -> Option<i64> {
+        self.inner.metadata().map(|m| m.offset)
+    }
+
+    /// The partition of the task this processor instance belongs to.
+    pub fn partition(&self) -> i32 {
+        self.inner.task().partition
+    }
+
+    /// The application id (consumer group) of the topology.
+    pub fn application_id(&self) -> &str {
+        &self.inner.task().application_id
+    }
+
+    /// Largest record timestamp this task has seen (`i64::MIN` before the first record).
+    pub fn stream_time(&self) -> Timestamp {
+        self.inner.stream_time()
+    }
+
+    /// Current wall-clock time as the runtime (or test driver) sees it.
+    pub fn wall_clock_time(&self) -> Timestamp {
+        self.inner.wall_clock()
+    }
+
+    /// Number of partitions of a topic, when the runtime knows it (sink topics).
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.inner.task().partition_counts.get(topic).copied()
+    }
+
+    /// Calls [`Processor::punctuate`] every `interval` of the chosen clock.
+    pub fn schedule(&mut self, interval: Duration, kind: PunctuationType) -> ScheduleId {
+        let ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        self.inner.schedule(ms, kind)
+    }
+
+    /// Stops a schedule.
+    pub fn cancel(&mut self, schedule: ScheduleId) {
+        self.inner.cancel(schedule)
+    }
+
+    /// Writes already-serialized bytes (used by sinks).
+    pub(crate) fn produce(&mut self, record: ProducedRecord) {
+        self.inner.produce(record)
+    }
+}
+
+pub(crate) fn erase<K: Clone + Send + 'static, V: Clone + Send + 'static>(
+    record: Record<K, V>,
+) -> ErasedRecord {
+    ErasedRecord {
+        key: Box::new(record.key),
+        value: Box::new(record.value),
+        timestamp: record.timestamp,
+        headers: record.headers,
+    }
+}
+
+/// Runs a typed [`Processor`] as an erased graph node.
+pub(crate) struct ProcessorNode<P, KIn, VIn, KOut, VOut> {
+    pub processor: P,
+    pub _types: PhantomData<fn(KIn, VIn, KOut, VOut)>,
+}
+
+impl<P, KIn, VIn, KOut, VOut> ProcessorNode<P, KIn, VIn, KOut, VOut> {
+    pub fn new(processor: P) -> Self {
+        ProcessorNode {
+            processor,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<P, KIn, VIn, KOut, VOut> NodeInstance for ProcessorNode<P, KIn, VIn, KOut, VOut>
+where
+    P: Processor<KIn, VIn, KOut, VOut>,
+    KIn: Send + 'static,
+    VIn: Send + 'static,
+    KOut: Clone + Send + 'static,
+    VOut: Clone + Send + 'static,
+{
+    fn init(&mut self, ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        self.processor.init(&mut ProcessorContext::new(ctx))
+    }
+
+    fn process(
+        &mut self,
+        record: ErasedRecord,
+        ctx: &mut NodeContext<'_>,
+    ) -> Result<(), ProcessingError> {
+        let record = Record {
+            key: unbox::<KIn>(record.key, ctx.node_name)?,
+            value: unbox::<VIn>(record.value, ctx.node_name)?,
+            timestamp: record.timestamp,
+            headers: record.headers,
+        };
+        self.processor
+            .process(record, &mut ProcessorContext::new(ctx))
+    }
+
+    fn punctuate(
+        &mut self,
+        schedule: super::processor::ScheduleId,
+        timestamp: Timestamp,
+        ctx: &mut NodeContext<'_>,
+    ) -> Result<(), ProcessingError> {
+        self.processor
+            .punctuate(schedule, timestamp, &mut ProcessorContext::new(ctx))
+    }
+}

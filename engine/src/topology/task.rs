@@ -1,0 +1,447 @@
+//! A task: one instance of a topology's nodes for one partition, executing records
+//! depth-first through the graph. The runtime and the test driver both drive tasks; the
+//! task itself knows nothing of Kafka. It applies the error policy, so a bad record
+//! becomes a skip, a dead-letter record, or an error for the caller to stop on.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use crate::metrics::TopologyMetrics;
+use crate::record::{Headers, ProducedRecord, RawRecord, RecordMetadata, Timestamp};
+
+use super::builder::{Topology, TopologyInner};
+use super::error::{ErrorClass, ProcessingError, RecordError};
+use super::node::{ErasedRecord, NodeContext, NodeInstance, Schedule, TaskInfo};
+use super::policy::{OnError, headers};
+use super::processor::PunctuationType;
+
+/// What became of one input record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It went through the topology.
+    Processed,
+    /// The error policy skipped it.
+    Skipped,
+    /// The error policy wrote it to a dead-letter topic.
+    DeadLettered,
+}
+
+/// One partition's instance of a topology.
+pub struct Task {
+    topology: Arc<TopologyInner>,
+    info: TaskInfo,
+    nodes: Vec<Option<Box<dyn NodeInstance>>>,
+    schedules: Vec<Schedule>,
+    next_schedule_id: u32,
+    stream_time: Timestamp,
+    stack: Vec<(usize, ErasedRecord)>,
+    forwarded: Vec<(usize, ErasedRecord)>,
+    topic_names: HashMap<String, Arc<str>>,
+    metrics: Arc<TopologyMetrics>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("application_id", &self.info.application_id)
+            .field("partition", &self.info.partition)
+            .finish()
+    }
+}
+
+impl Task {
+    /// Creates the nodes for `partition` and runs their `init`.
+    pub fn new(
+        topology: &Topology,
+        partition: i32,
+        partition_counts: Arc<HashMap<String, i32>>,
+        wall_clock: Timestamp,
+        metrics: Arc<TopologyMetrics>,
+    ) -> Result<Task, RecordError> {
+        let inner = topology.inner.clone();
+        let nodes = inner
+            .nodes
+            .iter()
+            .map(|spec| spec.factory().map(|f| f()))
+            .collect();
+        let topic_names = inner
+            .sources_by_topic
+            .keys()
+            .map(|t| (t.clone(), Arc::from(t.as_str())))
+            .collect();
+        let mut task = Task {
+            info: TaskInfo {
+                application_id: Arc::from(inner.application_id.as_str()),
+                partition,
+                partition_counts,
+            },
+            topology: inner,
+            nodes,
+            schedules: Vec::new(),
+            next_schedule_id: 0,
+            stream_time: Timestamp::MIN,
+            stack: Vec::new(),
+            forwarded: Vec::new(),
+            topic_names,
+            metrics,
+        };
+        let mut produced = Vec::new();
+        for i in 0..task.nodes.len() {
+            task.call(i, None, wall_clock, &mut produced, |node, ctx| {
+                node.init(ctx)
+            })
+            .map_err(|e| RecordError {
+                class: ErrorClass::Processing,
+                topic: String::new(),
+                partition,
+                offset: -1,
+                field: e.field_name().map(String::from),
+                message: format!("init of node `{}` failed: {e}", task.topology.nodes[i].name),
+            })?;
+        }
+        Ok(task)
+    }
+
+    /// The partition this task owns.
+    pub fn partition(&self) -> i32 {
+        self.info.partition
+    }
+
+    /// Largest timestamp seen so far.
+    pub fn stream_time(&self) -> Timestamp {
+        self.stream_time
+    }
+
+    /// Runs one consumed record through the topology, appending what it produces (and
+    /// any dead-letter record) to `out`. An `Err` means the policy is `fail`: nothing the
+    /// record caused is left in `out`, and the caller must stop before committing it.
+    pub fn process(
+        &mut self,
+        raw: &RawRecord<'_>,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<Outcome, RecordError> {
+        TopologyMetrics::add(&self.metrics.records_in, 1);
+        let Some(&source) = self.topology.sources_by_topic.get(raw.topic) else {
+            return self.on_error(
+                ErrorClass::Processing,
+                raw,
+                None,
+                format!("no source of this topology reads topic `{}`", raw.topic),
+                out,
+            );
+        };
+        let super::builder::NodeKind::Source { decoder, .. } = &self.topology.nodes[source].kind
+        else {
+            // `sources_by_topic` only ever points at source nodes (built in `freeze`).
+            return self.on_error(
+                ErrorClass::Processing,
+                raw,
+                None,
+                "internal: topic mapped to a non-source node".into(),
+                out,
+            );
+        };
+        let (key, value) = match decoder.decode(raw.topic, raw.key, raw.value) {
+            Ok(kv) => kv,
+            Err(e) => {
+                let field = e.source.field().map(|f| format!("{}.{f}", e.part));
+                let field = field.or_else(|| Some(e.part.to_string()));
+                return self.on_error(ErrorClass::Deserialization, raw, field, e.to_string(), out);
+            }
+        };
+        self.stream_time = self.stream_time.max(raw.timestamp);
+        let record = ErasedRecord {
+            key,
+            value,
+            timestamp: raw.timestamp,
+            headers: raw.headers.clone(),
+        };
+        let metadata = RecordMetadata {
+            topic: self
+                .topic_names
+                .get(raw.topic)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(raw.topic)),
+            partition: raw.partition,
+            offset: raw.offset,
+        };
+        let mark = out.len();
+        let children = &self.topology.children[source];
+        self.stack.clear();
+        if let Some((last, rest)) = children.split_last() {
+            // Clones for all children but the last, which takes the original; pushed so
+            // the first child is on top of the stack and runs first.
+            let mut clones: Vec<_> = rest.iter().map(|&c| (c, record.clone())).collect();
+            self.stack.push((*last, record));
+            while let Some(clone) = clones.pop() {
+                self.stack.push(clone);
+            }
+        }
+        if let Err(failure) = self.drain(Some(&metadata), wall_clock, out) {
+            let (node, e) = *failure;
+            out.truncate(mark);
+            let field = e.field_name().map(String::from);
+            let message = format!("node `{node}`: {e}");
+            return self.on_error(ErrorClass::Processing, raw, field, message, out);
+        }
+        self.fire(
+            PunctuationType::StreamTime,
+            self.stream_time,
+            wall_clock,
+            out,
+        )?;
+        Ok(Outcome::Processed)
+    }
+
+    /// Fires the wall-clock punctuations that are due at `now`.
+    pub fn punctuate_wall_clock(
+        &mut self,
+        now: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<(), RecordError> {
+        self.fire(PunctuationType::WallClockTime, now, now, out)
+    }
+
+    fn fire(
+        &mut self,
+        kind: PunctuationType,
+        now: Timestamp,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<(), RecordError> {
+        if self.schedules.is_empty() {
+            return Ok(());
+        }
+        let mut index = 0;
+        while index < self.schedules.len() {
+            let s = &mut self.schedules[index];
+            index += 1;
+            if s.kind != kind || s.cancelled {
+                continue;
+            }
+            let next = *s.next.get_or_insert(now.saturating_add(s.interval_ms));
+            if now < next {
+                continue;
+            }
+            // Fire once however many intervals were missed, then realign to the grid.
+            let missed = (now - next) / s.interval_ms + 1;
+            s.next = Some(next + missed * s.interval_ms);
+            let (node, id) = (s.node, s.id);
+            TopologyMetrics::add(&self.metrics.punctuations, 1);
+            let mark = out.len();
+            let result = self
+                .call(node, None, wall_clock, out, |n, ctx| {
+                    n.punctuate(id, now, ctx)
+                })
+                .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
+                .and_then(|()| {
+                    self.stack.clear();
+                    let forwarded: Vec<_> = self.forwarded.drain(..).rev().collect();
+                    self.stack.extend(forwarded);
+                    self.drain(None, wall_clock, out)
+                });
+            if let Err(failure) = result {
+                let (node, e) = *failure;
+                out.truncate(mark);
+                TopologyMetrics::add(&self.metrics.processing_errors, 1);
+                let error = RecordError {
+                    class: ErrorClass::Processing,
+                    topic: String::new(),
+                    partition: self.info.partition,
+                    offset: -1,
+                    field: e.field_name().map(String::from),
+                    message: format!("punctuation of node `{node}`: {e}"),
+                };
+                match self.topology.error_policy.processing {
+                    OnError::Fail => return Err(error),
+                    // There is no input record to dead-letter: count and log it.
+                    OnError::Skip | OnError::DeadLetter(_) => {
+                        TopologyMetrics::add(&self.metrics.skipped, 1);
+                        tracing::warn!(application = %self.info.application_id, %error, "punctuation failed; skipped by the error policy");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes the stack depth-first until it is empty.
+    fn drain(
+        &mut self,
+        metadata: Option<&RecordMetadata>,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<(), Box<(String, ProcessingError)>> {
+        while let Some((node, record)) = self.stack.pop() {
+            self.call(node, metadata, wall_clock, out, |n, ctx| {
+                n.process(record, ctx)
+            })
+            .map_err(|e| (self.topology.nodes[node].name.clone(), e))?;
+            // Reverse so the first record forwarded is processed first.
+            while let Some(next) = self.forwarded.pop() {
+                self.stack.push(next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls one node with a context, catching panics so a bad record cannot kill the task.
+    fn call(
+        &mut self,
+        node: usize,
+        metadata: Option<&RecordMetadata>,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+        f: impl FnOnce(&mut dyn NodeInstance, &mut NodeContext<'_>) -> Result<(), ProcessingError>,
+    ) -> Result<(), ProcessingError> {
+        let Some(instance) = self.nodes[node].as_deref_mut() else {
+            return Ok(());
+        };
+        self.forwarded.clear();
+        let mut ctx = NodeContext {
+            node,
+            node_name: &self.topology.nodes[node].name,
+            children: &self.topology.children[node],
+            child_names: &self.topology.child_names[node],
+            forwarded: &mut self.forwarded,
+            produced: out,
+            schedules: &mut self.schedules,
+            next_schedule_id: &mut self.next_schedule_id,
+            metadata,
+            stream_time: self.stream_time,
+            wall_clock,
+            task: &self.info,
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(instance, &mut ctx))) {
+            Ok(result) => result,
+            Err(panic) => Err(ProcessingError::Panicked {
+                node: self.topology.nodes[node].name.clone(),
+                message: panic_message(&panic),
+            }),
+        }
+    }
+
+    fn on_error(
+        &mut self,
+        class: ErrorClass,
+        raw: &RawRecord<'_>,
+        field: Option<String>,
+        message: String,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<Outcome, RecordError> {
+        let counter = match class {
+            ErrorClass::Deserialization => &self.metrics.deserialization_errors,
+            ErrorClass::Processing => &self.metrics.processing_errors,
+            ErrorClass::Production => &self.metrics.production_errors,
+        };
+        TopologyMetrics::add(counter, 1);
+        let error = RecordError {
+            class,
+            topic: raw.topic.to_string(),
+            partition: raw.partition,
+            offset: raw.offset,
+            field,
+            message,
+        };
+        match self.topology.error_policy.for_class(class) {
+            OnError::Fail => Err(error),
+            OnError::Skip => {
+                TopologyMetrics::add(&self.metrics.skipped, 1);
+                tracing::warn!(
+                    application = %self.info.application_id,
+                    topic = raw.topic,
+                    partition = raw.partition,
+                    offset = raw.offset,
+                    field = error.field.as_deref().unwrap_or(""),
+                    %error,
+                    "record skipped by the error policy"
+                );
+                Ok(Outcome::Skipped)
+            }
+            OnError::DeadLetter(topic) => {
+                TopologyMetrics::add(&self.metrics.dead_lettered, 1);
+                tracing::warn!(
+                    application = %self.info.application_id,
+                    topic = raw.topic,
+                    partition = raw.partition,
+                    offset = raw.offset,
+                    dead_letter_topic = %topic,
+                    %error,
+                    "record sent to the dead-letter topic"
+                );
+                out.push(dead_letter_record(
+                    topic,
+                    &self.info.application_id,
+                    &error,
+                    raw.key,
+                    raw.value,
+                    raw.timestamp,
+                    &raw.headers,
+                ));
+                Ok(Outcome::DeadLettered)
+            }
+        }
+    }
+}
+
+/// The record the error policy writes to a dead-letter topic: the original bytes and
+/// headers, plus headers saying what failed and where.
+pub(crate) fn dead_letter_record(
+    topic: &str,
+    application_id: &str,
+    error: &RecordError,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    timestamp: Timestamp,
+    original_headers: &Headers,
+) -> ProducedRecord {
+    let mut h = original_headers.clone();
+    h.add(
+        headers::ERROR_CLASS,
+        Some(error.class.as_str().as_bytes().to_vec()),
+    );
+    h.add(
+        headers::ERROR_MESSAGE,
+        Some(error.message.as_bytes().to_vec()),
+    );
+    if let Some(field) = &error.field {
+        h.add(headers::ERROR_FIELD, Some(field.as_bytes().to_vec()));
+    }
+    h.add(headers::SOURCE_TOPIC, Some(error.topic.as_bytes().to_vec()));
+    h.add(
+        headers::SOURCE_PARTITION,
+        Some(error.partition.to_string().into_bytes()),
+    );
+    h.add(
+        headers::SOURCE_OFFSET,
+        Some(error.offset.to_string().into_bytes()),
+    );
+    h.add(
+        headers::SOURCE_TIMESTAMP,
+        Some(timestamp.to_string().into_bytes()),
+    );
+    h.add(
+        headers::APPLICATION_ID,
+        Some(application_id.as_bytes().to_vec()),
+    );
+    ProducedRecord {
+        topic: Arc::from(topic),
+        partition: None,
+        key: key.map(<[u8]>::to_vec),
+        value: value.map(<[u8]>::to_vec),
+        timestamp,
+        headers: h,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".into()
+    }
+}
