@@ -1,0 +1,278 @@
+//! Kafka client plumbing: building librdkafka configurations from the engine's settings
+//! (with the properties the engine owns refused), forwarding librdkafka's logs, errors
+//! and statistics to `tracing`, and the embedded broker.
+//!
+//! May depend on `rdkafka`; knows nothing of topologies.
+
+mod embedded;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+
+pub use embedded::EmbeddedBroker;
+
+/// librdkafka properties the engine sets itself; users are told what to use instead.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "bootstrap.servers",
+        "use --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS",
+    ),
+    (
+        "group.id",
+        "the consumer group is the topology's application id",
+    ),
+    (
+        "enable.auto.commit",
+        "the engine commits offsets itself, after outputs are acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the engine stores offsets itself",
+    ),
+];
+
+/// Errors in client configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientConfigError {
+    /// A property the engine manages.
+    #[error("librdkafka property `{key}` is set by the engine: {hint}")]
+    Owned {
+        /// The property.
+        key: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// librdkafka refused a property or its value.
+    #[error(
+        "librdkafka refused `{key}={value}`: {reason} (see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md)"
+    )]
+    Refused {
+        /// The property.
+        key: String,
+        /// Its value.
+        value: String,
+        /// librdkafka's message.
+        reason: String,
+    },
+}
+
+/// Where the broker is, and the librdkafka properties passed through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties. Keys prefixed `consumer.` or `producer.` apply to
+    /// that client only; others to both.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Which client a configuration is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRole {
+    /// A consumer.
+    Consumer,
+    /// A producer.
+    Producer,
+}
+
+impl ClientSettings {
+    /// Checks every pass-through property against librdkafka, reporting all problems.
+    pub fn validate(&self) -> Vec<ClientConfigError> {
+        let mut errors = Vec::new();
+        for (key, value) in &self.properties {
+            let (role, bare) = split_role(key);
+            if let Some((_, hint)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == bare) {
+                errors.push(ClientConfigError::Owned {
+                    key: key.clone(),
+                    hint,
+                });
+                continue;
+            }
+            let mut probe = ClientConfig::new();
+            probe.set(bare, value);
+            // librdkafka checks names and values when the native config is created.
+            if let Err(e) = probe.create_native_config() {
+                let _ = role;
+                errors.push(ClientConfigError::Refused {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason: kafka_reason(&e),
+                });
+            }
+        }
+        errors
+    }
+
+    /// The librdkafka configuration for one client role, with defaults the engine relies
+    /// on; user properties are applied last except the ones the engine owns.
+    pub fn client_config(&self, role: ClientRole) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        // librdkafka drops messages above this level before they reach `tracing`; its
+        // `debug` contexts are only useful with debug messages let through.
+        let debugging = self.properties.keys().any(|k| split_role(k).1 == "debug");
+        config.set_log_level(if debugging {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Info
+        });
+        match role {
+            ClientRole::Consumer => {
+                config
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("enable.partition.eof", "false");
+            }
+            ClientRole::Producer => {
+                // Java clients partition keyed records with murmur2; matching it keeps
+                // keys on the same partitions whichever client wrote them.
+                config
+                    .set("acks", "all")
+                    .set("enable.idempotence", "true")
+                    .set("partitioner", "murmur2_random")
+                    .set("linger.ms", "5");
+            }
+        }
+        for (key, value) in &self.properties {
+            let (only, bare) = split_role(key);
+            if only.is_none_or(|r| r == role) {
+                config.set(bare, value);
+            }
+        }
+        config
+    }
+}
+
+fn split_role(key: &str) -> (Option<ClientRole>, &str) {
+    if let Some(k) = key.strip_prefix("consumer.") {
+        (Some(ClientRole::Consumer), k)
+    } else if let Some(k) = key.strip_prefix("producer.") {
+        (Some(ClientRole::Producer), k)
+    } else {
+        (None, key)
+    }
+}
+
+/// The human part of a librdkafka error.
+pub(crate) fn kafka_reason(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, desc, _, _) => desc.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Forwards librdkafka's logs, errors and statistics to `tracing`.
+pub(crate) fn forward_log(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", client, facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", client, facility, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", client, facility, "{message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", client, facility, "{message}")
+        }
+    }
+}
+
+pub(crate) fn forward_error(client: &str, error: &KafkaError, reason: &str) {
+    tracing::error!(target: "librdkafka", client, %error, "{reason}");
+}
+
+pub(crate) fn forward_stats(client: &str, stats: &Statistics) {
+    tracing::info!(
+        target: "librdkafka::stats",
+        client,
+        name = %stats.name,
+        msg_cnt = stats.msg_cnt,
+        tx_msgs = stats.txmsgs,
+        rx_msgs = stats.rxmsgs,
+        brokers = stats.brokers.len(),
+        "statistics"
+    );
+}
+
+/// A client context that only forwards logs, for auxiliary clients (admin checks,
+/// the CLI's own produce and consume).
+#[derive(Clone, Debug, Default)]
+pub struct TracingContext {
+    /// A label for log lines.
+    pub client: &'static str,
+}
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log(self.client, level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(self.client, &error, reason);
+    }
+    fn stats(&self, statistics: Statistics) {
+        forward_stats(self.client, &statistics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_and_unknown_properties_are_refused_with_a_hint() {
+        let settings = ClientSettings {
+            bootstrap_servers: "localhost:9092".into(),
+            properties: [
+                ("group.id".to_string(), "x".to_string()),
+                ("no.such.property".to_string(), "1".to_string()),
+                ("linger.ms".to_string(), "not-a-number".to_string()),
+                ("producer.linger.ms".to_string(), "20".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let errors: Vec<String> = settings.validate().iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("group.id") && e.contains("application id"))
+        );
+        assert!(errors.iter().any(|e| e.contains("no.such.property")));
+        assert!(errors.iter().any(|e| e.contains("linger.ms=not-a-number")));
+    }
+
+    #[test]
+    fn role_prefixed_properties_apply_to_one_client() {
+        let settings = ClientSettings {
+            bootstrap_servers: "b:1".into(),
+            properties: [("producer.linger.ms".to_string(), "20".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(
+            settings
+                .client_config(ClientRole::Producer)
+                .get("linger.ms"),
+            Some("20")
+        );
+        assert_eq!(
+            settings
+                .client_config(ClientRole::Consumer)
+                .get("linger.ms"),
+            None
+        );
+    }
+}

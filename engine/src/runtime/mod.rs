@@ -1,0 +1,201 @@
+//! The runtime: topologies on Kafka, all on one shared tokio executor.
+//!
+//! Joins the topology layer to rdkafka. One [`TopologyRunner`] per topology instance:
+//! its consumer group is the application id, so more instances share the partitions.
+//! At-least-once: an input offset is committed only after everything it caused has been
+//! acknowledged by the broker.
+
+mod runner;
+mod tracker;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::kafka::ClientSettings;
+use crate::topology::{RecordError, Topology};
+
+pub use runner::TopologyRunner;
+
+/// How topologies run.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// Broker address and librdkafka properties.
+    pub client: ClientSettings,
+    /// How often offsets are committed.
+    pub commit_interval: Duration,
+    /// Input records whose outputs are unacknowledged before partitions are paused.
+    pub max_in_flight: usize,
+    /// How long to wait for the broker at start-up.
+    pub startup_timeout: Duration,
+    /// How long to wait for outputs to be acknowledged at shutdown or revocation.
+    pub shutdown_timeout: Duration,
+    /// How often wall-clock punctuations are checked.
+    pub punctuation_interval: Duration,
+}
+
+impl RunSettings {
+    /// Defaults for everything but the broker address.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        RunSettings {
+            client: ClientSettings {
+                bootstrap_servers: bootstrap_servers.into(),
+                properties: Default::default(),
+            },
+            commit_interval: Duration::from_millis(crate::config::defaults::COMMIT_INTERVAL_MS),
+            max_in_flight: crate::config::defaults::MAX_IN_FLIGHT,
+            startup_timeout: Duration::from_millis(crate::config::defaults::STARTUP_TIMEOUT_MS),
+            shutdown_timeout: Duration::from_millis(crate::config::defaults::SHUTDOWN_TIMEOUT_MS),
+            punctuation_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a topology stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// No broker answered at start-up.
+    #[error(
+        "no Kafka broker answered at {bootstrap} within {timeout:?} ({reason}); check KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers, or use --embedded for a local in-process broker"
+    )]
+    BrokerUnreachable {
+        /// The address tried.
+        bootstrap: String,
+        /// How long it waited.
+        timeout: Duration,
+        /// librdkafka's message.
+        reason: String,
+    },
+    /// Topics the topology needs do not exist.
+    #[error("topics missing on the broker at {bootstrap}: {}. Create them (kafka-topics.sh --create --topic NAME --partitions N), start `engine dev --topic NAME:N`, or run with --embedded", topics.join(", "))]
+    MissingTopics {
+        /// The broker.
+        bootstrap: String,
+        /// The missing topics.
+        topics: Vec<String>,
+    },
+    /// A Kafka client could not be created or used.
+    #[error("kafka {what} failed: {reason}")]
+    Client {
+        /// Which client or operation.
+        what: &'static str,
+        /// librdkafka's message.
+        reason: String,
+    },
+    /// A record failed and the error policy says `fail`; its offset was not committed.
+    #[error(
+        "stopped by the error policy (its offset is not committed; fix the cause or change the policy, then restart): {0}"
+    )]
+    Record(RecordError),
+    /// A topology task panicked or was cancelled.
+    #[error("topology `{application}` crashed: {reason}")]
+    Crashed {
+        /// The topology.
+        application: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Tells runners to stop. Cloneable; every clone sees the same trigger.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Fires a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Asks every runner to drain, commit and stop.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    /// A shutdown signal and its trigger.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// A shutdown that fires on SIGINT or SIGTERM. Must be called inside a tokio runtime.
+    pub fn on_signals() -> Shutdown {
+        let (trigger, shutdown) = Shutdown::new();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: draining, committing and stopping");
+            trigger.trigger();
+        });
+        shutdown
+    }
+
+    /// True once triggered.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until triggered (or the trigger is dropped).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs several topologies on the current tokio runtime until `shutdown`; the first
+/// fatal error stops the others cleanly and is returned.
+pub async fn run_topologies(
+    topologies: Vec<Topology>,
+    settings: RunSettings,
+    mut shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    let (stop_all, stop) = Shutdown::new();
+    let mut handles = tokio::task::JoinSet::new();
+    for topology in topologies {
+        let application = topology.application_id().to_string();
+        let runner = TopologyRunner::new(topology, settings.clone());
+        let stop = stop.clone();
+        handles.spawn(async move { (application, runner.run(stop).await) });
+    }
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait(), if !stop.is_triggered() => stop_all.trigger(),
+            joined = handles.join_next() => match joined {
+                None => break,
+                Some(Ok((_, Ok(())))) => {}
+                Some(Ok((application, Err(error)))) => {
+                    tracing::error!(%application, %error, "topology failed");
+                    first_error.get_or_insert(error);
+                    stop_all.trigger();
+                }
+                Some(Err(join_error)) => {
+                    first_error.get_or_insert(RuntimeError::Crashed {
+                        application: "?".into(),
+                        reason: join_error.to_string(),
+                    });
+                    stop_all.trigger();
+                }
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

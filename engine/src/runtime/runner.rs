@@ -1,0 +1,684 @@
+//! One topology instance on Kafka: a consumer in the topology's group, a producer, and
+//! the loop between them.
+//!
+//! consume -> task (deserialize, process, serialize) -> produce -> acknowledge -> commit.
+//! Offsets are committed only up to records whose outputs the broker has acknowledged;
+//! when too many records are in flight the assigned partitions are paused (librdkafka's
+//! fetch queue is bounded, and nothing else buffers); revoked partitions are flushed and
+//! committed before they go; shutdown drains, commits and closes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{
+    BorrowedMessage, DeliveryResult, Header, Headers as _, Message, OwnedHeaders,
+};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{ClientRole, forward_error, forward_log, forward_stats, kafka_reason};
+use crate::metrics::TopologyMetrics;
+use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
+use crate::topology::{ErrorClass, OnError, RecordError, Task, Topology, dead_letter_record};
+
+use super::tracker::{DeliveryFailure, DeliveryToken, OffsetTracker, Slot};
+use super::{RunSettings, RuntimeError, Shutdown};
+
+type EngineProducer = ThreadedProducer<ProduceContext>;
+
+/// Producer callbacks: acknowledgements feed the offset tracker.
+pub(crate) struct ProduceContext {
+    tracker: Arc<OffsetTracker>,
+    metrics: Arc<TopologyMetrics>,
+}
+
+impl ClientContext for ProduceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log("producer", level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error("producer", &error, reason);
+    }
+    fn stats(&self, statistics: Statistics) {
+        forward_stats("producer", &statistics);
+    }
+}
+
+impl ProducerContext for ProduceContext {
+    type DeliveryOpaque = Box<DeliveryToken>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Box<DeliveryToken>) {
+        match result {
+            Ok(_) => {
+                TopologyMetrics::add(&self.metrics.records_out, 1);
+                self.tracker.acknowledged(token.source);
+            }
+            Err((error, message)) => self.tracker.failed(DeliveryFailure {
+                source: token.source,
+                error: error.clone(),
+                topic: message.topic().to_string(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                timestamp: message.timestamp().to_millis().unwrap_or(0),
+                headers: headers_of(message),
+            }),
+        }
+    }
+}
+
+enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Consumer callbacks: revoked partitions are flushed and committed before they go.
+pub(crate) struct ConsumeContext {
+    application_id: String,
+    tracker: Arc<OffsetTracker>,
+    metrics: Arc<TopologyMetrics>,
+    producer: OnceLock<Arc<EngineProducer>>,
+    events: Mutex<Vec<RebalanceEvent>>,
+    flush_timeout: Duration,
+}
+
+impl ClientContext for ConsumeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log("consumer", level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error("consumer", &error, reason);
+    }
+    fn stats(&self, statistics: Statistics) {
+        forward_stats("consumer", &statistics);
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for ConsumeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(application = %self.application_id, ?partitions, "partitions revoked: finishing their work");
+                if let Some(producer) = self.producer.get() {
+                    if let Err(error) = producer.flush(self.flush_timeout) {
+                        tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
+                    }
+                }
+                let commits = self
+                    .tracker
+                    .take_commits(|t, p| partitions.iter().any(|(rt, rp)| rt == t && *rp == p));
+                commit(
+                    consumer,
+                    &commits,
+                    CommitMode::Sync,
+                    &self.application_id,
+                    &self.metrics,
+                );
+                for (topic, partition) in &partitions {
+                    self.tracker.deactivate(topic, *partition);
+                }
+                lock(&self.events).push(RebalanceEvent::Revoked(partitions));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => {
+                tracing::error!(application = %self.application_id, %error, "rebalance error")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
+            lock(&self.events).push(RebalanceEvent::Assigned(partitions));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn commit<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    commits: &[(String, i32, i64)],
+    mode: CommitMode,
+    application_id: &str,
+    metrics: &TopologyMetrics,
+) {
+    if commits.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in commits {
+        if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::error!(application = %application_id, topic, partition, offset, %error, "cannot build commit");
+        }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            TopologyMetrics::add(&metrics.commits, 1);
+            tracing::debug!(application = %application_id, ?commits, "offsets committed");
+        }
+        Err(error) => {
+            tracing::warn!(application = %application_id, %error, ?commits, "offset commit failed; it is retried with the next commit")
+        }
+    }
+}
+
+fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
+    match message.headers() {
+        None => Headers::new(),
+        Some(h) => h
+            .iter()
+            .map(|h| RecordHeader {
+                key: h.key.to_string(),
+                value: h.value.map(<[u8]>::to_vec),
+            })
+            .collect(),
+    }
+}
+
+fn now_ms() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs one topology on Kafka until shutdown or a fatal error.
+pub struct TopologyRunner {
+    topology: Topology,
+    settings: RunSettings,
+    metrics: Arc<TopologyMetrics>,
+}
+
+impl std::fmt::Debug for TopologyRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopologyRunner")
+            .field("application_id", &self.topology.application_id())
+            .finish()
+    }
+}
+
+impl TopologyRunner {
+    /// A runner for `topology` with `settings`.
+    pub fn new(topology: Topology, settings: RunSettings) -> Self {
+        TopologyRunner {
+            topology,
+            settings,
+            metrics: Arc::new(TopologyMetrics::default()),
+        }
+    }
+
+    /// The runner's live counters.
+    pub fn metrics(&self) -> Arc<TopologyMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Connects, checks the topics, and processes until `shutdown` fires (clean exit) or
+    /// a fatal error (the error policy says `fail`, or the broker is unusable).
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RuntimeError> {
+        let app = self.topology.application_id().to_string();
+        let tracker = Arc::new(OffsetTracker::default());
+        let settings = &self.settings;
+
+        let producer: Arc<EngineProducer> = Arc::new(
+            settings
+                .client
+                .client_config(ClientRole::Producer)
+                .create_with_context(ProduceContext {
+                    tracker: tracker.clone(),
+                    metrics: self.metrics.clone(),
+                })
+                .map_err(|source| RuntimeError::Client {
+                    what: "producer",
+                    reason: kafka_reason(&source),
+                })?,
+        );
+
+        let partition_counts = Arc::new(self.check_topics(&producer).await?);
+
+        let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
+        consumer_config.set("group.id", &app);
+        let consumer: StreamConsumer<ConsumeContext> = consumer_config
+            .create_with_context(ConsumeContext {
+                application_id: app.clone(),
+                tracker: tracker.clone(),
+                metrics: self.metrics.clone(),
+                producer: OnceLock::new(),
+                events: Mutex::new(Vec::new()),
+                flush_timeout: settings.shutdown_timeout,
+            })
+            .map_err(|source| RuntimeError::Client {
+                what: "consumer",
+                reason: kafka_reason(&source),
+            })?;
+        // Set once, before any rebalance can happen (subscription is below).
+        let _ = consumer.context().producer.set(producer.clone());
+        let sources = self.topology.source_topics();
+        let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&source_refs)
+            .map_err(|source| RuntimeError::Client {
+                what: "subscription",
+                reason: kafka_reason(&source),
+            })?;
+        tracing::info!(application = %app, topics = ?sources, bootstrap = %settings.client.bootstrap_servers, "topology started");
+
+        let mut run = Loop {
+            topology: &self.topology,
+            settings,
+            metrics: &self.metrics,
+            tracker: &tracker,
+            producer: &producer,
+            consumer: &consumer,
+            tasks: HashMap::new(),
+            partition_counts,
+            paused: false,
+            out: Vec::new(),
+        };
+        let result = run.process_until(&mut shutdown).await;
+        let closed = run.close().await;
+        drop(run);
+        drop(consumer);
+        tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
+        result.and(closed)
+    }
+
+    /// Checks that the broker answers and every topic exists; returns partition counts.
+    async fn check_topics(
+        &self,
+        producer: &Arc<EngineProducer>,
+    ) -> Result<HashMap<String, i32>, RuntimeError> {
+        let producer = producer.clone();
+        let timeout = self.settings.startup_timeout;
+        let bootstrap = self.settings.client.bootstrap_servers.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).map(|m| {
+                m.topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| {
+                        (
+                            t.name().to_string(),
+                            i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+                        )
+                    })
+                    .collect::<HashMap<String, i32>>()
+            })
+        })
+        .await
+        .map_err(|e| RuntimeError::Client {
+            what: "metadata request",
+            reason: e.to_string(),
+        })?
+        .map_err(|e| RuntimeError::BrokerUnreachable {
+            bootstrap: bootstrap.clone(),
+            timeout,
+            reason: kafka_reason(&e),
+        })?;
+        let missing: Vec<String> = self
+            .topology
+            .topics()
+            .into_iter()
+            .filter(|t| !metadata.contains_key(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(RuntimeError::MissingTopics {
+                bootstrap,
+                topics: missing,
+            });
+        }
+        Ok(metadata)
+    }
+}
+
+/// The state of the processing loop of one runner.
+struct Loop<'a> {
+    topology: &'a Topology,
+    settings: &'a RunSettings,
+    metrics: &'a Arc<TopologyMetrics>,
+    tracker: &'a Arc<OffsetTracker>,
+    producer: &'a Arc<EngineProducer>,
+    consumer: &'a StreamConsumer<ConsumeContext>,
+    tasks: HashMap<i32, Task>,
+    partition_counts: Arc<HashMap<String, i32>>,
+    paused: bool,
+    out: Vec<ProducedRecord>,
+}
+
+impl Loop<'_> {
+    async fn process_until(&mut self, shutdown: &mut Shutdown) -> Result<(), RuntimeError> {
+        let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
+        let mut punctuation_tick = tokio::time::interval(self.settings.punctuation_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        punctuation_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.apply_rebalances();
+            self.handle_failures().await?;
+            self.apply_backpressure();
+            self.metrics.set_in_flight(self.tracker.in_flight() as u64);
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                _ = self.tracker.changed(), if self.paused => {}
+                message = self.consumer.recv(), if !self.paused => {
+                    match message {
+                        Ok(message) => self.process(&message).await?,
+                        Err(error) => self.consumer_error(error)?,
+                    }
+                }
+                _ = commit_tick.tick() => self.commit(CommitMode::Async),
+                _ = punctuation_tick.tick() => self.punctuate().await?,
+            }
+        }
+    }
+
+    fn consumer_error(&self, error: KafkaError) -> Result<(), RuntimeError> {
+        let fatal = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+            )
+        );
+        if fatal {
+            return Err(RuntimeError::Client {
+                what: "consumer",
+                reason: kafka_reason(&error),
+            });
+        }
+        tracing::warn!(application = %self.topology.application_id(), %error, "consumer error; retrying");
+        Ok(())
+    }
+
+    fn apply_rebalances(&mut self) {
+        let events = std::mem::take(&mut *lock(&self.consumer.context().events));
+        if !events.is_empty() {
+            self.metrics.assigned_partitions.store(
+                self.assignment().len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(partitions) => {
+                    for (_, partition) in partitions {
+                        self.tasks.remove(&partition);
+                    }
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    if self.paused {
+                        // New assignments start unpaused; the bound still holds.
+                        self.set_paused(true, &partitions);
+                    }
+                }
+            }
+        }
+    }
+
+    fn assignment(&self) -> Vec<(String, i32)> {
+        self.consumer
+            .assignment()
+            .map(|tpl| partitions_of(&tpl))
+            .unwrap_or_default()
+    }
+
+    fn set_paused(&self, pause: bool, partitions: &[(String, i32)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        let result = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        if let Err(error) = result {
+            tracing::warn!(application = %self.topology.application_id(), %error, pause, "could not change the pause state");
+        }
+    }
+
+    /// Pauses at the in-flight bound, resumes at half of it.
+    fn apply_backpressure(&mut self) {
+        let in_flight = self.tracker.in_flight();
+        let max = self.settings.max_in_flight;
+        if !self.paused && in_flight >= max {
+            self.paused = true;
+            self.tracker.set_waiting(true);
+            TopologyMetrics::add(&self.metrics.pauses, 1);
+            tracing::debug!(application = %self.topology.application_id(), in_flight, max, "in-flight bound reached: pausing partitions");
+            self.set_paused(true, &self.assignment());
+        } else if self.paused && in_flight <= max / 2 {
+            self.paused = false;
+            self.tracker.set_waiting(false);
+            self.set_paused(false, &self.assignment());
+        }
+    }
+
+    async fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let partition = message.partition();
+        let raw = RawRecord {
+            topic: message.topic(),
+            partition,
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis().unwrap_or(now),
+            key: message.key(),
+            value: message.payload(),
+            headers: headers_of(message),
+        };
+        let task = match self.tasks.entry(partition) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                Task::new(
+                    self.topology,
+                    partition,
+                    self.partition_counts.clone(),
+                    now,
+                    self.metrics.clone(),
+                )
+                .map_err(RuntimeError::Record)?,
+            ),
+        };
+        let slot = self.tracker.slot(raw.topic, partition);
+        self.out.clear();
+        task.process(&raw, now, &mut self.out)
+            .map_err(RuntimeError::Record)?;
+        let outputs = u32::try_from(self.out.len()).unwrap_or(u32::MAX);
+        self.tracker.processed(slot, raw.offset, outputs);
+        let produced = std::mem::take(&mut self.out);
+        for record in &produced {
+            send(
+                self.producer,
+                self.tracker,
+                record,
+                Some((slot, raw.offset)),
+            )
+            .await;
+        }
+        self.out = produced;
+        Ok(())
+    }
+
+    async fn punctuate(&mut self) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let mut produced = Vec::new();
+        for task in self.tasks.values_mut() {
+            task.punctuate_wall_clock(now, &mut produced)
+                .map_err(RuntimeError::Record)?;
+        }
+        for record in &produced {
+            send(self.producer, self.tracker, record, None).await;
+        }
+        Ok(())
+    }
+}
+
+/// Hands a record to librdkafka, waiting while its queue is full. Refusals become
+/// delivery failures, handled by the production error policy. A free function so the
+/// processing loop (which owns non-`Sync` tasks) is not borrowed across the await.
+async fn send(
+    producer: &EngineProducer,
+    tracker: &OffsetTracker,
+    record: &ProducedRecord,
+    source: Option<(Slot, i64)>,
+) {
+    {
+        let mut token = Box::new(DeliveryToken { source });
+        loop {
+            let mut base =
+                BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
+                    .timestamp(record.timestamp);
+            if let Some(key) = &record.key {
+                base = base.key(key.as_slice());
+            }
+            if let Some(value) = &record.value {
+                base = base.payload(value.as_slice());
+            }
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if !record.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for h in record.headers.iter() {
+                    headers = headers.insert(Header {
+                        key: &h.key,
+                        value: h.value.as_deref(),
+                    });
+                }
+                base = base.headers(headers);
+            }
+            match producer.send(base) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    token = back.delivery_opaque;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, back)) => {
+                    tracker.failed(DeliveryFailure {
+                        source: back.delivery_opaque.source,
+                        error,
+                        topic: record.topic.to_string(),
+                        key: record.key.clone(),
+                        value: record.value.clone(),
+                        timestamp: record.timestamp,
+                        headers: record.headers.clone(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Loop<'_> {
+    /// Applies the production error policy to refused records.
+    async fn handle_failures(&mut self) -> Result<(), RuntimeError> {
+        for failure in self.tracker.take_failures() {
+            TopologyMetrics::add(&self.metrics.production_errors, 1);
+            let (partition, offset) = failure.source.map(|(_, o)| (-1, o)).unwrap_or((-1, -1));
+            let error = RecordError {
+                class: ErrorClass::Production,
+                topic: failure.topic.clone(),
+                partition,
+                offset,
+                field: None,
+                message: format!(
+                    "the broker did not accept a record for `{}` (caused by input offset {offset}): {}",
+                    failure.topic,
+                    kafka_reason(&failure.error)
+                ),
+            };
+            match &self.topology.error_policy().production {
+                OnError::Fail => return Err(RuntimeError::Record(error)),
+                OnError::Skip => {
+                    TopologyMetrics::add(&self.metrics.skipped, 1);
+                    tracing::warn!(application = %self.topology.application_id(), %error, "output skipped by the error policy");
+                    self.tracker.acknowledged(failure.source);
+                }
+                OnError::DeadLetter(topic) if *topic == failure.topic => {
+                    return Err(RuntimeError::Record(RecordError {
+                        message: format!(
+                            "writing to the dead-letter topic failed: {}",
+                            error.message
+                        ),
+                        ..error
+                    }));
+                }
+                OnError::DeadLetter(topic) => {
+                    TopologyMetrics::add(&self.metrics.dead_lettered, 1);
+                    tracing::warn!(application = %self.topology.application_id(), %error, dead_letter_topic = %topic, "output sent to the dead-letter topic");
+                    let record = dead_letter_record(
+                        topic,
+                        self.topology.application_id(),
+                        &error,
+                        failure.key.as_deref(),
+                        failure.value.as_deref(),
+                        failure.timestamp,
+                        &failure.headers,
+                    );
+                    // The dead-letter write replaces the failed output.
+                    self.tracker.add_output(failure.source);
+                    self.tracker.acknowledged(failure.source);
+                    send(self.producer, self.tracker, &record, failure.source).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let commits = self.tracker.take_commits(|_, _| true);
+        commit(
+            self.consumer,
+            &commits,
+            mode,
+            self.topology.application_id(),
+            self.metrics,
+        );
+    }
+
+    /// Drains in-flight outputs, commits what is safe, and leaves the group.
+    async fn close(&mut self) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let mut result = Ok(());
+        loop {
+            if let Err(e) = self.handle_failures().await {
+                result = Err(e);
+                break;
+            }
+            let producer = self.producer.clone();
+            let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_millis(200)))
+                .await;
+            if self.tracker.in_flight() == 0 && !self.tracker.has_failures() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(application = %self.topology.application_id(), in_flight = self.tracker.in_flight(), "shutdown timeout: some outputs are unacknowledged; their offsets stay uncommitted and will be reprocessed");
+                break;
+            }
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        result
+    }
+}

@@ -1,0 +1,279 @@
+//! Which consumed offsets are safe to commit.
+//!
+//! A record is done when every record it caused has been acknowledged by the broker. Per
+//! partition, offsets are processed in order, so the pending ones form a queue; the
+//! committable offset is the first pending one (or the one after the last processed).
+//! Delivery callbacks run on the producer's thread, hence the mutex; it is never held
+//! across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rdkafka::error::KafkaError;
+use tokio::sync::Notify;
+
+use crate::record::{Headers, Timestamp};
+
+/// Identifies the (topic, partition) a delivery belongs to, and which assignment of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// Carried through the producer with each record.
+#[derive(Debug)]
+pub(crate) struct DeliveryToken {
+    /// `None` for records not tied to an input offset (punctuation output).
+    pub source: Option<(Slot, i64)>,
+}
+
+/// A record the broker refused.
+#[derive(Debug)]
+pub(crate) struct DeliveryFailure {
+    pub source: Option<(Slot, i64)>,
+    pub error: KafkaError,
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: Timestamp,
+    pub headers: Headers,
+}
+
+#[derive(Debug)]
+struct PartitionProgress {
+    topic: String,
+    partition: i32,
+    generation: u32,
+    active: bool,
+    /// (offset, outputs not yet acknowledged), offsets increasing.
+    pending: VecDeque<(i64, u32)>,
+    /// The offset after the last processed record (-1: none yet).
+    next_offset: i64,
+    /// Last committed offset (-1: none).
+    committed: i64,
+}
+
+impl PartitionProgress {
+    fn committable(&self) -> Option<i64> {
+        match self.pending.front() {
+            Some((offset, _)) => Some(*offset),
+            None if self.next_offset >= 0 => Some(self.next_offset),
+            None => None,
+        }
+        .filter(|&o| o > self.committed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    partitions: Vec<PartitionProgress>,
+    slots: HashMap<(String, i32), u32>,
+    failures: Vec<DeliveryFailure>,
+}
+
+/// Offsets in flight for one topology instance.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetTracker {
+    state: Mutex<TrackerState>,
+    in_flight: AtomicUsize,
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl OffsetTracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        // A panic while holding the lock leaves plain counters behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of a partition, created (or re-activated) on first use.
+    pub fn slot(&self, topic: &str, partition: i32) -> Slot {
+        let mut state = self.lock();
+        if let Some(&index) = state.slots.get(&(topic.to_string(), partition)) {
+            let p = &mut state.partitions[index as usize];
+            if !p.active {
+                p.active = true;
+                p.generation += 1;
+                p.pending.clear();
+                p.next_offset = -1;
+                p.committed = -1;
+            }
+            return Slot {
+                index,
+                generation: p.generation,
+            };
+        }
+        let index = u32::try_from(state.partitions.len()).unwrap_or(u32::MAX);
+        state.partitions.push(PartitionProgress {
+            topic: topic.to_string(),
+            partition,
+            generation: 0,
+            active: true,
+            pending: VecDeque::new(),
+            next_offset: -1,
+            committed: -1,
+        });
+        state.slots.insert((topic.to_string(), partition), index);
+        Slot {
+            index,
+            generation: 0,
+        }
+    }
+
+    /// Records that `offset` was processed and caused `outputs` records.
+    pub fn processed(&self, slot: Slot, offset: i64, outputs: u32) {
+        let mut state = self.lock();
+        let p = &mut state.partitions[slot.index as usize];
+        if p.generation != slot.generation {
+            return;
+        }
+        p.next_offset = offset + 1;
+        if outputs > 0 {
+            p.pending.push_back((offset, outputs));
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One output of `offset` was acknowledged (or dealt with by the error policy).
+    pub fn acknowledged(&self, source: Option<(Slot, i64)>) {
+        let Some((slot, offset)) = source else {
+            return;
+        };
+        let mut state = self.lock();
+        let p = &mut state.partitions[slot.index as usize];
+        if p.generation != slot.generation {
+            return;
+        }
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            p.pending[i].1 = p.pending[i].1.saturating_sub(1);
+            if p.pending[i].1 == 0 {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        while p.pending.front().is_some_and(|(_, n)| *n == 0) {
+            p.pending.pop_front();
+        }
+        drop(state);
+        if self.waiting.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// One more output for an offset already pending (a dead-letter write replacing a
+    /// failed delivery).
+    pub fn add_output(&self, source: Option<(Slot, i64)>) {
+        let Some((slot, offset)) = source else {
+            return;
+        };
+        let mut state = self.lock();
+        let p = &mut state.partitions[slot.index as usize];
+        if p.generation != slot.generation {
+            return;
+        }
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            p.pending[i].1 += 1;
+        }
+    }
+
+    /// A delivery failed; the runtime applies the production error policy to it.
+    pub fn failed(&self, failure: DeliveryFailure) {
+        self.lock().failures.push(failure);
+        self.notify.notify_one();
+    }
+
+    /// Failures not yet handled.
+    pub fn take_failures(&self) -> Vec<DeliveryFailure> {
+        std::mem::take(&mut self.lock().failures)
+    }
+
+    /// Whether failures wait to be handled.
+    pub fn has_failures(&self) -> bool {
+        !self.lock().failures.is_empty()
+    }
+
+    /// Input records whose outputs are not all acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Waits for an acknowledgement or a failure (call `set_waiting(true)` first).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    /// Whether the runtime is waiting for acknowledgements (so callbacks wake it).
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Offsets to commit, per partition, for `filter`ed active partitions; marks them
+    /// committed.
+    pub fn take_commits(&self, filter: impl Fn(&str, i32) -> bool) -> Vec<(String, i32, i64)> {
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for p in state.partitions.iter_mut().filter(|p| p.active) {
+            if !filter(&p.topic, p.partition) {
+                continue;
+            }
+            if let Some(offset) = p.committable() {
+                p.committed = offset;
+                out.push((p.topic.clone(), p.partition, offset));
+            }
+        }
+        out
+    }
+
+    /// Forgets revoked partitions; later deliveries for them are ignored.
+    pub fn deactivate(&self, topic: &str, partition: i32) {
+        let mut state = self.lock();
+        if let Some(&index) = state.slots.get(&(topic.to_string(), partition)) {
+            let p = &mut state.partitions[index as usize];
+            if p.active {
+                let pending = p.pending.iter().filter(|(_, n)| *n > 0).count();
+                self.in_flight.fetch_sub(pending, Ordering::Relaxed);
+                p.active = false;
+                p.pending.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_stop_at_the_first_unacknowledged_offset() {
+        let t = OffsetTracker::default();
+        let s = t.slot("in", 0);
+        t.processed(s, 10, 1);
+        t.processed(s, 11, 0);
+        t.processed(s, 12, 2);
+        assert_eq!(t.in_flight(), 2);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 10)]);
+        t.acknowledged(Some((s, 12)));
+        t.acknowledged(Some((s, 12)));
+        // 10 still pending: nothing new to commit.
+        assert!(t.take_commits(|_, _| true).is_empty());
+        t.acknowledged(Some((s, 10)));
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 13)]);
+    }
+
+    #[test]
+    fn deliveries_of_a_previous_assignment_are_ignored() {
+        let t = OffsetTracker::default();
+        let s = t.slot("in", 1);
+        t.processed(s, 5, 1);
+        t.deactivate("in", 1);
+        assert_eq!(t.in_flight(), 0);
+        let s2 = t.slot("in", 1);
+        assert_ne!(s, s2);
+        t.processed(s2, 7, 1);
+        t.acknowledged(Some((s, 5)));
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 1, 7)]);
+    }
+}
