@@ -1,0 +1,408 @@
+//! The `engine` command line, reusable from any `main`: `engine::cli::main(catalog)` gives
+//! a program of your own the same `list`, `describe`, `validate`, `run` and `dev`
+//! commands over your topologies.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::catalog::{BuildContext, Catalog};
+use crate::config::{EngineConfig, Overrides, defaults};
+use crate::kafka::EmbeddedBroker;
+use crate::runtime::{Shutdown, run_topologies};
+use crate::topology::Topology;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for a failure at run time (broker unreachable, a record failed under `fail`).
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit code for a usage or configuration error (including an invalid topology).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "engine",
+    version,
+    about = "Run Kafka Streams-style topologies written in Rust",
+    long_about = "Run Kafka Streams-style topologies written in Rust.\n\n\
+        Configuration, in increasing precedence: a TOML file (--config or ENGINE_CONFIG), \
+        the environment (KAFKA_BOOTSTRAP_SERVERS, KAFKA_SCHEMA_REGISTRY_URL), and flags. \
+        Any librdkafka property passes through with --kafka KEY=VALUE (prefix consumer. or \
+        producer. to target one client).\n\n\
+        Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."
+)]
+struct Cli {
+    /// TOML configuration file ([kafka], [schema_registry], [runtime], [topologies.NAME]).
+    #[arg(long, global = true, env = "ENGINE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        value_name = "HOSTS"
+    )]
+    bootstrap_servers: Option<String>,
+    /// Schema registry URL (http://..., https://... or mock://SCOPE).
+    #[arg(
+        long,
+        global = true,
+        env = "KAFKA_SCHEMA_REGISTRY_URL",
+        value_name = "URL"
+    )]
+    schema_registry_url: Option<String>,
+    /// A librdkafka property, KEY=VALUE; repeatable.
+    #[arg(long = "kafka", global = true, value_name = "KEY=VALUE")]
+    kafka: Vec<String>,
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info,librdkafka=debug`).
+    #[arg(long, global = true, env = "ENGINE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the topologies: one per line, name then description.
+    List,
+    /// Print a topology's nodes and edges.
+    Describe {
+        /// Topology name (see `list`).
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Check a topology and print every problem found (exit 2 if any).
+    Validate {
+        /// Topology name (see `list`).
+        name: String,
+    },
+    /// Run one or more topologies in this process, on one shared executor.
+    Run {
+        /// Topology names (see `list`).
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Start an in-process broker (librdkafka's mock cluster) and create the topics.
+        /// For development and tests only; without it a broker must be configured.
+        #[arg(long)]
+        embedded: bool,
+        /// Partitions of the topics --embedded creates.
+        #[arg(long, default_value_t = defaults::EMBEDDED_PARTITIONS)]
+        partitions: i32,
+    },
+    /// Host a local broker (librdkafka's mock cluster) for other processes until Ctrl-C.
+    /// Prints KAFKA_BOOTSTRAP_SERVERS=<addr> as its first line on stdout.
+    Dev {
+        /// Create a topic, NAME or NAME:PARTITIONS; repeatable.
+        #[arg(long = "topic", value_name = "NAME[:PARTITIONS]")]
+        topics: Vec<String>,
+        /// Create every topic these topologies use; repeatable.
+        #[arg(long = "topology", value_name = "NAME")]
+        topologies: Vec<String>,
+        /// Partitions for topics given without a count.
+        #[arg(long, default_value_t = defaults::EMBEDDED_PARTITIONS)]
+        partitions: i32,
+        /// Number of mock brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Mermaid,
+}
+
+/// Runs the command line over `catalog` with the process's arguments; for `main`.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     engine::cli::main(engine::Catalog::new())
+/// }
+/// ```
+pub fn main(catalog: Catalog) -> ExitCode {
+    let code = run(
+        &catalog,
+        std::env::args_os(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    ExitCode::from(code)
+}
+
+/// Runs the command line with explicit arguments and output streams; returns the exit
+/// code. Logs go to stderr through `tracing`.
+pub fn run<I, T>(catalog: &Catalog, args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let text = e.render().ansi().to_string();
+            let _ = if e.use_stderr() {
+                write!(err, "{text}")
+            } else {
+                write!(out, "{text}")
+            };
+            return code;
+        }
+    };
+    init_logging(&cli.log);
+    let overrides = Overrides {
+        config_file: cli.config.clone(),
+        bootstrap_servers: cli.bootstrap_servers.clone(),
+        schema_registry_url: cli.schema_registry_url.clone(),
+        kafka: cli.kafka.clone(),
+    };
+    match execute(catalog, cli.command, &overrides, out) {
+        Ok(()) => EXIT_OK,
+        Err(Failure { code, message }) => {
+            let _ = writeln!(err, "error: {message}");
+            code
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        message: message.into(),
+    }
+}
+
+fn runtime(message: impl Into<String>) -> Failure {
+    Failure {
+        code: EXIT_RUNTIME,
+        message: message.into(),
+    }
+}
+
+fn build_context(config: Option<&EngineConfig>, name: &str) -> BuildContext {
+    BuildContext {
+        schema_registry_url: config.and_then(|c| c.schema_registry_url.clone()),
+        options: config
+            .and_then(|c| c.topology_options.get(name).cloned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Builds the named topologies, reporting unknown names and every problem of each.
+fn build_all(
+    catalog: &Catalog,
+    names: &[String],
+    config: Option<&EngineConfig>,
+) -> Result<Vec<Topology>, Failure> {
+    let mut problems = Vec::new();
+    let mut topologies = Vec::new();
+    for name in names {
+        match catalog.get(name) {
+            None => problems.push(format!(
+                "no topology named `{name}`; known: {}",
+                catalog.names().join(", ")
+            )),
+            Some(entry) => match entry.build(&build_context(config, name)) {
+                Ok(t) => topologies.push(t),
+                Err(e) => problems.push(e.to_string()),
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(topologies)
+    } else {
+        Err(usage(problems.join("\n")))
+    }
+}
+
+fn execute(
+    catalog: &Catalog,
+    command: Command,
+    overrides: &Overrides,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let load = || EngineConfig::load(overrides).map_err(|e| usage(e.to_string()));
+    match command {
+        Command::List => {
+            let width = catalog.names().iter().map(|n| n.len()).max().unwrap_or(0);
+            for entry in catalog.entries() {
+                let _ = writeln!(out, "{:<width$}  {}", entry.name, entry.description);
+            }
+            Ok(())
+        }
+        Command::Describe { name, format } => {
+            let config = load()?;
+            let topology = build_all(catalog, &[name], Some(&config))?.remove(0);
+            let text = match format {
+                Format::Text => topology.describe(),
+                Format::Mermaid => topology.describe_mermaid(),
+            };
+            let _ = write!(out, "{text}");
+            Ok(())
+        }
+        Command::Validate { name } => {
+            let config = load()?;
+            let topology = build_all(catalog, &[name], Some(&config))?.remove(0);
+            let _ = writeln!(
+                out,
+                "topology `{}` is valid: reads {}, writes {}",
+                topology.application_id(),
+                topology.source_topics().join(", "),
+                topology.sink_topics().join(", ")
+            );
+            Ok(())
+        }
+        Command::Run {
+            names,
+            embedded,
+            partitions,
+        } => {
+            let config = load()?;
+            let topologies = build_all(catalog, &names, Some(&config))?;
+            if partitions < 1 {
+                return Err(usage("--partitions must be at least 1"));
+            }
+            let broker = if embedded {
+                if let Some(configured) = &config.bootstrap_servers {
+                    tracing::warn!(%configured, "--embedded given: the configured broker is not used");
+                }
+                let broker = EmbeddedBroker::start(1)
+                    .map_err(|e| runtime(format!("cannot start the embedded broker: {e}")))?;
+                for topic in topologies.iter().flat_map(Topology::topics) {
+                    broker.create_topic(&topic, partitions).map_err(|e| {
+                        runtime(format!(
+                            "cannot create topic `{topic}` on the embedded broker: {e}"
+                        ))
+                    })?;
+                }
+                tracing::info!(bootstrap_servers = %broker.bootstrap_servers(), "embedded broker (librdkafka mock cluster) started; for development only");
+                Some(broker)
+            } else {
+                None
+            };
+            let bootstrap = match (&broker, &config.bootstrap_servers) {
+                (Some(b), _) => b.bootstrap_servers(),
+                (None, Some(b)) => b.clone(),
+                (None, None) => {
+                    return Err(usage(
+                        "no Kafka broker configured: set KAFKA_BOOTSTRAP_SERVERS, pass \
+                         --bootstrap-servers HOST:PORT, or set [kafka] bootstrap_servers in the \
+                         config file; for a local in-process broker pass --embedded (the engine \
+                         never falls back to an in-memory broker on its own)",
+                    ));
+                }
+            };
+            let mut settings = config.run_settings(&bootstrap);
+            if broker.is_some() {
+                // The mock cluster waits session.timeout.ms - 1 s before a member may join
+                // a group another just left; a short timeout keeps restarts quick.
+                settings
+                    .client
+                    .properties
+                    .entry("consumer.session.timeout.ms".into())
+                    .or_insert_with(|| "6000".into());
+            }
+            let executor = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| runtime(format!("cannot start the executor: {e}")))?;
+            let result = executor.block_on(async move {
+                run_topologies(topologies, settings, Shutdown::on_signals()).await
+            });
+            drop(broker);
+            result.map_err(|e| runtime(e.to_string()))
+        }
+        Command::Dev {
+            topics,
+            topologies,
+            partitions,
+            brokers,
+        } => {
+            let config = load()?;
+            let mut wanted: Vec<(String, i32)> = Vec::new();
+            for spec in &topics {
+                wanted.push(parse_topic_spec(spec, partitions)?);
+            }
+            for topology in build_all(catalog, &topologies, Some(&config))? {
+                wanted.extend(topology.topics().into_iter().map(|t| (t, partitions)));
+            }
+            let broker = EmbeddedBroker::start(brokers)
+                .map_err(|e| runtime(format!("cannot start the embedded broker: {e}")))?;
+            for (topic, n) in &wanted {
+                broker
+                    .create_topic(topic, *n)
+                    .map_err(|e| runtime(format!("cannot create topic `{topic}`: {e}")))?;
+            }
+            let _ = writeln!(
+                out,
+                "KAFKA_BOOTSTRAP_SERVERS={}",
+                broker.bootstrap_servers()
+            );
+            let _ = out.flush();
+            tracing::info!(bootstrap_servers = %broker.bootstrap_servers(), topics = ?wanted, "development broker up (librdkafka mock cluster: no admin API, no compaction, a few MB per partition); Ctrl-C to stop");
+            let executor = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| runtime(format!("cannot start the executor: {e}")))?;
+            executor.block_on(async {
+                let mut shutdown = Shutdown::on_signals();
+                shutdown.wait().await;
+            });
+            drop(broker);
+            Ok(())
+        }
+    }
+}
+
+fn parse_topic_spec(spec: &str, default_partitions: i32) -> Result<(String, i32), Failure> {
+    let bad = || {
+        usage(format!(
+            "--topic `{spec}` must be NAME or NAME:PARTITIONS with PARTITIONS >= 1"
+        ))
+    };
+    match spec.rsplit_once(':') {
+        None if !spec.is_empty() => Ok((spec.to_string(), default_partitions)),
+        Some((name, n)) if !name.is_empty() => match n.parse::<i32>() {
+            Ok(n) if n >= 1 => Ok((name.to_string(), n)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_specs_parse() {
+        assert_eq!(parse_topic_spec("a", 4).ok().map(|t| t.1), Some(4));
+        assert_eq!(parse_topic_spec("a:16", 4).ok(), Some(("a".into(), 16)));
+        assert!(parse_topic_spec("a:0", 4).is_err());
+        assert!(parse_topic_spec(":3", 4).is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! Configuration: an optional TOML file, the environment variables the services use
+//! today (`KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_SCHEMA_REGISTRY_URL`), and command-line flags,
+//! in increasing precedence. Unknown keys are errors; every problem is reported at once
+//! with what to do about it. Defaults live in [`defaults`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kafka::ClientSettings;
+use crate::runtime::RunSettings;
+
+/// The one place defaults are set.
+pub mod defaults {
+    /// Offsets are committed this often (ms).
+    pub const COMMIT_INTERVAL_MS: u64 = 1_000;
+    /// Input records with unacknowledged outputs before partitions pause.
+    pub const MAX_IN_FLIGHT: usize = 10_000;
+    /// How long to wait for the broker at start-up (ms).
+    pub const STARTUP_TIMEOUT_MS: u64 = 10_000;
+    /// How long to wait for acknowledgements at shutdown (ms).
+    pub const SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+    /// Partitions of the topics `--embedded` creates.
+    pub const EMBEDDED_PARTITIONS: i32 = 4;
+}
+
+/// The configuration file, as written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[kafka]`
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    /// `[schema_registry]`
+    #[serde(default)]
+    pub schema_registry: RegistrySection,
+    /// `[runtime]`
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// `[topologies.NAME]`: options handed to each topology's build function.
+    #[serde(default)]
+    pub topologies: BTreeMap<String, toml::Table>,
+}
+
+/// `[kafka]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: Option<String>,
+    /// librdkafka properties passed through (`consumer.`/`producer.` prefixes target one
+    /// client).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[schema_registry]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Registry URL (`http(s)://...` or `mock://scope`).
+    pub url: Option<String>,
+}
+
+/// `[runtime]` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Commit interval in ms.
+    pub commit_interval_ms: Option<u64>,
+    /// In-flight bound.
+    pub max_in_flight: Option<usize>,
+    /// Start-up timeout in ms.
+    pub startup_timeout_ms: Option<u64>,
+    /// Shutdown timeout in ms.
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+/// Values from flags and the environment (flags win; clap merges the two).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--bootstrap-servers` / `KAFKA_BOOTSTRAP_SERVERS`.
+    pub bootstrap_servers: Option<String>,
+    /// `--schema-registry-url` / `KAFKA_SCHEMA_REGISTRY_URL`.
+    pub schema_registry_url: Option<String>,
+    /// `--kafka key=value`, repeated.
+    pub kafka: Vec<String>,
+}
+
+/// A configuration problem, with how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for the engine.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the unknown key or bad value).
+        message: String,
+    },
+    /// Several problems at once.
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Broker address, if one is configured.
+    pub bootstrap_servers: Option<String>,
+    /// Schema registry URL, if configured.
+    pub schema_registry_url: Option<String>,
+    /// librdkafka pass-through properties.
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Commit interval.
+    pub commit_interval: Duration,
+    /// In-flight bound.
+    pub max_in_flight: usize,
+    /// Start-up timeout.
+    pub startup_timeout: Duration,
+    /// Shutdown timeout.
+    pub shutdown_timeout: Duration,
+    /// Per-topology options from the file.
+    pub topology_options: BTreeMap<String, toml::Table>,
+}
+
+impl EngineConfig {
+    /// Merges file, environment and flags, validating everything.
+    pub fn load(overrides: &Overrides) -> Result<EngineConfig, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    /// Parses a configuration file.
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies overrides to a parsed file and validates the result.
+    pub fn resolve(file: FileConfig, overrides: &Overrides) -> Result<EngineConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut properties = file.kafka.properties;
+        for entry in &overrides.kafka {
+            match entry.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    properties.insert(k.trim().to_string(), v.to_string());
+                }
+                _ => problems.push(format!(
+                    "--kafka `{entry}` is not KEY=VALUE (for example --kafka linger.ms=10)"
+                )),
+            }
+        }
+        let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        let config = EngineConfig {
+            bootstrap_servers: non_empty(overrides.bootstrap_servers.clone())
+                .or(non_empty(file.kafka.bootstrap_servers)),
+            schema_registry_url: non_empty(overrides.schema_registry_url.clone())
+                .or(non_empty(file.schema_registry.url)),
+            kafka_properties: properties,
+            commit_interval: Duration::from_millis(
+                file.runtime
+                    .commit_interval_ms
+                    .unwrap_or(defaults::COMMIT_INTERVAL_MS),
+            ),
+            max_in_flight: file
+                .runtime
+                .max_in_flight
+                .unwrap_or(defaults::MAX_IN_FLIGHT),
+            startup_timeout: Duration::from_millis(
+                file.runtime
+                    .startup_timeout_ms
+                    .unwrap_or(defaults::STARTUP_TIMEOUT_MS),
+            ),
+            shutdown_timeout: Duration::from_millis(
+                file.runtime
+                    .shutdown_timeout_ms
+                    .unwrap_or(defaults::SHUTDOWN_TIMEOUT_MS),
+            ),
+            topology_options: file.topologies,
+        };
+        if config.commit_interval.is_zero() {
+            problems.push("runtime.commit_interval_ms must be at least 1".into());
+        }
+        if config.max_in_flight == 0 {
+            problems.push("runtime.max_in_flight must be at least 1".into());
+        }
+        if config.startup_timeout.is_zero() {
+            problems.push("runtime.startup_timeout_ms must be at least 1".into());
+        }
+        if let Some(url) = &config.schema_registry_url {
+            if !(url.starts_with("http://")
+                || url.starts_with("https://")
+                || url.starts_with("mock://"))
+            {
+                problems.push(format!(
+                    "schema registry URL `{url}` must start with http://, https:// or mock://"
+                ));
+            }
+        }
+        let client = ClientSettings {
+            bootstrap_servers: config.bootstrap_servers.clone().unwrap_or_default(),
+            properties: config.kafka_properties.clone(),
+        };
+        problems.extend(client.validate().into_iter().map(|e| e.to_string()));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Runtime settings for a broker at `bootstrap_servers`.
+    pub fn run_settings(&self, bootstrap_servers: &str) -> RunSettings {
+        let mut settings = RunSettings::new(bootstrap_servers);
+        settings.client.properties = self.kafka_properties.clone();
+        settings.commit_interval = self.commit_interval;
+        settings.max_in_flight = self.max_in_flight;
+        settings.startup_timeout = self.startup_timeout;
+        settings.shutdown_timeout = self.shutdown_timeout;
+        settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"file:9092\"\n[kafka.properties]\n\"linger.ms\" = \"7\"\n[runtime]\nmax_in_flight = 5",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            bootstrap_servers: Some("flag:9092".into()),
+            kafka: vec!["linger.ms=9".into()],
+            ..Default::default()
+        };
+        let c = EngineConfig::resolve(file, &overrides).unwrap();
+        assert_eq!(c.bootstrap_servers.as_deref(), Some("flag:9092"));
+        assert_eq!(c.kafka_properties["linger.ms"], "9");
+        assert_eq!(c.max_in_flight, 5);
+        assert_eq!(
+            c.commit_interval,
+            Duration::from_millis(defaults::COMMIT_INTERVAL_MS)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let err = toml::from_str::<FileConfig>("[kafka]\nbootstrap = \"x\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `bootstrap`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file: FileConfig = toml::from_str("[runtime]\nmax_in_flight = 0").unwrap();
+        let overrides = Overrides {
+            schema_registry_url: Some("localhost:8081".into()),
+            kafka: vec!["no-equals-sign".into(), "group.id=x".into()],
+            ..Default::default()
+        };
+        let ConfigError::Invalid(problems) = EngineConfig::resolve(file, &overrides).unwrap_err()
+        else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("KEY=VALUE")));
+        assert!(problems.iter().any(|p| p.contains("max_in_flight")));
+        assert!(problems.iter().any(|p| p.contains("http://")));
+        assert!(problems.iter().any(|p| p.contains("group.id")));
+    }
+}

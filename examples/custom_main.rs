@@ -1,0 +1,38 @@
+//! Your own topologies behind the same `engine` command line.
+//!
+//! ```text
+//! cargo run --release --example custom_main -- list
+//! cargo run --release --example custom_main -- run word-lengths --embedded
+//! ```
+
+use engine::Catalog;
+use engine::serde::Serdes;
+use engine::topology::{Consumed, ErrorPolicy, Produced, TopologyBuilder};
+
+fn main() -> std::process::ExitCode {
+    let catalog = Catalog::new().with(
+        "word-lengths",
+        "sentences -> one record per word with its length -> word-lengths",
+        |_ctx| {
+            let b = TopologyBuilder::new("word-lengths");
+            b.error_policy(ErrorPolicy::dead_letter("sentences.dlq"));
+            b.stream(
+                "sentences",
+                ["sentences"],
+                Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()),
+            )
+            .flat_map("words", |_key: Option<String>, line: String| {
+                line.split_whitespace()
+                    .map(|w| (w.to_lowercase(), w.len() as i64))
+                    .collect::<Vec<_>>()
+            })
+            .to(
+                "lengths",
+                "word-lengths",
+                Produced::with(Serdes::string(), Serdes::i64()),
+            );
+            b.build()
+        },
+    );
+    engine::cli::main(catalog)
+}

@@ -1,0 +1,292 @@
+//! The `engine` command as users run it: real processes for `dev` and `run`, and the
+//! command-line contract (listing, describing, validation, configuration errors, exit
+//! codes).
+
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use engine::Catalog;
+use engine::serde::Serdes;
+use engine::topology::{Consumed, Produced, TopologyBuilder};
+use serde_json::{Value, json};
+use support::{committed_total, consume, produce_keyed};
+
+fn engine() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+    c.env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("KAFKA_SCHEMA_REGISTRY_URL")
+        .env_remove("ENGINE_CONFIG");
+    c
+}
+
+fn output(c: &mut Command) -> (i32, String, String) {
+    let o = c.output().expect("engine runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Running(Child);
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn list_shows_one_topology_per_line_with_a_description() {
+    let (code, out, _) = output(engine().arg("list"));
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ticket-pipeline"))
+        .expect("ticket-pipeline listed");
+    assert!(line.contains("bench.tickets.in"), "{line}");
+}
+
+#[test]
+fn describe_prints_text_and_mermaid() {
+    let (code, out, _) = output(engine().args(["describe", "ticket-pipeline"]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Source: tickets (topics: [bench.tickets.in])"),
+        "{out}"
+    );
+    let (code, out, _) =
+        output(engine().args(["describe", "ticket-pipeline", "--format", "mermaid"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("flowchart LR"), "{out}");
+}
+
+#[test]
+fn unknown_topology_and_bad_usage_exit_2() {
+    let (code, _, err) = output(engine().args(["describe", "nope"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no topology named `nope`") && err.contains("ticket-pipeline"),
+        "{err}"
+    );
+    let (code, _, _) = output(engine().args(["frobnicate"]));
+    assert_eq!(code, 2);
+    let (code, out, _) = output(engine().arg("--version"));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("engine "), "{out}");
+}
+
+#[test]
+fn an_invalid_topology_prints_all_its_problems_and_exits_2() {
+    let catalog = Catalog::new().with("broken", "two problems", |_| {
+        let b = TopologyBuilder::new("broken");
+        let s = b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        );
+        s.to(
+            "same",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        s.to(
+            "same",
+            "out2",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        s.filter("dead-end", |_k, _v| true);
+        b.build()
+    });
+    for command in [
+        vec!["engine", "validate", "broken"],
+        vec!["engine", "run", "broken", "--embedded"],
+    ] {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = engine::cli::run(&catalog, command.clone(), &mut out, &mut err);
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(code, 2, "{command:?}: {err}");
+        assert!(err.contains("duplicate node name `same`"), "{err}");
+        assert!(err.contains("node `dead-end` has no children"), "{err}");
+    }
+}
+
+#[test]
+fn run_without_a_broker_refuses_to_start_and_says_how_to_configure_one() {
+    let (code, _, err) = output(engine().args(["run", "ticket-pipeline"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("KAFKA_BOOTSTRAP_SERVERS") && err.contains("--embedded"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_how_to_fix_it() {
+    let (code, _, err) = output(engine().args([
+        "run",
+        "ticket-pipeline",
+        "--bootstrap-servers",
+        "localhost:9092",
+        "--kafka",
+        "no.such.property=1",
+        "--kafka",
+        "group.id=mine",
+    ]));
+    assert_eq!(code, 2);
+    assert!(err.contains("no.such.property"), "{err}");
+    assert!(
+        err.contains("group.id") && err.contains("application id"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engine.toml");
+    std::fs::write(&file, "[kafka]\nbootstrap = \"x:1\"\n").unwrap();
+    let (code, _, err) = output(
+        engine()
+            .args(["validate", "ticket-pipeline", "--config"])
+            .arg(&file),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown field `bootstrap`"), "{err}");
+}
+
+#[test]
+fn an_unreachable_broker_fails_in_bounded_time_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engine.toml");
+    std::fs::write(&file, "[runtime]\nstartup_timeout_ms = 2000\n").unwrap();
+    let start = Instant::now();
+    let (code, _, err) = output(
+        engine()
+            .args(["run", "ticket-pipeline", "--config"])
+            .arg(&file)
+            .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no Kafka broker answered at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+/// Starts `engine dev` and returns it with the bootstrap address from its first line.
+fn engine_dev(args: &[&str]) -> (Running, String) {
+    let mut child = engine()
+        .arg("dev")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("engine dev starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let bootstrap = first
+        .trim()
+        .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
+        .unwrap_or_else(|| panic!("first line was {first:?}"))
+        .to_string();
+    (Running(child), bootstrap)
+}
+
+fn ticket(id: usize, status: &str) -> String {
+    json!({"ticket_id": format!("t{id}"), "plan_id": format!("p{}", id % 5), "status": status})
+        .to_string()
+}
+
+#[test]
+fn engine_run_processes_records_from_engine_dev_and_stops_cleanly_on_sigterm() {
+    let (_dev, bootstrap) = engine_dev(&["--topology", "ticket-pipeline", "--partitions", "4"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut run = Running(
+        engine()
+            .args(["run", "ticket-pipeline"])
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("engine run starts"),
+    );
+    let inputs: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            let status = if i % 4 == 0 { "COMPLETED" } else { "PENDING" };
+            (format!("p{}", i % 5), ticket(i, status))
+        })
+        .collect();
+    let out = rt.block_on(async {
+        produce_keyed(&bootstrap, "bench.tickets.in", &inputs).await;
+        support::produce_bytes(&bootstrap, "bench.tickets.in", b"p0", b"\x00garbage").await;
+        consume(
+            &bootstrap,
+            "bench.tickets.out",
+            150,
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    assert_eq!(out.len(), 150, "every PENDING ticket came out");
+    for r in &out {
+        let v: Value = serde_json::from_str(&r.value).unwrap();
+        assert_eq!(v["status"], "RUNNING");
+        assert_eq!(r.key, v["plan_id"].as_str().unwrap(), "key kept");
+    }
+    let dead = rt.block_on(consume(
+        &bootstrap,
+        "bench.tickets.dlq",
+        1,
+        Duration::from_secs(30),
+    ));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_bytes(), b"\x00garbage");
+
+    // SIGTERM: drain, commit, exit 0.
+    let pid = run.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine run did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = run.0.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("topology stopped"), "{log}");
+    let committed = rt.block_on(committed_total(
+        &bootstrap,
+        "ticket-pipeline",
+        "bench.tickets.in",
+        4,
+    ));
+    assert_eq!(
+        committed, 201,
+        "every input offset was committed at shutdown"
+    );
+}

@@ -1,0 +1,339 @@
+//! Kafka behaviour on the embedded broker (librdkafka's mock cluster): per-partition
+//! order, at-least-once across restarts, two instances sharing and taking over
+//! partitions, the in-flight bound, and commits at shutdown.
+
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use engine::kafka::EmbeddedBroker;
+use engine::runtime::{RunSettings, Shutdown, TopologyRunner};
+use engine::serde::Serdes;
+use engine::topology::{Consumed, Produced, Topology, TopologyBuilder};
+use support::{
+    committed_total, consume, consume_until_seen, missing_summary, produce_keyed, wait_for,
+};
+
+/// Appends `!` to every value: enough to see every record went through.
+fn shout(app: &str) -> Topology {
+    let b = TopologyBuilder::new(app);
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .map_values("shout", |v: String| format!("{v}!"))
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
+    b.build().expect("valid")
+}
+
+fn settings(broker: &EmbeddedBroker) -> RunSettings {
+    let mut s = RunSettings::new(broker.bootstrap_servers());
+    s.commit_interval = Duration::from_millis(200);
+    s.startup_timeout = Duration::from_secs(10);
+    // The mock cluster waits session.timeout.ms - 1 s before letting a member join a
+    // group someone just left; keep it short (6 s is the broker's usual minimum).
+    s.client
+        .properties
+        .insert("consumer.session.timeout.ms".into(), "6000".into());
+    if let Ok(debug) = std::env::var("KAFKA_DEBUG") {
+        s.client.properties.insert("consumer.debug".into(), debug);
+    }
+    s
+}
+
+fn broker(partitions: i32) -> EmbeddedBroker {
+    support::logs();
+    let broker = EmbeddedBroker::start(1).expect("mock cluster");
+    broker.create_topic("in", partitions).unwrap();
+    broker.create_topic("out", partitions).unwrap();
+    broker
+}
+
+/// `key-N` -> values `N:0`, `N:1`, ... in order.
+fn keyed_inputs(keys: usize, per_key: usize, offset: usize) -> Vec<(String, String)> {
+    (offset..offset + per_key)
+        .flat_map(|i| (0..keys).map(move |k| (format!("key-{k}"), format!("{k}:{i}"))))
+        .collect()
+}
+
+fn sequence(value: &str) -> usize {
+    value
+        .trim_end_matches('!')
+        .split(':')
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("value k:i!")
+}
+
+#[test]
+fn per_partition_order_is_kept() {
+    let broker = broker(4);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(8, 250, 0);
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("order"), settings(&broker));
+        let handle = tokio::spawn(runner.run(shutdown));
+        let out = consume(&bootstrap, "out", inputs.len(), Duration::from_secs(60)).await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(out.len(), inputs.len());
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        let mut partitions_of_key: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for r in &out {
+            let n = sequence(&r.value);
+            if let Some(prev) = last.insert(r.key.clone(), n) {
+                assert_eq!(n, prev + 1, "key {} out of order: {prev} then {n}", r.key);
+            }
+            partitions_of_key
+                .entry(r.key.clone())
+                .or_default()
+                .insert(r.partition);
+        }
+        assert!(
+            partitions_of_key.values().all(|p| p.len() == 1),
+            "a key stays on one partition"
+        );
+    });
+}
+
+#[test]
+fn shutdown_commits_and_a_restart_loses_nothing() {
+    let broker = broker(3);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let first = keyed_inputs(6, 100, 0);
+        produce_keyed(&bootstrap, "in", &first).await;
+
+        // First run: stop it as soon as part of the input has come out.
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("restart"), settings(&broker));
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().records_out >= 100
+        })
+        .await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        let processed = metrics.snapshot().records_in;
+        let committed = committed_total(&bootstrap, "restart", "in", 3).await;
+        assert_eq!(
+            committed, processed as i64,
+            "shutdown commits exactly what was processed and acknowledged"
+        );
+
+        // More input while it is down, then a second run in the same group.
+        let second = keyed_inputs(6, 100, 100);
+        produce_keyed(&bootstrap, "in", &second).await;
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("restart"), settings(&broker));
+        let metrics2 = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        let total = first.len() + second.len();
+        wait_for(Duration::from_secs(30), || {
+            metrics2.snapshot().records_out as usize >= total - processed as usize
+        })
+        .await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+
+        let expected: BTreeSet<String> = first
+            .iter()
+            .chain(&second)
+            .map(|(_, v)| format!("{v}!"))
+            .collect();
+        let out = consume_until_seen(&bootstrap, "out", &expected, Duration::from_secs(30)).await;
+        let seen: BTreeSet<String> = out.iter().map(|r| r.value.clone()).collect();
+        assert!(
+            seen == expected,
+            "every input came out: {}",
+            missing_summary(&expected, &seen)
+        );
+        assert_eq!(
+            out.len(),
+            total,
+            "a clean shutdown leaves no duplicates either"
+        );
+        assert_eq!(
+            committed_total(&bootstrap, "restart", "in", 3).await,
+            total as i64
+        );
+    });
+}
+
+#[test]
+fn two_instances_share_partitions_and_one_takes_over() {
+    let broker = broker(4);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (trigger_a, shutdown_a) = Shutdown::new();
+        let (trigger_b, shutdown_b) = Shutdown::new();
+        let a = TopologyRunner::new(shout("pair"), settings(&broker));
+        let b = TopologyRunner::new(shout("pair"), settings(&broker));
+        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+        let handle_a = tokio::spawn(a.run(shutdown_a));
+        let handle_b = tokio::spawn(b.run(shutdown_b));
+        // Let both join before input arrives, so the group settles on two members.
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+            a.assigned_partitions > 0 && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+
+        let first = keyed_inputs(16, 50, 0);
+        produce_keyed(&bootstrap, "in", &first).await;
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().records_out + metrics_b.snapshot().records_out
+                >= first.len() as u64
+        })
+        .await;
+        let (in_a, in_b) = (
+            metrics_a.snapshot().records_in,
+            metrics_b.snapshot().records_in,
+        );
+        assert!(
+            in_a > 0 && in_b > 0,
+            "both instances got partitions: a={in_a} b={in_b}"
+        );
+
+        trigger_a.trigger();
+        handle_a.await.unwrap().unwrap();
+        let second = keyed_inputs(16, 50, 50);
+        produce_keyed(&bootstrap, "in", &second).await;
+        let total = first.len() + second.len();
+        let expected: BTreeSet<String> = first
+            .iter()
+            .chain(&second)
+            .map(|(_, v)| format!("{v}!"))
+            .collect();
+        let out = consume_until_seen(&bootstrap, "out", &expected, Duration::from_secs(60)).await;
+        trigger_b.trigger();
+        handle_b.await.unwrap().unwrap();
+        let seen: BTreeSet<String> = out.iter().map(|r| r.value.clone()).collect();
+        assert!(
+            seen == expected,
+            "the survivor processed the partitions it took over: {}",
+            missing_summary(&expected, &seen)
+        );
+        let _ = total;
+        assert!(
+            metrics_b.snapshot().records_in > in_b,
+            "the survivor took over after the other left"
+        );
+    });
+}
+
+#[test]
+fn the_in_flight_bound_holds_when_the_broker_is_slow() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(4, 300, 0);
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        broker
+            .set_round_trip_time(1, Duration::from_millis(30))
+            .unwrap();
+        let mut s = settings(&broker);
+        s.max_in_flight = 50;
+        s.client
+            .properties
+            .insert("producer.linger.ms".into(), "0".into());
+        s.client
+            .properties
+            .insert("producer.batch.num.messages".into(), "10".into());
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("bounded"), s);
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(90), || {
+            metrics.snapshot().records_out >= inputs.len() as u64
+        })
+        .await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        let m = metrics.snapshot();
+        assert_eq!(
+            m.records_out,
+            inputs.len() as u64,
+            "everything was delivered"
+        );
+        assert!(
+            m.pauses >= 1,
+            "the bound was reached and partitions paused: {m:?}"
+        );
+        assert!(
+            m.in_flight_peak <= 50,
+            "in flight never exceeded the bound: {m:?}"
+        );
+    });
+}
+
+/// Against a real cluster (`docker compose -f docker-compose-test.yml up -d`), when
+/// `RUN_KAFKA_INTEGRATION_TESTS=1`: the same pipeline, with topics created through the
+/// admin API the mock cluster lacks.
+#[test]
+fn real_cluster_round_trip() {
+    if std::env::var("RUN_KAFKA_INTEGRATION_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set RUN_KAFKA_INTEGRATION_TESTS=1 and KAFKA_BOOTSTRAP_SERVERS to run");
+        return;
+    }
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let bootstrap =
+        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "localhost:9092".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (input, output) = (format!("it-in-{suffix}"), format!("it-out-{suffix}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin client");
+        let topics = [
+            NewTopic::new(&input, 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&output, 3, TopicReplication::Fixed(1)),
+        ];
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
+            r.expect("topic created");
+        }
+        let b = TopologyBuilder::new(format!("it-{suffix}"));
+        b.stream(
+            "in",
+            [input.clone()],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .map_values("shout", |v: String| format!("{v}!"))
+        .to(
+            "out",
+            &output,
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        let inputs = keyed_inputs(4, 50, 0);
+        produce_keyed(&bootstrap, &input, &inputs).await;
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(b.build().unwrap(), RunSettings::new(bootstrap.clone()));
+        let handle = tokio::spawn(runner.run(shutdown));
+        let out = consume(&bootstrap, &output, inputs.len(), Duration::from_secs(60)).await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(out.len(), inputs.len());
+    });
+}

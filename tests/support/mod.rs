@@ -1,0 +1,189 @@
+//! Helpers shared by the integration tests: a Kafka client of our own (rdkafka, not the
+//! engine) to produce input, read output and check committed offsets.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Sends the engine's logs to the test output when `RUST_LOG` is set.
+pub fn logs() {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: String,
+}
+
+pub async fn produce_keyed(bootstrap: &str, topic: &str, records: &[(String, String)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let sends = records.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic).key(k.as_str()).payload(v.as_str()),
+            Duration::from_secs(10),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("produced");
+    }
+}
+
+pub async fn produce_bytes(bootstrap: &str, topic: &str, key: &[u8], value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+}
+
+/// Reads `topic` from the beginning until `count` records or `timeout`.
+pub async fn consume(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Read> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = consumer.stream();
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            }),
+            Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Reads `topic` from the beginning until every value in `expected` was seen (duplicates
+/// allowed, as at-least-once allows them) or `timeout`; returns everything read.
+pub async fn consume_until_seen(
+    bootstrap: &str,
+    topic: &str,
+    expected: &std::collections::BTreeSet<String>,
+    timeout: Duration,
+) -> Vec<Read> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let mut missing = expected.clone();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = consumer.stream();
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => {
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                missing.remove(&value);
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    value,
+                });
+            }
+            Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// What `expected` lacks in `seen`, summarised for an assertion message.
+pub fn missing_summary(
+    expected: &std::collections::BTreeSet<String>,
+    seen: &std::collections::BTreeSet<String>,
+) -> String {
+    let missing: Vec<&String> = expected.difference(seen).collect();
+    let extra: Vec<&String> = seen.difference(expected).collect();
+    format!(
+        "{} missing (first: {:?}), {} unexpected (first: {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    )
+}
+
+/// Sum of the committed offsets of `group` on `topic`'s partitions.
+pub async fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let bootstrap = bootstrap.to_string();
+    let group = group.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    })
+    .await
+    .expect("join")
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `timeout`.
+pub async fn wait_for(timeout: Duration, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < timeout,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! The topologies the `engine` command runs, one file each, and [`catalog`], the list
+//! `engine list` shows.
+//!
+//! May depend on `engine`; nothing depends on this crate but the command.
+
+pub mod ticket_pipeline;
+
+use engine::Catalog;
+
+/// Every topology of the `engine` command.
+pub fn catalog() -> Catalog {
+    Catalog::new().with(
+        ticket_pipeline::NAME,
+        "bench.tickets.in -> PENDING tickets set RUNNING -> bench.tickets.out",
+        |_ctx| ticket_pipeline::build(),
+    )
+}
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
