@@ -26,3 +26,11 @@ ensure_system_packages() {
     return 1
   fi
 }
+
+# Installs the Python clients the interoperability tests use (confluent-kafka, fastavro)
+# when they are missing.
+ensure_python_clients() {
+  python3 -c "import confluent_kafka.schema_registry, fastavro, authlib, httpx, cachetools" 2>/dev/null && return 0
+  echo "installing the Python clients used by the interoperability tests" >&2
+  python3 -m pip install -q -r engine/tests/python/requirements.txt
+}

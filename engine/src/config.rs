@@ -210,15 +210,14 @@ impl EngineConfig {
         if config.startup_timeout.is_zero() {
             problems.push("runtime.startup_timeout_ms must be at least 1".into());
         }
-        if let Some(url) = &config.schema_registry_url {
-            if !(url.starts_with("http://")
+        if let Some(url) = &config.schema_registry_url
+            && !(url.starts_with("http://")
                 || url.starts_with("https://")
                 || url.starts_with("mock://"))
-            {
-                problems.push(format!(
-                    "schema registry URL `{url}` must start with http://, https:// or mock://"
-                ));
-            }
+        {
+            problems.push(format!(
+                "schema registry URL `{url}` must start with http://, https:// or mock://"
+            ));
         }
         let client = ClientSettings {
             bootstrap_servers: config.bootstrap_servers.clone().unwrap_or_default(),

@@ -4,7 +4,8 @@
 //!
 //! - [`topology`]: the DSL ([`topology::TopologyBuilder`], [`topology::KStream`]) and the
 //!   per-partition executor.
-//! - [`serde`]: how keys and values become bytes.
+//! - [`serde`]: how keys and values become bytes, including Avro in the Confluent wire format.
+//! - [`registry`]: a Confluent Schema Registry client, an in-memory registry and its REST server.
 //! - [`testing`]: the test driver, Kafka Streams' `TopologyTestDriver` equivalent.
 //! - [`kafka`]: client configuration and the embedded broker (librdkafka's mock cluster).
 //! - [`runtime`]: runs topologies on Kafka with at-least-once delivery.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod registry;
 pub mod runtime;
 pub mod serde;
 pub mod testing;

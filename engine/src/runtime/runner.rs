@@ -114,10 +114,10 @@ impl ConsumerContext for ConsumeContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(application = %self.application_id, ?partitions, "partitions revoked: finishing their work");
-                if let Some(producer) = self.producer.get() {
-                    if let Err(error) = producer.flush(self.flush_timeout) {
-                        tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
-                    }
+                if let Some(producer) = self.producer.get()
+                    && let Err(error) = producer.flush(self.flush_timeout)
+                {
+                    tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
                 }
                 let commits = self
                     .tracker

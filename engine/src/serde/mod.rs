@@ -6,6 +6,7 @@
 //!
 //! May depend on: `record`. Must not depend on the topology, the runtime or Kafka.
 
+pub mod avro;
 mod json;
 mod primitive;
 

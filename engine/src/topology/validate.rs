@@ -146,14 +146,14 @@ pub(crate) fn problems(nodes: &[NodeSpec]) -> Vec<Problem> {
         } = &node.kind
         {
             for source in readers.get(topic.as_str()).into_iter().flatten() {
-                if let NodeKind::Source { key, value, .. } = &source.kind {
-                    if key != sink_key || value != sink_value {
-                        problems.push(Problem::SerdeMismatch {
-                            topic: topic.clone(),
-                            sink: format!("`{}` (key {sink_key}, value {sink_value})", node.name),
-                            source: format!("`{}` (key {key}, value {value})", source.name),
-                        });
-                    }
+                if let NodeKind::Source { key, value, .. } = &source.kind
+                    && (key != sink_key || value != sink_value)
+                {
+                    problems.push(Problem::SerdeMismatch {
+                        topic: topic.clone(),
+                        sink: format!("`{}` (key {sink_key}, value {sink_value})", node.name),
+                        source: format!("`{}` (key {key}, value {value})", source.name),
+                    });
                 }
             }
         }
