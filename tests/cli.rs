@@ -15,6 +15,7 @@ use engine::serde::Serdes;
 use engine::topology::{Consumed, Produced, TopologyBuilder};
 use serde_json::{Value, json};
 use support::{committed_total, consume, produce_keyed};
+use topologies::tickets::{TicketStatus, sample_ticket};
 
 fn engine() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
@@ -182,8 +183,8 @@ fn an_unreachable_broker_fails_in_bounded_time_with_exit_1() {
     );
 }
 
-/// Starts `engine dev` and returns it with the bootstrap address from its first line.
-fn engine_dev(args: &[&str]) -> (Running, String) {
+/// Starts `engine dev`; returns it with the broker and registry addresses it printed.
+fn engine_dev(args: &[&str]) -> (Running, String, String) {
     let mut child = engine()
         .arg("dev")
         .args(args)
@@ -191,58 +192,142 @@ fn engine_dev(args: &[&str]) -> (Running, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("engine dev starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
-    let bootstrap = first
-        .trim()
-        .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
-        .unwrap_or_else(|| panic!("first line was {first:?}"))
-        .to_string();
-    (Running(child), bootstrap)
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = |prefix: &str| {
+        let mut text = String::new();
+        stdout.read_line(&mut text).unwrap();
+        text.trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix}..., got {text:?}"))
+            .to_string()
+    };
+    let bootstrap = line("KAFKA_BOOTSTRAP_SERVERS=");
+    let registry = line("KAFKA_SCHEMA_REGISTRY_URL=");
+    (Running(child), bootstrap, registry)
 }
 
-fn ticket(id: usize, status: &str) -> String {
-    json!({"ticket_id": format!("t{id}"), "plan_id": format!("p{}", id % 5), "status": status})
-        .to_string()
+/// Feeds `lines` to `engine produce` on stdin.
+fn engine_produce(bootstrap: &str, registry: &str, args: &[&str], lines: &[String]) -> String {
+    use std::io::Write;
+    let mut child = engine()
+        .arg("produce")
+        .args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("engine produce starts");
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "engine produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Reads `max` records with `engine consume --from-beginning`, as JSON.
+fn engine_consume(bootstrap: &str, registry: &str, topic: &str, max: usize) -> Vec<Value> {
+    let (code, out, err) = output(
+        engine()
+            .args([
+                "consume",
+                topic,
+                "--from-beginning",
+                "--idle-timeout-ms",
+                "20000",
+                "--max",
+            ])
+            .arg(max.to_string())
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", registry),
+    );
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ticket_json(n: u32, status: TicketStatus) -> String {
+    serde_json::to_string(&sample_ticket(n, status)).unwrap()
+}
+
+const TICKET_SCHEMA_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/execution-ticket/execution-ticket.avsc"
+);
 
 #[test]
-fn engine_run_processes_records_from_engine_dev_and_stops_cleanly_on_sigterm() {
-    let (_dev, bootstrap) = engine_dev(&["--topology", "ticket-pipeline", "--partitions", "4"]);
+fn engine_run_processes_avro_and_json_from_engine_dev_and_stops_cleanly_on_sigterm() {
+    let (_dev, bootstrap, registry) =
+        engine_dev(&["--topology", "ticket-pipeline", "--partitions", "4"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut run = Running(
         engine()
             .args(["run", "ticket-pipeline"])
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("engine run starts"),
     );
-    let inputs: Vec<(String, String)> = (0..200)
-        .map(|i| {
-            let status = if i % 4 == 0 { "COMPLETED" } else { "PENDING" };
-            (format!("p{}", i % 5), ticket(i, status))
+    // Avro through `engine produce`: 75 PENDING, 25 COMPLETED.
+    let avro: Vec<String> = (0..100)
+        .map(|n| {
+            let status = if n % 4 == 0 {
+                TicketStatus::Completed
+            } else {
+                TicketStatus::Pending
+            };
+            ticket_json(n, status)
         })
         .collect();
-    let out = rt.block_on(async {
-        produce_keyed(&bootstrap, "bench.tickets.in", &inputs).await;
-        support::produce_bytes(&bootstrap, "bench.tickets.in", b"p0", b"\x00garbage").await;
-        consume(
-            &bootstrap,
-            "bench.tickets.out",
-            150,
-            Duration::from_secs(60),
-        )
-        .await
+    let said = engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "bench.tickets.in",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &avro,
+    );
+    assert!(said.contains("100 records produced"), "{said}");
+    // Legacy JSON from a client still on JSON, and one undecodable record.
+    let json: Vec<(String, String)> = (100..150)
+        .map(|n| {
+            (
+                format!("plan-{}", n % 3),
+                ticket_json(n, TicketStatus::Pending),
+            )
+        })
+        .collect();
+    rt.block_on(async {
+        produce_keyed(&bootstrap, "bench.tickets.in", &json).await;
+        support::produce_bytes(&bootstrap, "bench.tickets.in", b"plan-0", b"\x00garbage").await;
     });
-    assert_eq!(out.len(), 150, "every PENDING ticket came out");
+
+    let out = engine_consume(&bootstrap, &registry, "bench.tickets.out", 125);
+    assert_eq!(out.len(), 125, "every PENDING ticket came out");
+    let mut ids = std::collections::BTreeSet::new();
     for r in &out {
-        let v: Value = serde_json::from_str(&r.value).unwrap();
-        assert_eq!(v["status"], "RUNNING");
-        assert_eq!(r.key, v["plan_id"].as_str().unwrap(), "key kept");
+        assert_eq!(r["format"], "avro", "{r}");
+        assert!(r["schema_id"].as_i64().is_some(), "{r}");
+        assert_eq!(r["value"]["status"], "RUNNING", "{r}");
+        assert_eq!(r["key"], r["value"]["plan_id"], "key kept: {r}");
+        ids.insert(r["value"]["ticket_id"].as_str().unwrap().to_string());
     }
+    assert_eq!(ids.len(), 125, "no duplicates");
     let dead = rt.block_on(consume(
         &bootstrap,
         "bench.tickets.dlq",
@@ -286,7 +371,59 @@ fn engine_run_processes_records_from_engine_dev_and_stops_cleanly_on_sigterm() {
         4,
     ));
     assert_eq!(
-        committed, 201,
+        committed, 151,
         "every input offset was committed at shutdown"
+    );
+}
+
+#[test]
+fn engine_schema_registers_gets_and_checks_against_the_dev_registry() {
+    let (_dev, _bootstrap, registry) = engine_dev(&[]);
+    let schema = |args: &[&str]| {
+        output(
+            engine()
+                .arg("schema")
+                .args(args)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", &registry),
+        )
+    };
+    let (code, out, err) = schema(&["register", "tickets-value", TICKET_SCHEMA_FILE]);
+    assert_eq!(code, 0, "{err}");
+    let id: i32 = out.trim().parse().unwrap();
+    let (code, out, _) = schema(&["get", "tickets-value"]);
+    assert_eq!(code, 0);
+    let got: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (got["id"].as_i64(), got["version"].as_i64()),
+        (Some(id as i64), Some(1))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut evolved: Value =
+        serde_json::from_str(&std::fs::read_to_string(TICKET_SCHEMA_FILE).unwrap()).unwrap();
+    evolved["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "tenant", "type": "string", "default": "main"}));
+    let compatible = dir.path().join("compatible.avsc");
+    std::fs::write(&compatible, evolved.to_string()).unwrap();
+    let (code, out, err) = schema(&["check", "tickets-value", compatible.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("compatible") && out.contains("BACKWARD"),
+        "{out}"
+    );
+
+    evolved["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "region", "type": "string"}));
+    let incompatible = dir.path().join("incompatible.avsc");
+    std::fs::write(&incompatible, evolved.to_string()).unwrap();
+    let (code, _, err) = schema(&["check", "tickets-value", incompatible.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("NOT compatible") && err.contains("region"),
+        "{err}"
     );
 }

@@ -2,13 +2,14 @@
 //! The `engine` command's own catalog comes from the `topologies` crate; a user's `main`
 //! builds its own and hands it to [`cli::main`](crate::cli::main).
 
+use crate::serde::AvroContext;
 use crate::topology::{Topology, TopologyError};
 
 /// What a topology's build function may read.
 #[derive(Clone, Debug, Default)]
 pub struct BuildContext {
-    /// The schema registry URL, when configured.
-    pub schema_registry_url: Option<String>,
+    /// The schema registry, its settings and health, for Avro serdes.
+    pub avro: AvroContext,
     /// The `[topologies.NAME]` table of the configuration file.
     pub options: toml::Table,
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::kafka::ClientSettings;
 use crate::runtime::RunSettings;
+use crate::serde::{AvroSettings, Fallback, SubjectNameStrategy};
 
 /// The one place defaults are set.
 pub mod defaults {
@@ -60,8 +61,17 @@ pub struct KafkaSection {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
-    /// Registry URL (`http(s)://...` or `mock://scope`).
+    /// Registry URL (`http(s)://[user:password@]host:port` or `mock://scope`).
     pub url: Option<String>,
+    /// `json` (default) or `fail`: what serializers do when the registry does not answer
+    /// at start-up.
+    pub fallback: Option<Fallback>,
+    /// Register schemas on first use (default true).
+    pub auto_register: Option<bool>,
+    /// Write with the subject's latest schema (default false).
+    pub use_latest_version: Option<bool>,
+    /// `topic_name` (default), `record_name` or `topic_record_name`.
+    pub subject_name_strategy: Option<SubjectNameStrategy>,
 }
 
 /// `[runtime]` section.
@@ -135,6 +145,8 @@ pub struct EngineConfig {
     pub shutdown_timeout: Duration,
     /// Per-topology options from the file.
     pub topology_options: BTreeMap<String, toml::Table>,
+    /// Avro serde settings.
+    pub avro: AvroSettings,
 }
 
 impl EngineConfig {
@@ -178,7 +190,7 @@ impl EngineConfig {
             bootstrap_servers: non_empty(overrides.bootstrap_servers.clone())
                 .or(non_empty(file.kafka.bootstrap_servers)),
             schema_registry_url: non_empty(overrides.schema_registry_url.clone())
-                .or(non_empty(file.schema_registry.url)),
+                .or(non_empty(file.schema_registry.url.clone())),
             kafka_properties: properties,
             commit_interval: Duration::from_millis(
                 file.runtime
@@ -200,6 +212,18 @@ impl EngineConfig {
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_MS),
             ),
             topology_options: file.topologies,
+            avro: {
+                let d = AvroSettings::default();
+                let r = &file.schema_registry;
+                AvroSettings {
+                    subject_name_strategy: r
+                        .subject_name_strategy
+                        .unwrap_or(d.subject_name_strategy),
+                    auto_register: r.auto_register.unwrap_or(d.auto_register),
+                    use_latest_version: r.use_latest_version.unwrap_or(d.use_latest_version),
+                    fallback: r.fallback.unwrap_or(d.fallback),
+                }
+            },
         };
         if config.commit_interval.is_zero() {
             problems.push("runtime.commit_interval_ms must be at least 1".into());

@@ -4,6 +4,7 @@
 //! May depend on `engine`; nothing depends on this crate but the command.
 
 pub mod ticket_pipeline;
+pub mod tickets;
 
 use engine::Catalog;
 
@@ -12,7 +13,7 @@ pub fn catalog() -> Catalog {
     Catalog::new().with(
         ticket_pipeline::NAME,
         "bench.tickets.in -> PENDING tickets set RUNNING -> bench.tickets.out",
-        |_ctx| ticket_pipeline::build(),
+        ticket_pipeline::build,
     )
 }
 

@@ -83,6 +83,12 @@ pub enum RuntimeError {
         /// librdkafka's message.
         reason: String,
     },
+    /// Serdes could not get ready (e.g. the registry is down and `fallback = fail`).
+    #[error("serdes not ready:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Serdes {
+        /// Every failure.
+        problems: Vec<String>,
+    },
     /// A record failed and the error policy says `fail`; its offset was not committed.
     #[error(
         "stopped by the error policy (its offset is not committed; fix the cause or change the policy, then restart): {0}"

@@ -253,6 +253,14 @@ impl TopologyRunner {
         );
 
         let partition_counts = Arc::new(self.check_topics(&producer).await?);
+        let topology = self.topology.clone();
+        tokio::task::spawn_blocking(move || topology.prepare())
+            .await
+            .map_err(|e| RuntimeError::Crashed {
+                application: app.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|problems| RuntimeError::Serdes { problems })?;
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);

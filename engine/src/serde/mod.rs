@@ -7,12 +7,16 @@
 //! May depend on: `record`. Must not depend on the topology, the runtime or Kafka.
 
 pub mod avro;
+mod confluent;
 mod json;
 mod primitive;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use confluent::{
+    AvroContext, AvroSerde, AvroSettings, Fallback, MAGIC_BYTE, RegistryHealth, SubjectNameStrategy,
+};
 pub use json::JsonSerde;
 pub use primitive::{BytesSerde, I32Serde, I64Serde, Nullable, StringSerde, UnitSerde};
 
@@ -109,6 +113,15 @@ pub(crate) fn short_type_name(name: &str) -> String {
     out
 }
 
+/// Whether a serde is used to read (a source) or write (a sink) a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerdeRole {
+    /// A source decodes the topic.
+    Read,
+    /// A sink encodes for the topic.
+    Write,
+}
+
 /// Converts values of type `T` to bytes and back, for one topic at a time.
 ///
 /// Implementations must be cheap to call per record and safe to share between tasks.
@@ -121,6 +134,13 @@ pub trait Serde<T>: Send + Sync + 'static {
 
     /// What this serde is.
     fn info(&self) -> SerdeInfo;
+
+    /// Called once before a topology processes anything, for each topic the serde reads
+    /// or writes: the place to contact a registry, register schemas, or decide on a
+    /// fallback. An error stops the topology from starting.
+    fn prepare(&self, _topic: &str, _role: SerdeRole) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<T, S: Serde<T> + ?Sized> Serde<T> for Arc<S> {
@@ -132,6 +152,9 @@ impl<T, S: Serde<T> + ?Sized> Serde<T> for Arc<S> {
     }
     fn info(&self) -> SerdeInfo {
         (**self).info()
+    }
+    fn prepare(&self, topic: &str, role: SerdeRole) -> Result<()> {
+        (**self).prepare(topic, role)
     }
 }
 

@@ -117,6 +117,9 @@ impl<T, S: Serde<T>> Serde<Option<T>> for Nullable<S> {
     fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Option<T>> {
         data.map(|d| self.0.deserialize(topic, Some(d))).transpose()
     }
+    fn prepare(&self, topic: &str, role: super::SerdeRole) -> Result<()> {
+        self.0.prepare(topic, role)
+    }
     fn info(&self) -> SerdeInfo {
         let inner = self.0.info();
         SerdeInfo {

@@ -64,8 +64,16 @@ impl TestDriver {
     /// A driver with the given options.
     ///
     /// # Panics
-    /// If a processor's `init` fails: the topology cannot start.
+    /// If a serde cannot get ready or a processor's `init` fails: the topology cannot
+    /// start.
     pub fn with_options(topology: Topology, options: TestDriverOptions) -> Self {
+        if let Err(problems) = topology.prepare() {
+            panic!(
+                "topology `{}` serdes are not ready: {}",
+                topology.application_id(),
+                problems.join("; ")
+            );
+        }
         let metrics = Arc::new(TopologyMetrics::default());
         let mut counts = options.partition_counts;
         for t in topology.topics() {

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::serde::{Serde, SerdeInfo};
+use crate::serde::{Serde, SerdeInfo, SerdeRole};
 
 use super::error::{DecodeError, Problem, TopologyError};
 use super::node::{Datum, NodeFactory, NodeInstance, SourceDecoder, TypeSig};
@@ -83,11 +83,39 @@ pub(crate) enum NodeKind {
     },
 }
 
+/// Prepares a node's serdes for its topics; returns one message per failure.
+pub(crate) type PrepareFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// A closure preparing `key` and `value` for `topics` in `role`.
+pub(crate) fn prepare_fn<K: 'static, V: 'static>(
+    node: &str,
+    topics: Vec<String>,
+    key: Arc<dyn Serde<K>>,
+    value: Arc<dyn Serde<V>>,
+    role: SerdeRole,
+) -> PrepareFn {
+    let node = node.to_string();
+    Arc::new(move || {
+        let mut problems = Vec::new();
+        for topic in &topics {
+            if let Err(e) = key.prepare(topic, role) {
+                problems.push(format!("node `{node}`, key serde for `{topic}`: {e}"));
+            }
+            if let Err(e) = value.prepare(topic, role) {
+                problems.push(format!("node `{node}`, value serde for `{topic}`: {e}"));
+            }
+        }
+        problems
+    })
+}
+
 /// One node as declared.
 #[derive(Clone)]
 pub(crate) struct NodeSpec {
     pub name: String,
     pub kind: NodeKind,
+    /// Sources and sinks prepare their serdes before processing starts.
+    pub prepare: Option<PrepareFn>,
     pub parents: Vec<String>,
     /// Types the node accepts (`None` for sources).
     pub input: Option<TypeSig>,
@@ -153,10 +181,19 @@ impl TopologyBuilder {
         topics: impl IntoIterator<Item = T>,
         consumed: Consumed<K, V>,
     ) -> KStream<K, V> {
+        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+        let prepare = prepare_fn(
+            name,
+            topics.clone(),
+            consumed.key.clone(),
+            consumed.value.clone(),
+            SerdeRole::Read,
+        );
         let spec = NodeSpec {
             name: name.to_string(),
+            prepare: Some(prepare),
             kind: NodeKind::Source {
-                topics: topics.into_iter().map(Into::into).collect(),
+                topics,
                 key: consumed.key.info(),
                 value: consumed.value.info(),
                 decoder: Arc::new(TypedDecoder {
@@ -233,6 +270,7 @@ pub(crate) fn add_processor_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P
         state,
         NodeSpec {
             name: name.to_string(),
+            prepare: None,
             kind: NodeKind::Processor { operator, factory },
             parents,
             input: Some(TypeSig::of::<KIn, VIn>()),
@@ -428,6 +466,23 @@ impl Topology {
         t.sort();
         t.dedup();
         t
+    }
+
+    /// Prepares every source's and sink's serdes (registry contact, schema registration,
+    /// fallback decisions); blocking. Returns every failure.
+    pub fn prepare(&self) -> Result<(), Vec<String>> {
+        let problems: Vec<String> = self
+            .inner
+            .nodes
+            .iter()
+            .filter_map(|n| n.prepare.as_ref())
+            .flat_map(|p| p())
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Every topic the topology touches, sorted.

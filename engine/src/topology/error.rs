@@ -90,6 +90,13 @@ pub enum Problem {
     },
     /// A topology with no source.
     NoSource,
+    /// A serde could not be built (for example its schema does not parse).
+    Serde {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A node name that is empty or has characters topic and store names cannot carry.
     BadName {
         /// The name.
@@ -142,6 +149,7 @@ impl fmt::Display for Problem {
                 f,
                 "the topology has no source: add one with `builder.stream(..)`"
             ),
+            Problem::Serde { node, message } => write!(f, "serde of node `{node}`: {message}"),
             Problem::BadName { name } => write!(
                 f,
                 "node name `{name}` must be non-empty and use only ASCII letters, digits, '.', '_' and '-'"

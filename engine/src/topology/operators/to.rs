@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use crate::record::{ProducedRecord, Record};
+use crate::serde::SerdeRole;
 use crate::serde::{Serde, Written};
 use crate::topology::builder::{
-    Data, KStream, NodeKind, NodeSpec, Partitioner, Produced, add_node,
+    Data, KStream, NodeKind, NodeSpec, Partitioner, Produced, add_node, prepare_fn,
 };
 use crate::topology::error::ProcessingError;
 use crate::topology::node::{NodeInstance, TypeSig};
@@ -79,6 +80,13 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///     .partitioner(|k: &String, _v: &String, n| k.len() as i32 % n));
     /// ```
     pub fn to(&self, name: &str, topic: &str, produced: Produced<K, V>) {
+        let prepare = prepare_fn(
+            name,
+            vec![topic.to_string()],
+            produced.key.clone(),
+            produced.value.clone(),
+            SerdeRole::Write,
+        );
         let key_info = produced.key.info();
         let value_info = produced.value.info();
         let node: Arc<str> = Arc::from(name);
@@ -96,6 +104,7 @@ impl<K: Data, V: Data> KStream<K, V> {
             &self.state,
             NodeSpec {
                 name: name.to_string(),
+                prepare: Some(prepare),
                 kind: NodeKind::Sink {
                     topic: topic.to_string(),
                     key: key_info,

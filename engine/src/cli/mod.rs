@@ -7,13 +7,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod tools;
 
 use crate::catalog::{BuildContext, Catalog};
 use crate::config::{EngineConfig, Overrides, defaults};
 use crate::kafka::EmbeddedBroker;
+use crate::registry::{MemoryRegistry, MockRegistries, RegistryConfig, SchemaRegistry};
 use crate::runtime::{Shutdown, run_topologies};
+use crate::serde::AvroContext;
 use crate::topology::Topology;
 
 /// Exit code for success.
@@ -110,7 +115,19 @@ enum Command {
         /// Number of mock brokers.
         #[arg(long, default_value_t = 1)]
         brokers: i32,
+        /// Port of the schema registry (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        registry_port: u16,
     },
+    /// Register, fetch or check schemas in the schema registry.
+    #[command(subcommand)]
+    Schema(tools::SchemaCommand),
+    /// Produce JSON lines from stdin to a topic, encoded with the topic's Avro schema
+    /// (like `kcat -P` with Avro); `--format json` writes them as JSON.
+    Produce(tools::ProduceArgs),
+    /// Print records of a topic as JSON lines with partition, offset, format and schema
+    /// id, decoding Avro through the registry (like `kcat -C -s avro`).
+    Consume(tools::ConsumeArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -203,11 +220,35 @@ fn runtime(message: impl Into<String>) -> Failure {
     }
 }
 
-fn build_context(config: Option<&EngineConfig>, name: &str) -> BuildContext {
+/// The registry the configuration names: `mock://SCOPE` resolves in `mocks`; with no URL
+/// and `embedded_scope`, an in-process registry of that scope.
+fn avro_context(
+    config: &EngineConfig,
+    mocks: &MockRegistries,
+    embedded_scope: Option<&str>,
+) -> Result<AvroContext, Failure> {
+    let url = config
+        .schema_registry_url
+        .clone()
+        .or_else(|| embedded_scope.map(|s| format!("mock://{s}")));
+    let registry = url
+        .map(|u| SchemaRegistry::connect(RegistryConfig::new(u), mocks))
+        .transpose()
+        .map_err(|e| usage(format!("schema registry: {e}")))?;
+    Ok(AvroContext {
+        registry,
+        settings: config.avro.clone(),
+        health: Default::default(),
+    })
+}
+
+fn build_context(config: &EngineConfig, avro: &AvroContext, name: &str) -> BuildContext {
     BuildContext {
-        schema_registry_url: config.and_then(|c| c.schema_registry_url.clone()),
+        avro: avro.clone(),
         options: config
-            .and_then(|c| c.topology_options.get(name).cloned())
+            .topology_options
+            .get(name)
+            .cloned()
             .unwrap_or_default(),
     }
 }
@@ -216,7 +257,8 @@ fn build_context(config: Option<&EngineConfig>, name: &str) -> BuildContext {
 fn build_all(
     catalog: &Catalog,
     names: &[String],
-    config: Option<&EngineConfig>,
+    config: &EngineConfig,
+    avro: &AvroContext,
 ) -> Result<Vec<Topology>, Failure> {
     let mut problems = Vec::new();
     let mut topologies = Vec::new();
@@ -226,7 +268,7 @@ fn build_all(
                 "no topology named `{name}`; known: {}",
                 catalog.names().join(", ")
             )),
-            Some(entry) => match entry.build(&build_context(config, name)) {
+            Some(entry) => match entry.build(&build_context(config, avro, name)) {
                 Ok(t) => topologies.push(t),
                 Err(e) => problems.push(e.to_string()),
             },
@@ -246,6 +288,7 @@ fn execute(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let load = || EngineConfig::load(overrides).map_err(|e| usage(e.to_string()));
+    let mocks = MockRegistries::new();
     match command {
         Command::List => {
             let width = catalog.names().iter().map(|n| n.len()).max().unwrap_or(0);
@@ -256,7 +299,8 @@ fn execute(
         }
         Command::Describe { name, format } => {
             let config = load()?;
-            let topology = build_all(catalog, &[name], Some(&config))?.remove(0);
+            let avro = avro_context(&config, &mocks, Some("describe"))?;
+            let topology = build_all(catalog, &[name], &config, &avro)?.remove(0);
             let text = match format {
                 Format::Text => topology.describe(),
                 Format::Mermaid => topology.describe_mermaid(),
@@ -266,7 +310,8 @@ fn execute(
         }
         Command::Validate { name } => {
             let config = load()?;
-            let topology = build_all(catalog, &[name], Some(&config))?.remove(0);
+            let avro = avro_context(&config, &mocks, Some("validate"))?;
+            let topology = build_all(catalog, &[name], &config, &avro)?.remove(0);
             let _ = writeln!(
                 out,
                 "topology `{}` is valid: reads {}, writes {}",
@@ -282,7 +327,8 @@ fn execute(
             partitions,
         } => {
             let config = load()?;
-            let topologies = build_all(catalog, &names, Some(&config))?;
+            let avro = avro_context(&config, &mocks, embedded.then_some("embedded"))?;
+            let topologies = build_all(catalog, &names, &config, &avro)?;
             if partitions < 1 {
                 return Err(usage("--partitions must be at least 1"));
             }
@@ -341,13 +387,20 @@ fn execute(
             topologies,
             partitions,
             brokers,
+            registry_port,
         } => {
             let config = load()?;
             let mut wanted: Vec<(String, i32)> = Vec::new();
             for spec in &topics {
                 wanted.push(parse_topic_spec(spec, partitions)?);
             }
-            for topology in build_all(catalog, &topologies, Some(&config))? {
+            let registry = Arc::new(MemoryRegistry::new());
+            let avro = AvroContext {
+                registry: Some(SchemaRegistry::memory(registry.clone())),
+                settings: config.avro.clone(),
+                health: Default::default(),
+            };
+            for topology in build_all(catalog, &topologies, &config, &avro)? {
                 wanted.extend(topology.topics().into_iter().map(|t| (t, partitions)));
             }
             let broker = EmbeddedBroker::start(brokers)
@@ -357,23 +410,51 @@ fn execute(
                     .create_topic(topic, *n)
                     .map_err(|e| runtime(format!("cannot create topic `{topic}`: {e}")))?;
             }
+            let executor = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| runtime(format!("cannot start the executor: {e}")))?;
+            let registry_addr = std::net::SocketAddr::from(([127, 0, 0, 1], registry_port));
+            let (registry_addr, server) = crate::registry::server::serve(registry, registry_addr)
+                .map_err(|e| {
+                runtime(format!(
+                    "cannot serve the schema registry on {registry_addr}: {e}"
+                ))
+            })?;
             let _ = writeln!(
                 out,
                 "KAFKA_BOOTSTRAP_SERVERS={}",
                 broker.bootstrap_servers()
             );
+            let _ = writeln!(out, "KAFKA_SCHEMA_REGISTRY_URL=http://{registry_addr}");
             let _ = out.flush();
-            tracing::info!(bootstrap_servers = %broker.bootstrap_servers(), topics = ?wanted, "development broker up (librdkafka mock cluster: no admin API, no compaction, a few MB per partition); Ctrl-C to stop");
-            let executor = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| runtime(format!("cannot start the executor: {e}")))?;
-            executor.block_on(async {
+            tracing::info!(bootstrap_servers = %broker.bootstrap_servers(), schema_registry = %registry_addr, topics = ?wanted, "development broker (librdkafka mock cluster: no admin API, no compaction, a few MB per partition) and schema registry up; Ctrl-C to stop");
+            let served = executor.block_on(async {
                 let mut shutdown = Shutdown::on_signals();
-                shutdown.wait().await;
+                tokio::select! {
+                    _ = shutdown.wait() => Ok(()),
+                    result = server => result,
+                }
             });
+            served.map_err(|e| runtime(format!("schema registry stopped: {e}")))?;
             drop(broker);
             Ok(())
+        }
+        Command::Schema(command) => {
+            let config = load()?;
+            let avro = avro_context(&config, &mocks, None)?;
+            tools::schema(command, &avro, out)
+        }
+        Command::Produce(args) => {
+            let config = load()?;
+            let avro = avro_context(&config, &mocks, None)?;
+            tools::produce(args, &config, &avro, out)
+        }
+        Command::Consume(args) => {
+            let config = load()?;
+            let avro = avro_context(&config, &mocks, None)?;
+            tools::consume(args, &config, &avro, out)
         }
     }
 }

@@ -1,0 +1,222 @@
+//! The execution-ticket contract (`schemas/execution-ticket/execution-ticket.avsc`) as
+//! Rust types, shared by the topologies that read or write tickets.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The Avro schema of [`ExecutionTicket`].
+pub const EXECUTION_TICKET_SCHEMA: &str =
+    include_str!("../../schemas/execution-ticket/execution-ticket.avsc");
+
+/// What a ticket asks a worker to do.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskType {
+    /// Build an artifact.
+    Build,
+    /// Deploy it.
+    Deploy,
+    /// Test it.
+    Test,
+    /// Validate it.
+    Validate,
+    /// Run something.
+    Execute,
+    /// Undo an earlier ticket.
+    Compensate,
+    /// Read something.
+    Query,
+}
+
+/// Where a ticket is in its life.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TicketStatus {
+    /// Waiting for a worker.
+    Pending,
+    /// A worker runs it.
+    Running,
+    /// Done.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Being undone.
+    Compensating,
+    /// Undone.
+    Compensated,
+}
+
+/// Scheduling priority.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Priority {
+    /// Low.
+    Low,
+    /// Normal (the default).
+    Normal,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+/// Risk of the plan the ticket belongs to.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskBand {
+    /// Low.
+    Low,
+    /// Medium (the default).
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+/// Delivery guarantee asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryMode {
+    /// At most once.
+    AtMostOnce,
+    /// At least once.
+    AtLeastOnce,
+    /// Exactly once.
+    ExactlyOnce,
+}
+
+/// Consistency asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Consistency {
+    /// Eventual.
+    Eventual,
+    /// Strong.
+    Strong,
+}
+
+/// Durability asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Durability {
+    /// In memory.
+    Transient,
+    /// Persisted.
+    Persistent,
+}
+
+/// Security classification.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityLevel {
+    /// Public.
+    Public,
+    /// Internal (the default).
+    Internal,
+    /// Confidential.
+    Confidential,
+    /// Restricted.
+    Restricted,
+}
+
+/// Deadline and retry budget.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Sla {
+    /// Epoch milliseconds by which the ticket must complete.
+    pub deadline: i64,
+    /// Timeout of one attempt, ms.
+    pub timeout_ms: i64,
+    /// Retries after the first attempt.
+    pub max_retries: i32,
+}
+
+/// Quality of service.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QoS {
+    /// Delivery guarantee.
+    pub delivery_mode: DeliveryMode,
+    /// Consistency.
+    pub consistency: Consistency,
+    /// Durability.
+    pub durability: Durability,
+}
+
+/// One unit of work of a plan.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionTicket {
+    pub ticket_id: String,
+    pub plan_id: String,
+    pub intent_id: String,
+    pub decision_id: String,
+    pub correlation_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub task_id: String,
+    pub task_type: TaskType,
+    pub description: String,
+    pub dependencies: Vec<String>,
+    pub status: TicketStatus,
+    pub priority: Priority,
+    pub risk_band: RiskBand,
+    pub sla: Sla,
+    pub qos: QoS,
+    pub parameters: HashMap<String, String>,
+    pub required_capabilities: Vec<String>,
+    pub security_level: SecurityLevel,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub estimated_duration_ms: Option<i64>,
+    pub actual_duration_ms: Option<i64>,
+    pub retry_count: i32,
+    pub error_message: Option<String>,
+    pub compensation_ticket_id: Option<String>,
+    pub metadata: HashMap<String, String>,
+    pub schema_version: i32,
+}
+
+/// A valid ticket with plausible values, numbered `n`: for tests, examples and load
+/// generators.
+pub fn sample_ticket(n: u32, status: TicketStatus) -> ExecutionTicket {
+    ExecutionTicket {
+        ticket_id: format!("ticket-{n}"),
+        plan_id: format!("plan-{}", n % 3),
+        intent_id: "intent".into(),
+        decision_id: "decision".into(),
+        correlation_id: None,
+        trace_id: Some("trace".into()),
+        span_id: None,
+        task_id: format!("task-{n}"),
+        task_type: TaskType::Build,
+        description: "build the artifact".into(),
+        dependencies: vec![],
+        status,
+        priority: Priority::Normal,
+        risk_band: RiskBand::Medium,
+        sla: Sla {
+            deadline: 1_000,
+            timeout_ms: 60_000,
+            max_retries: 2,
+        },
+        qos: QoS {
+            delivery_mode: DeliveryMode::AtLeastOnce,
+            consistency: Consistency::Eventual,
+            durability: Durability::Persistent,
+        },
+        parameters: Default::default(),
+        required_capabilities: vec![],
+        security_level: SecurityLevel::Internal,
+        created_at: 0,
+        started_at: None,
+        completed_at: None,
+        estimated_duration_ms: None,
+        actual_duration_ms: None,
+        retry_count: 0,
+        error_message: None,
+        compensation_ticket_id: None,
+        metadata: Default::default(),
+        schema_version: 1,
+    }
+}
