@@ -428,7 +428,10 @@ fn engine_schema_registers_gets_and_checks_against_the_dev_registry() {
     );
 }
 
-const PYTHON_INTEROP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/engine/tests/python/kafka_interop.py");
+const PYTHON_INTEROP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/engine/tests/python/kafka_interop.py"
+);
 
 /// Runs the Python interoperability script with `input` on stdin.
 fn python(bootstrap: &str, registry: &str, args: &[&str], input: &str) -> String {
@@ -443,7 +446,12 @@ fn python(bootstrap: &str, registry: &str, args: &[&str], input: &str) -> String
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs (scripts/test installs confluent-kafka and fastavro)");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -463,7 +471,11 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
     ]);
     let tickets: Vec<Value> = (0..20u32)
         .map(|n| {
-            let status = if n % 2 == 0 { TicketStatus::Pending } else { TicketStatus::Failed };
+            let status = if n % 2 == 0 {
+                TicketStatus::Pending
+            } else {
+                TicketStatus::Failed
+            };
             let mut t = sample_ticket(n, status);
             t.parameters.insert("attempt".into(), n.to_string());
             t.dependencies = (0..n % 3).map(|d| format!("ticket-{d}")).collect();
@@ -474,7 +486,12 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
     let lines: Vec<String> = tickets.iter().map(Value::to_string).collect();
 
     // Python writes with AvroSerializer; the engine decodes.
-    python(&bootstrap, &registry, &["produce", "interop.from-python", TICKET_SCHEMA_FILE], &lines.join("\n"));
+    python(
+        &bootstrap,
+        &registry,
+        &["produce", "interop.from-python", TICKET_SCHEMA_FILE],
+        &lines.join("\n"),
+    );
     let read = engine_consume(&bootstrap, &registry, "interop.from-python", tickets.len());
     let mut decoded: Vec<Value> = read
         .iter()
@@ -487,20 +504,37 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
     decoded.sort_by_key(|v| v["ticket_id"].as_str().unwrap().to_string());
     let mut expected = tickets.clone();
     expected.sort_by_key(|v| v["ticket_id"].as_str().unwrap().to_string());
-    assert_eq!(decoded, expected, "what Python wrote, the engine decodes field for field");
+    assert_eq!(
+        decoded, expected,
+        "what Python wrote, the engine decodes field for field"
+    );
 
     // The engine writes; Python decodes with AvroDeserializer.
     engine_produce(
         &bootstrap,
         &registry,
-        &["interop.from-engine", "--schema", TICKET_SCHEMA_FILE, "--key-field", "ticket_id"],
+        &[
+            "interop.from-engine",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "ticket_id",
+        ],
         &lines,
     );
-    let printed = python(&bootstrap, &registry, &["consume", "interop.from-engine", &tickets.len().to_string()], "");
+    let printed = python(
+        &bootstrap,
+        &registry,
+        &["consume", "interop.from-engine", &tickets.len().to_string()],
+        "",
+    );
     let mut from_python: Vec<Value> = printed
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
         .collect();
     from_python.sort_by_key(|v| v["ticket_id"].as_str().unwrap().to_string());
-    assert_eq!(from_python, expected, "what the engine wrote, Python decodes field for field");
+    assert_eq!(
+        from_python, expected,
+        "what the engine wrote, Python decodes field for field"
+    );
 }

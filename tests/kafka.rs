@@ -12,7 +12,8 @@ use std::time::Duration;
 use engine::kafka::EmbeddedBroker;
 use engine::runtime::{RunSettings, Shutdown, TopologyRunner};
 use engine::serde::Serdes;
-use engine::topology::{Consumed, Produced, Topology, TopologyBuilder};
+use engine::state::RocksSettings;
+use engine::topology::{Consumed, Grouped, Produced, Topology, TopologyBuilder};
 use support::{
     committed_total, consume, consume_until_seen, missing_summary, produce_keyed, wait_for,
 };
@@ -336,4 +337,107 @@ fn real_cluster_round_trip() {
         handle.await.unwrap().unwrap();
         assert_eq!(out.len(), inputs.len());
     });
+}
+
+/// Counts records per key in RocksDB, emitting each new count.
+fn counter(app: &str) -> Topology {
+    let b = TopologyBuilder::new(app);
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+    .count("count", "per-key")
+    .to_stream("updates")
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::i64()),
+    );
+    b.build().expect("valid")
+}
+
+#[test]
+fn stores_restore_from_their_changelog_and_a_checkpoint_limits_restore_to_the_tail() {
+    let broker = broker(3);
+    broker.create_topic("restore-per-key-changelog", 3).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let state = tempfile::tempdir().unwrap();
+    let with_state = |dir: &std::path::Path| {
+        let mut s = settings(&broker);
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let run = |dir: std::path::PathBuf, records_out: u64| {
+            let runner = TopologyRunner::new(counter("restore"), with_state(&dir));
+            let metrics = runner.metrics();
+            let (trigger, shutdown) = Shutdown::new();
+            let handle = tokio::spawn(runner.run(shutdown));
+            async move {
+                wait_for(Duration::from_secs(30), || {
+                    metrics.snapshot().records_out >= records_out
+                })
+                .await;
+                trigger.trigger();
+                handle.await.unwrap().unwrap();
+                metrics.snapshot()
+            }
+        };
+        // First run: 6 keys x 50; every update goes out and to the changelog.
+        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 50, 0)).await;
+        let first = run(state.path().to_path_buf(), 600).await;
+        assert_eq!(
+            first.restored_records, 0,
+            "nothing to restore on a first start"
+        );
+        let checkpoints = walk(state.path())
+            .into_iter()
+            .filter(|p| p.ends_with(".checkpoint"))
+            .count();
+        assert!(checkpoints >= 1, "a clean stop leaves checkpoints");
+
+        // Restart on the same state: the checkpoints say the stores are complete, so only
+        // the changelog tail (empty) is read, and counting continues from 50.
+        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 10, 50)).await;
+        let second = run(state.path().to_path_buf(), 120).await;
+        assert_eq!(
+            second.restored_records, 0,
+            "restore read only the tail: {second:?}"
+        );
+
+        // A new instance without local state rebuilds everything from the changelog.
+        let fresh = tempfile::tempdir().unwrap();
+        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 1, 60)).await;
+        let third = run(fresh.path().to_path_buf(), 12).await;
+        assert_eq!(
+            third.restored_records, 360,
+            "the whole changelog: {third:?}"
+        );
+
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        let counts = support::consume_raw_counts(&bootstrap, "out", 600 + 120 + 12).await;
+        for (key, count) in counts {
+            last.insert(key, count);
+        }
+        assert_eq!(last.len(), 6);
+        assert!(
+            last.values().all(|&c| c == 61),
+            "every key counted 61 times: {last:?}"
+        );
+    });
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path.to_string_lossy().into_owned());
+    }
+    out
 }

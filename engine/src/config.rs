@@ -23,6 +23,10 @@ pub mod defaults {
     pub const STARTUP_TIMEOUT_MS: u64 = 10_000;
     /// How long to wait for acknowledgements at shutdown (ms).
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+    /// RocksDB block cache shared by every store of the process (bytes).
+    pub const BLOCK_CACHE_BYTES: usize = 32 << 20;
+    /// RocksDB write buffer per store (bytes).
+    pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
     /// Partitions of the topics `--embedded` creates.
     pub const EMBEDDED_PARTITIONS: i32 = 4;
 }

@@ -6,6 +6,7 @@
 //!   per-partition executor.
 //! - [`serde`]: how keys and values become bytes, including Avro in the Confluent wire format.
 //! - [`registry`]: a Confluent Schema Registry client, an in-memory registry and its REST server.
+//! - [`state`]: key-value stores (RocksDB or memory) with changelogs.
 //! - [`testing`]: the test driver, Kafka Streams' `TopologyTestDriver` equivalent.
 //! - [`kafka`]: client configuration and the embedded broker (librdkafka's mock cluster).
 //! - [`runtime`]: runs topologies on Kafka with at-least-once delivery.
@@ -20,6 +21,7 @@ pub mod record;
 pub mod registry;
 pub mod runtime;
 pub mod serde;
+pub mod state;
 pub mod testing;
 pub mod topology;
 

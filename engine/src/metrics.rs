@@ -20,6 +20,7 @@ pub struct TopologyMetrics {
     pub(crate) commits: AtomicU64,
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
+    pub(crate) restored_records: AtomicU64,
 }
 
 /// A point-in-time copy of [`TopologyMetrics`].
@@ -51,6 +52,8 @@ pub struct MetricsSnapshot {
     pub punctuations: u64,
     /// Partitions currently assigned to this instance.
     pub assigned_partitions: u64,
+    /// Changelog records applied while restoring stores.
+    pub restored_records: u64,
 }
 
 impl TopologyMetrics {
@@ -71,6 +74,7 @@ impl TopologyMetrics {
             commits: r(&self.commits),
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),
+            restored_records: r(&self.restored_records),
         }
     }
 

@@ -145,6 +145,37 @@ pub fn missing_summary(
     )
 }
 
+/// Reads `count` records whose values are big-endian i64 counts, in partition order:
+/// (key, count) pairs.
+pub async fn consume_raw_counts(bootstrap: &str, topic: &str, count: usize) -> Vec<(String, i64)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let bytes: [u8; 8] = m
+                    .payload()
+                    .unwrap_or_default()
+                    .try_into()
+                    .expect("an i64 count");
+                out.push((key, i64::from_be_bytes(bytes)));
+            }
+            Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
 /// Sum of the committed offsets of `group` on `topic`'s partitions.
 pub async fn committed_total(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
     let bootstrap = bootstrap.to_string();

@@ -5,6 +5,7 @@
 //! At-least-once: an input offset is committed only after everything it caused has been
 //! acknowledged by the broker.
 
+mod restore;
 mod runner;
 mod tracker;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::kafka::ClientSettings;
+use crate::state::RocksSettings;
 use crate::topology::{RecordError, Topology};
 
 pub use runner::TopologyRunner;
@@ -32,6 +34,8 @@ pub struct RunSettings {
     pub shutdown_timeout: Duration,
     /// How often wall-clock punctuations are checked.
     pub punctuation_interval: Duration,
+    /// Where and how RocksDB stores live.
+    pub state: RocksSettings,
 }
 
 impl RunSettings {
@@ -47,6 +51,11 @@ impl RunSettings {
             startup_timeout: Duration::from_millis(crate::config::defaults::STARTUP_TIMEOUT_MS),
             shutdown_timeout: Duration::from_millis(crate::config::defaults::SHUTDOWN_TIMEOUT_MS),
             punctuation_interval: Duration::from_millis(100),
+            state: RocksSettings::new(
+                std::env::temp_dir().join("engine-state"),
+                crate::config::defaults::BLOCK_CACHE_BYTES,
+                crate::config::defaults::WRITE_BUFFER_BYTES,
+            ),
         }
     }
 }

@@ -430,7 +430,9 @@ impl Loop<'_> {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
                     for (_, partition) in partitions {
-                        self.tasks.remove(&partition);
+                        if let Some(task) = self.tasks.remove(&partition) {
+                            self.close_task(task);
+                        }
                     }
                 }
                 RebalanceEvent::Assigned(partitions) => {
@@ -494,18 +496,20 @@ impl Loop<'_> {
             value: message.payload(),
             headers: headers_of(message),
         };
-        let task = match self.tasks.entry(partition) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                Task::new(
-                    self.topology,
-                    partition,
-                    self.partition_counts.clone(),
-                    now,
-                    self.metrics.clone(),
-                )
-                .map_err(RuntimeError::Record)?,
-            ),
+        if !self.tasks.contains_key(&partition) {
+            let task = open_task(
+                self.topology,
+                self.settings,
+                self.metrics,
+                &self.partition_counts,
+                partition,
+                now,
+            )
+            .await?;
+            self.tasks.insert(partition, task);
+        }
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(());
         };
         let slot = self.tracker.slot(raw.topic, partition);
         self.out.clear();
@@ -527,6 +531,40 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// Flushes a closing task's stores and writes their checkpoints (its outputs are
+    /// already acknowledged: revocation and shutdown flush the producer first).
+    fn close_task(&self, task: Task) {
+        let state = &self.settings.state;
+        let app = self.topology.application_id();
+        for store in task.stores() {
+            let Some(topic) = store.changelog_topic() else {
+                continue;
+            };
+            let Some(path) =
+                super::restore::checkpoint_path(state, app, task.partition(), store.spec())
+            else {
+                continue;
+            };
+            let end = super::restore::changelog_end(
+                &self.settings.client,
+                topic,
+                task.partition(),
+                self.settings.startup_timeout,
+            );
+            let written = store
+                .bytes()
+                .flush()
+                .map_err(|e| e.to_string())
+                .and_then(|()| end.map_err(|e| e.to_string()))
+                .and_then(|end| {
+                    super::restore::write_checkpoint(&path, end).map_err(|e| e.to_string())
+                });
+            if let Err(error) = written {
+                tracing::warn!(application = %app, store = %store.spec().name, %error, "no checkpoint written: the next start restores the whole changelog");
+            }
+        }
+    }
+
     async fn punctuate(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut produced = Vec::new();
@@ -538,6 +576,67 @@ impl Loop<'_> {
             send(self.producer, self.tracker, record, None).await;
         }
         Ok(())
+    }
+}
+
+/// Opens a task's stores, restores them from their changelogs, and creates the task.
+async fn open_task(
+    topology: &Topology,
+    settings: &RunSettings,
+    metrics: &Arc<TopologyMetrics>,
+    partition_counts: &Arc<HashMap<String, i32>>,
+    partition: i32,
+    now: Timestamp,
+) -> Result<Task, RuntimeError> {
+    {
+        let state = &settings.state;
+        let stores =
+            Task::open_stores(topology, partition, state).map_err(|e| RuntimeError::Client {
+                what: "store open",
+                reason: e.to_string(),
+            })?;
+        let app = topology.application_id().to_string();
+        for store in &stores {
+            let Some(topic) = store.changelog_topic() else {
+                continue;
+            };
+            let checkpoint = super::restore::checkpoint_path(state, &app, partition, store.spec());
+            let (client, bytes, spec, topic) = (
+                settings.client.clone(),
+                store.bytes().clone(),
+                store.spec().clone(),
+                topic.to_string(),
+            );
+            let timeout = settings.startup_timeout;
+            let started = std::time::Instant::now();
+            let restored = tokio::task::spawn_blocking(move || {
+                super::restore::restore(
+                    &client,
+                    &bytes,
+                    &spec,
+                    &topic,
+                    partition,
+                    checkpoint.as_deref(),
+                    timeout,
+                )
+            })
+            .await
+            .map_err(|e| RuntimeError::Crashed {
+                application: app.clone(),
+                reason: e.to_string(),
+            })??;
+            TopologyMetrics::add(&metrics.restored_records, restored.records);
+            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
+        }
+        Task::new(
+            topology,
+            partition,
+            stores,
+            partition_counts.clone(),
+            now,
+            metrics.clone(),
+        )
+        .map_err(RuntimeError::Record)
     }
 }
 
@@ -686,6 +785,11 @@ impl Loop<'_> {
             }
         }
         self.commit(CommitMode::Sync);
+        if self.tracker.in_flight() == 0 {
+            for (_, task) in std::mem::take(&mut self.tasks) {
+                self.close_task(task);
+            }
+        }
         self.consumer.unsubscribe();
         result
     }

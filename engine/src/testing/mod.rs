@@ -30,6 +30,8 @@ use std::time::Duration;
 use crate::metrics::{MetricsSnapshot, TopologyMetrics};
 use crate::record::{Headers, ProducedRecord, RawRecord, Record, Timestamp};
 use crate::serde::{Serde, Written};
+use crate::state::typed::StoreSerdes;
+use crate::state::{InMemorySupplier, framing};
 use crate::topology::{Outcome, RecordError, Task, Topology};
 
 /// Options for [`TestDriver::with_options`].
@@ -79,9 +81,14 @@ impl TestDriver {
         for t in topology.topics() {
             counts.entry(t).or_insert(1);
         }
+        let stores = match Task::open_stores(&topology, 0, &InMemorySupplier) {
+            Ok(stores) => stores,
+            Err(e) => panic!("stores of `{}` cannot open: {e}", topology.application_id()),
+        };
         let task = match Task::new(
             &topology,
             0,
+            stores,
             Arc::new(counts),
             options.start_time,
             metrics.clone(),
@@ -166,6 +173,35 @@ impl TestDriver {
         let mut produced = Vec::new();
         state.task.punctuate_wall_clock(now, &mut produced)?;
         state.route(produced)
+    }
+
+    /// Every unexpired entry of store `name`, decoded with the store's serdes, in key
+    /// order; `None` if there is no such store or it holds other types.
+    pub fn store_entries<K: 'static, V: 'static>(&self, name: &str) -> Option<Vec<(K, V)>> {
+        let state = self.state.borrow();
+        let store = state.task.stores().iter().find(|s| s.spec().name == name)?;
+        let serdes = store.serdes.downcast_ref::<StoreSerdes<K, V>>()?;
+        let entries = store.bytes().range(None, None).ok()?;
+        let now = state.wall_clock;
+        let mut out = Vec::new();
+        for (k, stored) in entries {
+            let Some(v) = framing::unframe(&stored, now) else {
+                continue;
+            };
+            out.push((
+                serdes.key.deserialize(name, Some(&k)).ok()?,
+                serdes.value.deserialize(name, Some(v)).ok()?,
+            ));
+        }
+        Some(out)
+    }
+
+    /// The value of `key` in store `name`.
+    pub fn store_get<K: PartialEq + 'static, V: 'static>(&self, name: &str, key: &K) -> Option<V> {
+        self.store_entries::<K, V>(name)?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Current wall-clock time of the driver.

@@ -9,6 +9,11 @@ use std::sync::Arc;
 
 use crate::serde::{Serde, SerdeInfo, SerdeRole};
 
+use std::any::Any;
+
+use crate::state::typed::StoreSerdes;
+use crate::state::{StoreKind, StoreSpec};
+
 use super::error::{DecodeError, Problem, TopologyError};
 use super::node::{Datum, NodeFactory, NodeInstance, SourceDecoder, TypeSig};
 use super::policy::ErrorPolicy;
@@ -23,6 +28,15 @@ impl<T: Clone + Send + 'static> Data for T {}
 pub struct Consumed<K, V> {
     pub(crate) key: Arc<dyn Serde<K>>,
     pub(crate) value: Arc<dyn Serde<V>>,
+}
+
+impl<K, V> Clone for Consumed<K, V> {
+    fn clone(&self) -> Self {
+        Consumed {
+            key: self.key.clone(),
+            value: self.value.clone(),
+        }
+    }
 }
 
 impl<K, V> Consumed<K, V> {
@@ -116,6 +130,8 @@ pub(crate) struct NodeSpec {
     pub kind: NodeKind,
     /// Sources and sinks prepare their serdes before processing starts.
     pub prepare: Option<PrepareFn>,
+    /// Stores the node may use.
+    pub stores: Vec<String>,
     pub parents: Vec<String>,
     /// Types the node accepts (`None` for sources).
     pub input: Option<TypeSig>,
@@ -135,7 +151,70 @@ impl NodeSpec {
 pub(crate) struct BuilderState {
     pub application_id: String,
     pub nodes: Vec<NodeSpec>,
+    pub stores: Vec<StoreDef>,
     pub error_policy: ErrorPolicy,
+}
+
+/// A store as declared: its spec and its serdes (`StoreSerdes<K, V>`, type-erased).
+#[derive(Clone)]
+pub(crate) struct StoreDef {
+    pub spec: StoreSpec,
+    pub serdes: Arc<dyn Any + Send + Sync>,
+}
+
+/// Declares a key-value store for [`TopologyBuilder::add_store`].
+///
+/// ```
+/// use engine::serde::Serdes;
+/// use engine::topology::StoreBuilder;
+/// use std::time::Duration;
+/// let seen = StoreBuilder::persistent("seen", Serdes::string(), Serdes::i64())
+///     .with_ttl(Duration::from_secs(3600));
+/// ```
+pub struct StoreBuilder<K, V> {
+    spec: StoreSpec,
+    serdes: StoreSerdes<K, V>,
+}
+
+impl<K: 'static, V: 'static> StoreBuilder<K, V> {
+    fn new(name: &str, kind: StoreKind, key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        StoreBuilder {
+            spec: StoreSpec {
+                name: name.to_string(),
+                kind,
+                changelog: true,
+                default_ttl: None,
+                key_format: key.info().to_string(),
+                value_format: value.info().to_string(),
+            },
+            serdes: StoreSerdes {
+                key: Arc::new(key),
+                value: Arc::new(value),
+            },
+        }
+    }
+
+    /// A RocksDB store (bounded memory; restored from its checkpoint and changelog tail).
+    pub fn persistent(name: &str, key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Self::new(name, StoreKind::Persistent, key, value)
+    }
+
+    /// An in-memory store (restored from its whole changelog on start).
+    pub fn in_memory(name: &str, key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Self::new(name, StoreKind::InMemory, key, value)
+    }
+
+    /// Entries expire this long after they are written (wall-clock time).
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.spec.default_ttl = Some(ttl);
+        self
+    }
+
+    /// No changelog: the store is lost with its instance (for caches only).
+    pub fn without_changelog(mut self) -> Self {
+        self.spec.changelog = false;
+        self
+    }
 }
 
 /// Declares a topology.
@@ -163,6 +242,7 @@ impl TopologyBuilder {
             state: Rc::new(RefCell::new(BuilderState {
                 application_id: application_id.into(),
                 nodes: Vec::new(),
+                stores: Vec::new(),
                 error_policy: ErrorPolicy::default(),
             })),
         }
@@ -174,6 +254,12 @@ impl TopologyBuilder {
         self
     }
 
+    /// Adds a key-value store that processors can declare and use.
+    pub fn add_store<K: 'static, V: 'static>(&self, store: StoreBuilder<K, V>) -> &Self {
+        add_store(&self.state, store);
+        self
+    }
+
     /// A stream of the records of `topics`, decoded with `consumed`'s serdes.
     pub fn stream<K: Data, V: Data, T: Into<String>>(
         &self,
@@ -181,32 +267,7 @@ impl TopologyBuilder {
         topics: impl IntoIterator<Item = T>,
         consumed: Consumed<K, V>,
     ) -> KStream<K, V> {
-        let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
-        let prepare = prepare_fn(
-            name,
-            topics.clone(),
-            consumed.key.clone(),
-            consumed.value.clone(),
-            SerdeRole::Read,
-        );
-        let spec = NodeSpec {
-            name: name.to_string(),
-            prepare: Some(prepare),
-            kind: NodeKind::Source {
-                topics,
-                key: consumed.key.info(),
-                value: consumed.value.info(),
-                decoder: Arc::new(TypedDecoder {
-                    key: consumed.key,
-                    value: consumed.value,
-                }),
-            },
-            parents: Vec::new(),
-            input: None,
-            output: Some(TypeSig::of::<K, V>()),
-        };
-        self.state.borrow_mut().nodes.push(spec);
-        KStream::new(self.state.clone(), name)
+        add_source(&self.state, name, topics, consumed)
     }
 
     /// Adds a processor fed by the nodes named in `parents` (the Processor API, for
@@ -225,6 +286,7 @@ impl TopologyBuilder {
             name,
             "process",
             parents.iter().map(|p| p.to_string()).collect(),
+            Vec::new(),
             factory,
         );
         KStream::new(self.state.clone(), name)
@@ -233,13 +295,13 @@ impl TopologyBuilder {
     /// Every problem with the topology as declared so far; empty when it is valid.
     pub fn validate(&self) -> Vec<Problem> {
         let state = self.state.borrow();
-        super::validate::problems(&state.nodes)
+        super::validate::problems(&state.nodes, &state.stores)
     }
 
     /// Validates and freezes the topology; the error lists every problem at once.
     pub fn build(self) -> Result<Topology, TopologyError> {
         let state = self.state.borrow();
-        let problems = super::validate::problems(&state.nodes);
+        let problems = super::validate::problems(&state.nodes, &state.stores);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid {
                 topology: state.application_id.clone(),
@@ -248,6 +310,51 @@ impl TopologyBuilder {
         }
         Ok(Topology::freeze(&state))
     }
+}
+
+pub(crate) fn add_source<K: Data, V: Data, T: Into<String>>(
+    state: &Rc<RefCell<BuilderState>>,
+    name: &str,
+    topics: impl IntoIterator<Item = T>,
+    consumed: Consumed<K, V>,
+) -> KStream<K, V> {
+    let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+    let prepare = prepare_fn(
+        name,
+        topics.clone(),
+        consumed.key.clone(),
+        consumed.value.clone(),
+        SerdeRole::Read,
+    );
+    let spec = NodeSpec {
+        name: name.to_string(),
+        prepare: Some(prepare),
+        stores: Vec::new(),
+        kind: NodeKind::Source {
+            topics,
+            key: consumed.key.info(),
+            value: consumed.value.info(),
+            decoder: Arc::new(TypedDecoder {
+                key: consumed.key,
+                value: consumed.value,
+            }),
+        },
+        parents: Vec::new(),
+        input: None,
+        output: Some(TypeSig::of::<K, V>()),
+    };
+    state.borrow_mut().nodes.push(spec);
+    KStream::new(state.clone(), name)
+}
+
+pub(crate) fn add_store<K: 'static, V: 'static>(
+    state: &Rc<RefCell<BuilderState>>,
+    store: StoreBuilder<K, V>,
+) {
+    state.borrow_mut().stores.push(StoreDef {
+        spec: store.spec,
+        serdes: Arc::new(store.serdes),
+    });
 }
 
 pub(crate) fn add_node(state: &Rc<RefCell<BuilderState>>, spec: NodeSpec) {
@@ -259,6 +366,7 @@ pub(crate) fn add_processor_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P
     name: &str,
     operator: &'static str,
     parents: Vec<String>,
+    stores: Vec<String>,
     factory: impl Fn() -> P + Send + Sync + 'static,
 ) where
     P: Processor<KIn, VIn, KOut, VOut>,
@@ -271,6 +379,7 @@ pub(crate) fn add_processor_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P
         NodeSpec {
             name: name.to_string(),
             prepare: None,
+            stores,
             kind: NodeKind::Processor { operator, factory },
             parents,
             input: Some(TypeSig::of::<KIn, VIn>()),
@@ -331,6 +440,11 @@ impl<K, V> KStream<K, V> {
         }
     }
 
+    /// The application id of the topology being built.
+    pub(crate) fn application_id(&self) -> String {
+        self.state.borrow().application_id.clone()
+    }
+
     /// The name of the node whose output this stream is.
     pub fn node_name(&self) -> &str {
         &self.node
@@ -348,11 +462,26 @@ impl<K: Data, V: Data> KStream<K, V> {
     where
         P: Processor<K, V, K2, V2>,
     {
+        self.attach_with_stores(name, operator, Vec::new(), factory)
+    }
+
+    /// [`KStream::attach`] for a node that uses stores.
+    pub(crate) fn attach_with_stores<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        operator: &'static str,
+        stores: Vec<String>,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
         add_processor_node::<K, V, K2, V2, P>(
             &self.state,
             name,
             operator,
             vec![self.node.clone()],
+            stores,
             factory,
         );
         KStream::new(self.state.clone(), name)
@@ -380,6 +509,7 @@ pub(crate) struct TopologyInner {
     pub children: Vec<Vec<usize>>,
     pub child_names: Vec<Vec<Arc<str>>>,
     pub sources_by_topic: HashMap<String, usize>,
+    pub stores: Vec<StoreDef>,
     pub error_policy: ErrorPolicy,
 }
 
@@ -423,6 +553,7 @@ impl Topology {
                 children,
                 child_names,
                 sources_by_topic,
+                stores: state.stores.clone(),
                 error_policy: state.error_policy.clone(),
             }),
         }
@@ -441,6 +572,24 @@ impl Topology {
     /// Topics the topology reads, sorted.
     pub fn source_topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self.inner.sources_by_topic.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// Stores of the topology.
+    pub fn stores(&self) -> Vec<StoreSpec> {
+        self.inner.stores.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// Changelog topics of the stores, sorted.
+    pub fn changelog_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .inner
+            .stores
+            .iter()
+            .filter(|s| s.spec.changelog)
+            .map(|s| s.spec.changelog_topic(&self.inner.application_id))
+            .collect();
         t.sort();
         t
     }
@@ -485,10 +634,11 @@ impl Topology {
         }
     }
 
-    /// Every topic the topology touches, sorted.
+    /// Every topic the topology touches (including changelogs), sorted.
     pub fn topics(&self) -> Vec<String> {
         let mut t = self.source_topics();
         t.extend(self.sink_topics());
+        t.extend(self.changelog_topics());
         t.sort();
         t.dedup();
         t

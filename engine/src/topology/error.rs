@@ -90,6 +90,13 @@ pub enum Problem {
     },
     /// A topology with no source.
     NoSource,
+    /// A node uses a store that was not added with `add_store`.
+    UnknownStore {
+        /// The node.
+        node: String,
+        /// The store.
+        store: String,
+    },
     /// A serde could not be built (for example its schema does not parse).
     Serde {
         /// The node.
@@ -148,6 +155,10 @@ impl fmt::Display for Problem {
             Problem::NoSource => write!(
                 f,
                 "the topology has no source: add one with `builder.stream(..)`"
+            ),
+            Problem::UnknownStore { node, store } => write!(
+                f,
+                "node `{node}` uses store `{store}`, which was never added (builder.add_store)"
             ),
             Problem::Serde { node, message } => write!(f, "serde of node `{node}`: {message}"),
             Problem::BadName { name } => write!(

@@ -9,18 +9,21 @@
 mod builder;
 mod describe;
 mod error;
-mod node;
+pub(crate) mod node;
 mod operators;
 mod policy;
 mod processor;
 pub(crate) mod task;
 mod validate;
 
-pub use builder::{Consumed, Data, KStream, Partitioner, Produced, Topology, TopologyBuilder};
+pub use builder::{
+    Consumed, Data, KStream, Partitioner, Produced, StoreBuilder, Topology, TopologyBuilder,
+};
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
-pub use operators::Branch;
+pub use node::TaskStore;
+pub use operators::{Branch, Grouped, KGroupedStream, KTable};
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Processor, ProcessorContext, PunctuationType, ScheduleId};
 pub use task::{Outcome, Task};

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::record::{Headers, ProducedRecord, RecordMetadata, Timestamp};
+use crate::state::{BytesStore, StoreError, StoreSpec, typed::ChangelogWriter};
 
 use super::error::ProcessingError;
 use super::processor::{PunctuationType, ScheduleId};
@@ -127,6 +128,60 @@ pub(crate) struct Schedule {
     pub cancelled: bool,
 }
 
+/// One store of one task.
+pub struct TaskStore {
+    pub(crate) spec: StoreSpec,
+    pub(crate) store: Arc<dyn BytesStore>,
+    /// `StoreSerdes<K, V>` of the store's types.
+    pub(crate) serdes: Arc<dyn Any + Send + Sync>,
+    /// `<application>-<store>-changelog`, when the store has a changelog.
+    pub(crate) changelog_topic: Option<Arc<str>>,
+}
+
+impl TaskStore {
+    /// The store's declaration.
+    pub fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+    /// The store's bytes.
+    pub fn bytes(&self) -> &Arc<dyn BytesStore> {
+        &self.store
+    }
+    /// Its changelog topic, if it has one.
+    pub fn changelog_topic(&self) -> Option<&str> {
+        self.changelog_topic.as_deref()
+    }
+}
+
+/// Where a node's output goes: sink records and store changelog records.
+pub(crate) struct Output<'a> {
+    pub produced: &'a mut Vec<ProducedRecord>,
+    pub partition: i32,
+    pub timestamp: Timestamp,
+    pub stores: &'a [TaskStore],
+}
+
+impl ChangelogWriter for Output<'_> {
+    fn write(&mut self, store: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let Some(topic) = self
+            .stores
+            .iter()
+            .find(|s| s.spec.name == store)
+            .and_then(|s| s.changelog_topic.clone())
+        else {
+            return;
+        };
+        self.produced.push(ProducedRecord {
+            topic,
+            partition: Some(self.partition),
+            key: Some(key),
+            value,
+            timestamp: self.timestamp,
+            headers: Headers::new(),
+        });
+    }
+}
+
 /// Read-only facts about the task a node runs in.
 pub(crate) struct TaskInfo {
     pub application_id: Arc<str>,
@@ -142,8 +197,10 @@ pub(crate) struct NodeContext<'a> {
     pub child_names: &'a [Arc<str>],
     /// Records forwarded by the node, in order, with the child they go to.
     pub forwarded: &'a mut Vec<(usize, ErasedRecord)>,
-    /// Records written by sinks.
-    pub produced: &'a mut Vec<ProducedRecord>,
+    /// Records written by sinks and store changelogs.
+    pub output: Output<'a>,
+    /// Stores this node declared.
+    pub allowed_stores: &'a [String],
     pub schedules: &'a mut Vec<Schedule>,
     pub next_schedule_id: &'a mut u32,
     pub metadata: Option<&'a RecordMetadata>,
@@ -165,6 +222,10 @@ pub(crate) trait NodeOps {
     fn schedule(&mut self, interval_ms: i64, kind: PunctuationType) -> ScheduleId;
     fn cancel(&mut self, id: ScheduleId);
     fn produce(&mut self, record: ProducedRecord);
+    fn store_access(
+        &mut self,
+        name: &str,
+    ) -> Result<(&TaskStore, &mut dyn ChangelogWriter, Timestamp), StoreError>;
 }
 
 impl NodeOps for NodeContext<'_> {
@@ -184,7 +245,25 @@ impl NodeOps for NodeContext<'_> {
         self.wall_clock
     }
     fn produce(&mut self, record: ProducedRecord) {
-        self.produced.push(record);
+        self.output.produced.push(record);
+    }
+    fn store_access(
+        &mut self,
+        name: &str,
+    ) -> Result<(&TaskStore, &mut dyn ChangelogWriter, Timestamp), StoreError> {
+        let not_connected = || StoreError::NotConnected {
+            node: self.node_name.to_string(),
+            store: name.to_string(),
+        };
+        if !self.allowed_stores.iter().any(|s| s == name) {
+            return Err(not_connected());
+        }
+        let stores: &[TaskStore] = self.output.stores;
+        let store = stores
+            .iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(not_connected)?;
+        Ok((store, &mut self.output, self.wall_clock))
     }
 
     /// Sends a record to every child; the last child gets the original, the others a clone.

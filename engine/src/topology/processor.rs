@@ -7,6 +7,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::record::{ProducedRecord, Record, RecordMetadata, Timestamp};
+use crate::state::typed::StoreSerdes;
+use crate::state::{KeyValueStore, StoreError};
 
 use super::error::ProcessingError;
 use super::node::{ErasedRecord, NodeContext, NodeInstance, NodeOps, unbox};
@@ -150,6 +152,35 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
     /// Stops a schedule.
     pub fn cancel(&mut self, schedule: ScheduleId) {
         self.inner.cancel(schedule)
+    }
+
+    /// The store `name`, typed with its key and value types. The node must have declared
+    /// it (`process_with_stores`); its writes also go to the store's changelog.
+    pub fn kv_store<SK: 'static, SV: 'static>(
+        &mut self,
+        name: &str,
+    ) -> Result<KeyValueStore<'_, SK, SV>, StoreError> {
+        let (handle, writer, now) = self.inner.store_access(name)?;
+        let serdes = handle
+            .serdes
+            .downcast_ref::<StoreSerdes<SK, SV>>()
+            .ok_or_else(|| StoreError::Serde {
+                store: name.to_string(),
+                part: "types",
+                message: format!(
+                    "the store holds other types than ({}, {})",
+                    std::any::type_name::<SK>(),
+                    std::any::type_name::<SV>()
+                ),
+            })?;
+        Ok(KeyValueStore {
+            spec: &handle.spec,
+            store: &handle.store,
+            serdes,
+            changelog: Some(writer),
+            now,
+            _types: PhantomData,
+        })
     }
 
     /// Writes already-serialized bytes (used by sinks).

@@ -12,7 +12,9 @@ use crate::record::{Headers, ProducedRecord, RawRecord, RecordMetadata, Timestam
 
 use super::builder::{Topology, TopologyInner};
 use super::error::{ErrorClass, ProcessingError, RecordError};
-use super::node::{ErasedRecord, NodeContext, NodeInstance, Schedule, TaskInfo};
+use crate::state::{StoreError, StoreSupplier};
+
+use super::node::{ErasedRecord, NodeContext, NodeInstance, Output, Schedule, TaskInfo, TaskStore};
 use super::policy::{OnError, headers};
 use super::processor::PunctuationType;
 
@@ -38,6 +40,7 @@ pub struct Task {
     stack: Vec<(usize, ErasedRecord)>,
     forwarded: Vec<(usize, ErasedRecord)>,
     topic_names: HashMap<String, Arc<str>>,
+    stores: Vec<TaskStore>,
     metrics: Arc<TopologyMetrics>,
 }
 
@@ -51,10 +54,37 @@ impl std::fmt::Debug for Task {
 }
 
 impl Task {
-    /// Creates the nodes for `partition` and runs their `init`.
+    /// Opens the stores of `partition` (not yet restored).
+    pub fn open_stores(
+        topology: &Topology,
+        partition: i32,
+        supplier: &dyn StoreSupplier,
+    ) -> Result<Vec<TaskStore>, StoreError> {
+        let app = &topology.inner.application_id;
+        topology
+            .inner
+            .stores
+            .iter()
+            .map(|def| {
+                Ok(TaskStore {
+                    store: supplier.open(app, partition, &def.spec)?,
+                    changelog_topic: def
+                        .spec
+                        .changelog
+                        .then(|| Arc::from(def.spec.changelog_topic(app).as_str())),
+                    spec: def.spec.clone(),
+                    serdes: def.serdes.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Creates the nodes for `partition` over its (restored) `stores` and runs their
+    /// `init`.
     pub fn new(
         topology: &Topology,
         partition: i32,
+        stores: Vec<TaskStore>,
         partition_counts: Arc<HashMap<String, i32>>,
         wall_clock: Timestamp,
         metrics: Arc<TopologyMetrics>,
@@ -84,6 +114,7 @@ impl Task {
             stack: Vec::new(),
             forwarded: Vec::new(),
             topic_names,
+            stores,
             metrics,
         };
         let mut produced = Vec::new();
@@ -106,6 +137,11 @@ impl Task {
     /// The partition this task owns.
     pub fn partition(&self) -> i32 {
         self.info.partition
+    }
+
+    /// The task's stores.
+    pub(crate) fn stores(&self) -> &[TaskStore] {
+        &self.stores
     }
 
     /// Largest timestamp seen so far.
@@ -300,13 +336,24 @@ impl Task {
             return Ok(());
         };
         self.forwarded.clear();
+        let timestamp = if self.stream_time == Timestamp::MIN {
+            wall_clock
+        } else {
+            self.stream_time
+        };
         let mut ctx = NodeContext {
             node,
             node_name: &self.topology.nodes[node].name,
             children: &self.topology.children[node],
             child_names: &self.topology.child_names[node],
             forwarded: &mut self.forwarded,
-            produced: out,
+            output: Output {
+                produced: out,
+                partition: self.info.partition,
+                timestamp,
+                stores: &self.stores,
+            },
+            allowed_stores: &self.topology.nodes[node].stores,
             schedules: &mut self.schedules,
             next_schedule_id: &mut self.next_schedule_id,
             metadata,

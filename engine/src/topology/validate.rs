@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::serde::short_type_name;
 
-use super::builder::{NodeKind, NodeSpec};
+use super::builder::{NodeKind, NodeSpec, StoreDef};
 use super::error::Problem;
 use super::node::TypeSig;
 
@@ -19,10 +19,35 @@ const PURE_OPERATORS: &[&str] = &[
     "select_key",
     "merge",
     "branch",
+    "to_stream",
 ];
 
-pub(crate) fn problems(nodes: &[NodeSpec]) -> Vec<Problem> {
+pub(crate) fn problems(nodes: &[NodeSpec], stores: &[StoreDef]) -> Vec<Problem> {
     let mut problems = Vec::new();
+
+    let mut store_names = HashSet::new();
+    for store in stores {
+        if !valid_name(&store.spec.name) {
+            problems.push(Problem::BadName {
+                name: store.spec.name.clone(),
+            });
+        }
+        if !store_names.insert(store.spec.name.as_str()) {
+            problems.push(Problem::DuplicateName {
+                name: store.spec.name.clone(),
+            });
+        }
+    }
+    for node in nodes {
+        for store in &node.stores {
+            if !store_names.contains(store.as_str()) {
+                problems.push(Problem::UnknownStore {
+                    node: node.name.clone(),
+                    store: store.clone(),
+                });
+            }
+        }
+    }
 
     if !nodes
         .iter()

@@ -78,7 +78,9 @@ pub(crate) fn pass_through<K: Data, V: Data>(
     operator: &'static str,
     parents: Vec<String>,
 ) -> KStream<K, V> {
-    add_processor_node::<K, V, K, V, _>(&stream.state, name, operator, parents, || PassThrough);
+    add_processor_node::<K, V, K, V, _>(&stream.state, name, operator, parents, Vec::new(), || {
+        PassThrough
+    });
     KStream::new(stream.state.clone(), name)
 }
 

@@ -1,6 +1,7 @@
 //! The DSL's operators, one per file, each a [`Processor`](super::Processor) plus the
 //! `KStream` method that attaches it.
 
+mod aggregate;
 pub(crate) mod branch;
 mod filter;
 mod flat_map;
@@ -10,6 +11,9 @@ mod merge;
 mod peek;
 mod process;
 mod select_key;
+mod table;
 mod to;
 
+pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
+pub use table::KTable;

@@ -33,4 +33,19 @@ impl<K: Data, V: Data> KStream<K, V> {
     {
         self.attach(name, "process", factory)
     }
+
+    /// [`KStream::process`] for a processor that uses the named stores (added with
+    /// `TopologyBuilder::add_store`) through `ctx.kv_store`.
+    pub fn process_with_stores<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        stores: &[&str],
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
+        let stores = stores.iter().map(|s| s.to_string()).collect();
+        self.attach_with_stores(name, "process", stores, factory)
+    }
 }

@@ -105,6 +105,7 @@ impl<K: Data, V: Data> KStream<K, V> {
             NodeSpec {
                 name: name.to_string(),
                 prepare: Some(prepare),
+                stores: Vec::new(),
                 kind: NodeKind::Sink {
                     topic: topic.to_string(),
                     key: key_info,

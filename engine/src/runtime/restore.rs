@@ -1,0 +1,158 @@
+//! Restoring a task's stores from their changelogs, and the checkpoints that let a
+//! restart replay only the tail.
+//!
+//! A checkpoint (`<store dir>.checkpoint`) is written only when a task closes cleanly
+//! (revocation or shutdown, after its outputs are acknowledged and its store flushed) and
+//! is deleted when the task opens again. A store without a checkpoint (first start, or a
+//! crash) is wiped and rebuilt from the whole changelog: local data that may hold writes
+//! the changelog never got is never trusted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{ClientRole, ClientSettings, kafka_reason};
+use crate::state::{BytesStore, RocksSettings, StoreKind, StoreSpec};
+
+use super::RuntimeError;
+
+/// What one store's restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Restored {
+    pub store: String,
+    pub records: u64,
+    pub from_checkpoint: bool,
+}
+
+/// Where a store's checkpoint lives (persistent stores only).
+pub(crate) fn checkpoint_path(
+    settings: &RocksSettings,
+    application: &str,
+    partition: i32,
+    spec: &StoreSpec,
+) -> Option<PathBuf> {
+    (spec.kind == StoreKind::Persistent).then(|| {
+        let mut dir = settings
+            .store_dir(application, partition, &spec.name)
+            .into_os_string();
+        dir.push(".checkpoint");
+        PathBuf::from(dir)
+    })
+}
+
+fn read_checkpoint(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Writes a checkpoint: the changelog offset the store is complete up to (exclusive).
+pub(crate) fn write_checkpoint(path: &Path, offset: i64) -> std::io::Result<()> {
+    let tmp = path.with_extension("checkpoint.tmp");
+    std::fs::write(&tmp, offset.to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+fn client_error(what: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> RuntimeError {
+    move |e| RuntimeError::Client {
+        what,
+        reason: kafka_reason(&e),
+    }
+}
+
+/// The end (high watermark) of a changelog partition.
+pub(crate) fn changelog_end(
+    client: &ClientSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<i64, RuntimeError> {
+    let consumer: BaseConsumer = client
+        .client_config(ClientRole::Consumer)
+        .create()
+        .map_err(client_error("changelog consumer"))?;
+    let (_, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(client_error("changelog watermarks"))?;
+    Ok(high)
+}
+
+/// Brings `store` up to date with its changelog partition.
+pub(crate) fn restore(
+    client: &ClientSettings,
+    store: &Arc<dyn BytesStore>,
+    spec: &StoreSpec,
+    topic: &str,
+    partition: i32,
+    checkpoint: Option<&Path>,
+    timeout: Duration,
+) -> Result<Restored, RuntimeError> {
+    let consumer: BaseConsumer = client
+        .client_config(ClientRole::Consumer)
+        .set("group.id", format!("{topic}-restore"))
+        .create()
+        .map_err(client_error("changelog consumer"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(client_error("changelog watermarks"))?;
+    let checkpointed = checkpoint.and_then(read_checkpoint);
+    if let Some(path) = checkpoint {
+        // From now on the local data may run ahead of the changelog until the next clean
+        // close writes a new checkpoint.
+        let _ = std::fs::remove_file(path);
+    }
+    let start = match checkpointed {
+        Some(offset) if (low..=high).contains(&offset) => offset,
+        _ => {
+            store.clear().map_err(|e| RuntimeError::Client {
+                what: "store wipe",
+                reason: e.to_string(),
+            })?;
+            low
+        }
+    };
+    let mut restored = Restored {
+        store: spec.name.clone(),
+        records: 0,
+        from_checkpoint: checkpointed.is_some_and(|c| c == start),
+    };
+    if start >= high {
+        return Ok(restored);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(client_error("changelog assignment"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(client_error("changelog assignment"))?;
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
+    let mut next = start;
+    while next < high {
+        if Instant::now() > deadline {
+            return Err(RuntimeError::Client {
+                what: "changelog restore",
+                reason: format!("{topic} partition {partition}: stuck at offset {next} of {high}"),
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => return Err(client_error("changelog restore")(e)),
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                let Some(key) = m.key() else { continue };
+                let result = match m.payload() {
+                    Some(value) => store.put(key, value),
+                    None => store.delete(key),
+                };
+                result.map_err(|e| RuntimeError::Client {
+                    what: "store restore",
+                    reason: e.to_string(),
+                })?;
+                restored.records += 1;
+            }
+        }
+    }
+    Ok(restored)
+}

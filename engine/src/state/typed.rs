@@ -1,0 +1,161 @@
+//! Typed access to a store: keys and values through the store's serdes, TTL framing, and
+//! every write handed to the changelog writer the task provides.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::record::Timestamp;
+use crate::serde::{Serde, Written};
+
+use super::{BytesStore, Result, StoreError, StoreSpec, framing, prefix_scan};
+
+/// Receives a store's writes for its changelog topic (`None` value: a deletion).
+pub trait ChangelogWriter {
+    /// Records that `key` now has `value` (already framed) or was deleted.
+    fn write(&mut self, store: &str, key: Vec<u8>, value: Option<Vec<u8>>);
+}
+
+/// The serdes of a store, kept type-erased in the topology and recovered by type.
+pub(crate) struct StoreSerdes<K, V> {
+    pub key: Arc<dyn Serde<K>>,
+    pub value: Arc<dyn Serde<V>>,
+}
+
+/// A typed view of a key-value store, as a processor sees it.
+///
+/// Keys are ordered by their serialized bytes (for strings: bytewise; for big-endian
+/// integers: numerically for non-negative values).
+pub struct KeyValueStore<'a, K, V> {
+    pub(crate) spec: &'a StoreSpec,
+    pub(crate) store: &'a Arc<dyn BytesStore>,
+    pub(crate) serdes: &'a StoreSerdes<K, V>,
+    pub(crate) changelog: Option<&'a mut dyn ChangelogWriter>,
+    pub(crate) now: Timestamp,
+    pub(crate) _types: PhantomData<fn(K, V)>,
+}
+
+impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
+    fn serde_error(&self, part: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Serde {
+            store: self.spec.name.clone(),
+            part,
+            message: e.to_string(),
+        }
+    }
+
+    fn key_bytes(&self, key: &K) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.serdes.key.serialize(&self.spec.name, key, &mut out) {
+            Ok(Written::Bytes) => Ok(out),
+            Ok(Written::Null) => Err(self.serde_error("key", "a store key cannot be null")),
+            Err(e) => Err(self.serde_error("key", e)),
+        }
+    }
+
+    fn decode(&self, key: &[u8], stored: &[u8]) -> Result<Option<(K, V)>> {
+        let Some(value) = framing::unframe(stored, self.now) else {
+            return Ok(None);
+        };
+        let k = self
+            .serdes
+            .key
+            .deserialize(&self.spec.name, Some(key))
+            .map_err(|e| self.serde_error("key", e))?;
+        let v = self
+            .serdes
+            .value
+            .deserialize(&self.spec.name, Some(value))
+            .map_err(|e| self.serde_error("value", e))?;
+        Ok(Some((k, v)))
+    }
+
+    /// The value of `key`, unless absent or expired.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        let k = self.key_bytes(key)?;
+        match self.store.get(&k)? {
+            None => Ok(None),
+            Some(stored) => Ok(framing::unframe(&stored, self.now)
+                .map(|v| {
+                    self.serdes
+                        .value
+                        .deserialize(&self.spec.name, Some(v))
+                        .map_err(|e| self.serde_error("value", e))
+                })
+                .transpose()?),
+        }
+    }
+
+    /// Entries with `from <= key < to` by serialized key, unexpired, in key order.
+    pub fn range(&self, from: Option<&K>, to: Option<&K>) -> Result<Vec<(K, V)>> {
+        let from = from.map(|k| self.key_bytes(k)).transpose()?;
+        let to = to.map(|k| self.key_bytes(k)).transpose()?;
+        let mut out = Vec::new();
+        for (k, v) in self.store.range(from.as_deref(), to.as_deref())? {
+            out.extend(self.decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Entries whose serialized key starts with `prefix`.
+    pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>> {
+        let mut out = Vec::new();
+        for (k, v) in prefix_scan(&**self.store, prefix)? {
+            out.extend(self.decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every unexpired entry.
+    pub fn all(&self) -> Result<Vec<(K, V)>> {
+        self.range(None, None)
+    }
+
+    /// Approximate number of entries (expired ones included until removed).
+    pub fn approximate_len(&self) -> u64 {
+        self.store.approximate_len()
+    }
+}
+
+impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
+    /// Sets `key` to `value`, expiring after the store's default TTL if it has one.
+    pub fn put(&mut self, key: &K, value: &V) -> Result<()> {
+        let ttl = self.spec.default_ttl;
+        self.write(key, value, ttl)
+    }
+
+    /// Sets `key` to `value`, expiring `ttl` after now (wall-clock time).
+    pub fn put_with_ttl(&mut self, key: &K, value: &V, ttl: Duration) -> Result<()> {
+        self.write(key, value, Some(ttl))
+    }
+
+    fn write(&mut self, key: &K, value: &V, ttl: Option<Duration>) -> Result<()> {
+        let k = self.key_bytes(key)?;
+        let mut v = Vec::new();
+        match self.serdes.value.serialize(&self.spec.name, value, &mut v) {
+            Ok(Written::Bytes) => {}
+            Ok(Written::Null) => return self.delete(key),
+            Err(e) => return Err(self.serde_error("value", e)),
+        }
+        let expires = ttl.map(|t| {
+            self.now
+                .saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+        });
+        let framed = framing::frame(&v, expires);
+        self.store.put(&k, &framed)?;
+        if let Some(changelog) = self.changelog.as_deref_mut() {
+            changelog.write(&self.spec.name, k, Some(framed));
+        }
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &K) -> Result<()> {
+        let k = self.key_bytes(key)?;
+        self.store.delete(&k)?;
+        if let Some(changelog) = self.changelog.as_deref_mut() {
+            changelog.write(&self.spec.name, k, None);
+        }
+        Ok(())
+    }
+}

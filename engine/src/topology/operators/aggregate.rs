@@ -1,0 +1,201 @@
+//! Grouping and aggregation: `group_by_key`, `group_by` (through a repartition topic),
+//! and `count`, `reduce`, `aggregate` into a store-backed [`KTable`].
+
+use std::sync::Arc;
+
+use crate::record::Record;
+use crate::serde::{I64Serde, Serde};
+use crate::topology::builder::{
+    Consumed, Data, KStream, Produced, StoreBuilder, add_source, add_store,
+};
+use crate::topology::error::ProcessingError;
+use crate::topology::processor::{Processor, ProcessorContext};
+
+use super::table::KTable;
+
+/// The key and value serdes of a grouped stream (and of its repartition topic).
+pub struct Grouped<K, V> {
+    key: Arc<dyn Serde<K>>,
+    value: Arc<dyn Serde<V>>,
+}
+
+impl<K, V> Grouped<K, V> {
+    /// Keys with `key`, values with `value`.
+    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
+        Grouped {
+            key: Arc::new(key),
+            value: Arc::new(value),
+        }
+    }
+}
+
+/// A stream grouped by key, ready to aggregate.
+pub struct KGroupedStream<K, V> {
+    stream: KStream<K, V>,
+    key: Arc<dyn Serde<K>>,
+}
+
+impl<K: Data, V: Data> KStream<K, V> {
+    /// Groups records by their current key (no repartitioning: the key must already
+    /// decide the partition, as it does for keyed input).
+    pub fn group_by_key(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
+        KGroupedStream {
+            stream: self.clone(),
+            key: grouped.key,
+        }
+    }
+
+    /// Re-keys with `f` and repartitions through `<application>-<name>-repartition` so
+    /// every record of a new key reaches the same task.
+    pub fn group_by<K2: Data>(
+        &self,
+        name: &str,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        grouped: Grouped<K2, V>,
+    ) -> KGroupedStream<K2, V> {
+        let topic = format!("{}-{name}-repartition", self.application_id());
+        self.select_key(&format!("{name}-key"), f).to(
+            &format!("{name}-repartition-sink"),
+            &topic,
+            Produced {
+                key: grouped.key.clone(),
+                value: grouped.value.clone(),
+                partitioner: None,
+            },
+        );
+        let source = add_source(
+            &self.state,
+            &format!("{name}-repartition-source"),
+            [topic],
+            Consumed {
+                key: grouped.key.clone(),
+                value: grouped.value,
+            },
+        );
+        KGroupedStream {
+            stream: source,
+            key: grouped.key,
+        }
+    }
+}
+
+type Aggregator<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
+
+/// Folds each record into its key's aggregate in a store and emits the new aggregate.
+struct Aggregate<K, V, A> {
+    store: String,
+    fold: Aggregator<K, V, A>,
+}
+
+impl<K: Data, V: Data, A: Data> Processor<K, V, K, A> for Aggregate<K, V, A> {
+    fn process(
+        &mut self,
+        record: Record<K, V>,
+        ctx: &mut ProcessorContext<'_, K, A>,
+    ) -> Result<(), ProcessingError> {
+        let store_error = |e: crate::state::StoreError| ProcessingError::new(e.to_string());
+        let Record {
+            key,
+            value,
+            timestamp,
+            headers,
+        } = record;
+        let aggregate = {
+            let mut store = ctx.kv_store::<K, A>(&self.store).map_err(store_error)?;
+            let current = store.get(&key).map_err(store_error)?;
+            let next = (self.fold)(&key, value, current);
+            store.put(&key, &next).map_err(store_error)?;
+            next
+        };
+        ctx.forward(Record {
+            key,
+            value: aggregate,
+            timestamp,
+            headers,
+        });
+        Ok(())
+    }
+}
+
+impl<K: Data, V: Data> KGroupedStream<K, V> {
+    fn fold<A: Data>(
+        &self,
+        name: &str,
+        store: &str,
+        serde: impl Serde<A>,
+        fold: Aggregator<K, V, A>,
+    ) -> KTable<K, A> {
+        add_store(
+            &self.stream.state,
+            StoreBuilder::persistent(store, self.key.clone(), serde),
+        );
+        let store_name = store.to_string();
+        let stream =
+            self.stream
+                .attach_with_stores(name, "aggregate", vec![store.to_string()], move || {
+                    Aggregate {
+                        store: store_name.clone(),
+                        fold: fold.clone(),
+                    }
+                });
+        KTable::new(stream, store)
+    }
+
+    /// Counts records per key in the RocksDB store `store`.
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, Produced};
+    /// # use engine::serde::Serdes;
+    /// let b = TopologyBuilder::new("counts");
+    /// b.stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+    ///     .count("count", "clicks-per-user")
+    ///     .to_stream("updates")
+    ///     .to("out", "click-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn count(&self, name: &str, store: &str) -> KTable<K, i64> {
+        self.fold(
+            name,
+            store,
+            I64Serde,
+            Arc::new(|_k: &K, _v: V, c: Option<i64>| c.unwrap_or(0) + 1),
+        )
+    }
+
+    /// Combines values per key with `f(aggregate, value)`; the first value is the start.
+    pub fn reduce(
+        &self,
+        name: &str,
+        store: &str,
+        serde: impl Serde<V>,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> KTable<K, V> {
+        self.fold(
+            name,
+            store,
+            serde,
+            Arc::new(move |_k: &K, v: V, current: Option<V>| match current {
+                Some(c) => f(c, v),
+                None => v,
+            }),
+        )
+    }
+
+    /// Folds values per key into an aggregate starting from `init()`.
+    pub fn aggregate<A: Data>(
+        &self,
+        name: &str,
+        store: &str,
+        serde: impl Serde<A>,
+        init: impl Fn() -> A + Send + Sync + 'static,
+        f: impl Fn(&K, V, A) -> A + Send + Sync + 'static,
+    ) -> KTable<K, A> {
+        self.fold(
+            name,
+            store,
+            serde,
+            Arc::new(move |k: &K, v: V, current: Option<A>| f(k, v, current.unwrap_or_else(&init))),
+        )
+    }
+}

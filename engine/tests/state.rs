@@ -1,0 +1,287 @@
+//! State through the test driver: stores, changelog records, aggregations, tables,
+//! repartitioning and TTL.
+
+#![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
+
+use std::time::Duration;
+
+use engine::record::Record;
+use engine::serde::Serdes;
+use engine::testing::TestDriver;
+use engine::topology::{
+    Consumed, ErrorPolicy, Grouped, OnError, Outcome, ProcessingError, Processor, ProcessorContext,
+    Produced, StoreBuilder, TopologyBuilder,
+};
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn strings() -> Consumed<String, String> {
+    Consumed::with(Serdes::string(), Serdes::string())
+}
+
+#[test]
+fn count_by_key_keeps_a_store_emits_updates_and_writes_the_changelog() {
+    let b = TopologyBuilder::new("clicks");
+    b.stream("in", ["clicks"], strings())
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .count("count", "per-user")
+        .to_stream("updates")
+        .to(
+            "out",
+            "counts",
+            Produced::with(Serdes::string(), Serdes::i64()),
+        );
+    let t = b.build().unwrap();
+    assert_eq!(t.changelog_topics(), vec![s("clicks-per-user-changelog")]);
+    assert!(t.topics().contains(&s("clicks-per-user-changelog")));
+    let driver = TestDriver::new(t);
+    let input = driver.input_topic("clicks", Serdes::string(), Serdes::string());
+    for user in ["ann", "bob", "ann", "ann"] {
+        input.pipe(s(user), s("click")).unwrap();
+    }
+    let out = driver.output_topic("counts", Serdes::string(), Serdes::i64());
+    assert_eq!(
+        out.read_key_values(),
+        vec![(s("ann"), 1), (s("bob"), 1), (s("ann"), 2), (s("ann"), 3)]
+    );
+    assert_eq!(
+        driver.store_entries::<String, i64>("per-user").unwrap(),
+        vec![(s("ann"), 3), (s("bob"), 1)]
+    );
+    assert_eq!(
+        driver.store_get::<String, i64>("per-user", &s("bob")),
+        Some(1)
+    );
+    // Every update is in the changelog, keyed by the store key, partitioned like the task.
+    let mut changelog = Vec::new();
+    while let Some(r) = driver.read_raw("clicks-per-user-changelog") {
+        assert_eq!(r.partition, Some(0));
+        changelog.push(String::from_utf8(r.key.unwrap()).unwrap());
+    }
+    assert_eq!(changelog, vec!["ann", "bob", "ann", "ann"]);
+}
+
+#[test]
+fn reduce_and_aggregate_fold_values_per_key() {
+    let b = TopologyBuilder::new("sums");
+    let grouped = b
+        .stream(
+            "in",
+            ["amounts"],
+            Consumed::with(Serdes::string(), Serdes::i64()),
+        )
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
+    grouped
+        .reduce("max", "max-store", Serdes::i64(), |a, b| a.max(b))
+        .to_stream("max-updates")
+        .to(
+            "max-out",
+            "max",
+            Produced::with(Serdes::string(), Serdes::i64()),
+        );
+    grouped
+        .aggregate(
+            "history",
+            "history-store",
+            Serdes::string(),
+            String::new,
+            |_k, v, acc: String| format!("{acc}{v};"),
+        )
+        .to_stream("history-updates")
+        .to(
+            "history-out",
+            "history",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let driver = TestDriver::new(b.build().unwrap());
+    let input = driver.input_topic("amounts", Serdes::string(), Serdes::i64());
+    for (k, v) in [("a", 5), ("a", 3), ("b", 1), ("a", 9)] {
+        input.pipe(s(k), v).unwrap();
+    }
+    let max = driver.output_topic("max", Serdes::string(), Serdes::i64());
+    assert_eq!(
+        max.read_key_values(),
+        vec![(s("a"), 5), (s("a"), 5), (s("b"), 1), (s("a"), 9)]
+    );
+    assert_eq!(
+        driver
+            .store_entries::<String, String>("history-store")
+            .unwrap(),
+        vec![(s("a"), s("5;3;9;")), (s("b"), s("1;"))]
+    );
+}
+
+#[test]
+fn group_by_repartitions_through_an_internal_topic() {
+    let b = TopologyBuilder::new("words");
+    b.stream("in", ["lines"], strings())
+        .flat_map("split", |_k: String, line: String| {
+            line.split_whitespace()
+                .map(|w| (s(w), s(w)))
+                .collect::<Vec<_>>()
+        })
+        .group_by(
+            "by-first-letter",
+            |_k, w: &String| w[..1].to_string(),
+            Grouped::with(Serdes::string(), Serdes::string()),
+        )
+        .count("count", "letters")
+        .to_stream("updates")
+        .to(
+            "out",
+            "letter-counts",
+            Produced::with(Serdes::string(), Serdes::i64()),
+        );
+    let t = b.build().unwrap();
+    assert!(
+        t.topics().contains(&s("words-by-first-letter-repartition")),
+        "{:?}",
+        t.topics()
+    );
+    let driver = TestDriver::new(t);
+    let input = driver.input_topic("lines", Serdes::string(), Serdes::string());
+    input.pipe(s("l1"), s("apple avocado banana")).unwrap();
+    input.pipe(s("l2"), s("axe")).unwrap();
+    assert_eq!(
+        driver.store_entries::<String, i64>("letters").unwrap(),
+        vec![(s("a"), 3), (s("b"), 1)]
+    );
+}
+
+#[test]
+fn tables_keep_the_latest_value_per_key() {
+    let b = TopologyBuilder::new("profiles");
+    b.table("users", "users", strings(), "users-store")
+        .to_stream("changes")
+        .to(
+            "out",
+            "user-changes",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    b.stream("in", ["events"], strings()).to_table(
+        "latest",
+        "latest-store",
+        Serdes::string(),
+        Serdes::string(),
+    );
+    let driver = TestDriver::new(b.build().unwrap());
+    let users = driver.input_topic("users", Serdes::string(), Serdes::string());
+    users.pipe(s("u1"), s("Ann")).unwrap();
+    users.pipe(s("u2"), s("Bob")).unwrap();
+    users.pipe(s("u1"), s("Anna")).unwrap();
+    assert_eq!(
+        driver
+            .store_entries::<String, String>("users-store")
+            .unwrap(),
+        vec![(s("u1"), s("Anna")), (s("u2"), s("Bob"))]
+    );
+    let events = driver.input_topic("events", Serdes::string(), Serdes::string());
+    events.pipe(s("e"), s("first")).unwrap();
+    events.pipe(s("e"), s("second")).unwrap();
+    assert_eq!(
+        driver.store_get::<String, String>("latest-store", &s("e")),
+        Some(s("second"))
+    );
+}
+
+/// Remembers ids for a while and drops repeats; uses a TTL store.
+struct Dedup;
+
+impl Processor<String, String, String, String> for Dedup {
+    fn process(
+        &mut self,
+        record: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessingError> {
+        let seen = {
+            let mut store = ctx
+                .kv_store::<String, i64>("seen")
+                .map_err(|e| ProcessingError::new(e.to_string()))?;
+            let seen = store.get(&record.key).unwrap().is_some();
+            if !seen {
+                store.put(&record.key, &record.timestamp).unwrap();
+            }
+            seen
+        };
+        if !seen {
+            ctx.forward(record);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn ttl_entries_expire_on_wall_clock_time() {
+    let b = TopologyBuilder::new("dedup");
+    b.add_store(
+        StoreBuilder::persistent("seen", Serdes::string(), Serdes::i64())
+            .with_ttl(Duration::from_secs(60)),
+    );
+    b.stream("in", ["in"], strings())
+        .process_with_stores("dedup", &["seen"], || Dedup)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let driver = TestDriver::new(b.build().unwrap());
+    let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+    let out = driver.output_topic("out", Serdes::string(), Serdes::string());
+    input.pipe(s("id-1"), s("a")).unwrap();
+    input.pipe(s("id-1"), s("b")).unwrap();
+    assert_eq!(
+        out.read_key_values(),
+        vec![(s("id-1"), s("a"))],
+        "a repeat is dropped"
+    );
+    driver.advance_wall_clock(Duration::from_secs(61)).unwrap();
+    assert_eq!(
+        driver.store_entries::<String, i64>("seen").unwrap(),
+        vec![],
+        "expired"
+    );
+    input.pipe(s("id-1"), s("c")).unwrap();
+    assert_eq!(
+        out.read_key_values(),
+        vec![(s("id-1"), s("c"))],
+        "after the TTL it is new again"
+    );
+}
+
+#[test]
+fn a_store_must_be_declared_and_exist() {
+    let b = TopologyBuilder::new("t");
+    b.stream("in", ["in"], strings())
+        .process_with_stores("dedup", &["missing"], || Dedup)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let err = b.build().unwrap_err().to_string();
+    assert!(
+        err.contains("uses store `missing`, which was never added"),
+        "{err}"
+    );
+
+    // Declared store exists but the node did not name it: a processing error, not a crash.
+    let b = TopologyBuilder::new("t");
+    b.error_policy(ErrorPolicy::all(OnError::Skip));
+    b.add_store(StoreBuilder::in_memory(
+        "seen",
+        Serdes::string(),
+        Serdes::i64(),
+    ));
+    b.stream("in", ["in"], strings())
+        .process("dedup", || Dedup)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let driver = TestDriver::new(b.build().unwrap());
+    let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+    assert_eq!(input.pipe(s("k"), s("v")), Ok(Outcome::Skipped));
+}
