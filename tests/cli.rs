@@ -538,3 +538,122 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
         "what the engine wrote, Python decodes field for field"
     );
 }
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_stateful_topology_answers_queries_health_and_metrics_over_http() {
+    let (_dev, bootstrap, registry) =
+        engine_dev(&["--topology", "ticket-counts", "--partitions", "2"]);
+    let state = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _run = Running(
+        engine()
+            .args(["run", "ticket-counts", "--http", &addr, "--state-dir"])
+            .arg(state.path())
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("engine run starts"),
+    );
+    // 30 tickets over plans plan-0, plan-1, plan-2: 10 each.
+    let tickets: Vec<String> = (0..30)
+        .map(|n| ticket_json(n, TicketStatus::Pending))
+        .collect();
+    engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "bench.tickets.in",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &tickets,
+    );
+    // Until every partition is restored and every ticket counted (503 while restoring).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = if std::net::TcpStream::connect(&addr).is_ok() {
+            http_get(&addr, "/stores/tickets-per-plan?prefix=plan-")
+        } else {
+            (0, String::new())
+        };
+        if status == 200 {
+            let all: Value = serde_json::from_str(&body).unwrap();
+            let counts: Vec<i64> = all["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["value"].as_i64().unwrap())
+                .collect();
+            if counts == vec![10, 10, 10] {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counts never reached 10 per plan: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = http_get(&addr, "/stores/tickets-per-plan/plan-1");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["key"].as_str(), v["value"].as_i64()),
+        (Some("plan-1"), Some(10)),
+        "{body}"
+    );
+    let (status, body) = http_get(&addr, "/stores/tickets-per-plan/plan-99");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_get(&addr, "/health");
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (health["live"].as_bool(), health["ready"].as_bool()),
+        (Some(true), Some(true)),
+        "{body}"
+    );
+    assert_eq!(health["registry"]["fallback_to_json"], false, "{body}");
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("engine_records_in_total{application=\"ticket-counts\"} 30"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "engine_store_entries{application=\"ticket-counts\",store=\"tickets-per-plan\""
+        ),
+        "{metrics}"
+    );
+}

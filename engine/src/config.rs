@@ -90,6 +90,13 @@ pub struct RuntimeSection {
     pub startup_timeout_ms: Option<u64>,
     /// Shutdown timeout in ms.
     pub shutdown_timeout_ms: Option<u64>,
+    /// Directory of RocksDB stores (default: the system temporary directory's
+    /// `engine-state`).
+    pub state_dir: Option<PathBuf>,
+    /// RocksDB block cache shared by all stores, bytes.
+    pub block_cache_bytes: Option<usize>,
+    /// RocksDB write buffer per store, bytes.
+    pub write_buffer_bytes: Option<usize>,
 }
 
 /// Values from flags and the environment (flags win; clap merges the two).
@@ -103,6 +110,8 @@ pub struct Overrides {
     pub schema_registry_url: Option<String>,
     /// `--kafka key=value`, repeated.
     pub kafka: Vec<String>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A configuration problem, with how to fix it.
@@ -151,6 +160,12 @@ pub struct EngineConfig {
     pub topology_options: BTreeMap<String, toml::Table>,
     /// Avro serde settings.
     pub avro: AvroSettings,
+    /// Directory of RocksDB stores.
+    pub state_dir: PathBuf,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+    /// RocksDB write buffer per store, bytes.
+    pub write_buffer_bytes: usize,
 }
 
 impl EngineConfig {
@@ -216,6 +231,19 @@ impl EngineConfig {
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_MS),
             ),
             topology_options: file.topologies,
+            state_dir: overrides
+                .state_dir
+                .clone()
+                .or(file.runtime.state_dir.clone())
+                .unwrap_or_else(|| std::env::temp_dir().join("engine-state")),
+            block_cache_bytes: file
+                .runtime
+                .block_cache_bytes
+                .unwrap_or(defaults::BLOCK_CACHE_BYTES),
+            write_buffer_bytes: file
+                .runtime
+                .write_buffer_bytes
+                .unwrap_or(defaults::WRITE_BUFFER_BYTES),
             avro: {
                 let d = AvroSettings::default();
                 let r = &file.schema_registry;
@@ -234,6 +262,9 @@ impl EngineConfig {
         }
         if config.max_in_flight == 0 {
             problems.push("runtime.max_in_flight must be at least 1".into());
+        }
+        if config.write_buffer_bytes < (64 << 10) {
+            problems.push("runtime.write_buffer_bytes must be at least 65536".into());
         }
         if config.startup_timeout.is_zero() {
             problems.push("runtime.startup_timeout_ms must be at least 1".into());
@@ -267,6 +298,11 @@ impl EngineConfig {
         settings.max_in_flight = self.max_in_flight;
         settings.startup_timeout = self.startup_timeout;
         settings.shutdown_timeout = self.shutdown_timeout;
+        settings.state = crate::state::RocksSettings::new(
+            &self.state_dir,
+            self.block_cache_bytes,
+            self.write_buffer_bytes,
+        );
         settings
     }
 }

@@ -10,6 +10,7 @@
 //! - [`testing`]: the test driver, Kafka Streams' `TopologyTestDriver` equivalent.
 //! - [`kafka`]: client configuration and the embedded broker (librdkafka's mock cluster).
 //! - [`runtime`]: runs topologies on Kafka with at-least-once delivery.
+//! - [`ops`]: the operations endpoint (health, Prometheus metrics, interactive queries).
 //! - [`config`] and [`cli`]: the `engine` command, reusable from your own `main`.
 
 pub mod catalog;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod metrics;
+pub mod ops;
 pub mod record;
 pub mod registry;
 pub mod runtime;

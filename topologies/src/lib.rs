@@ -3,6 +3,7 @@
 //!
 //! May depend on `engine`; nothing depends on this crate but the command.
 
+pub mod ticket_counts;
 pub mod ticket_pipeline;
 pub mod tickets;
 
@@ -14,6 +15,11 @@ pub fn catalog() -> Catalog {
         ticket_pipeline::NAME,
         "bench.tickets.in -> PENDING tickets set RUNNING -> bench.tickets.out",
         ticket_pipeline::build,
+    )
+    .with(
+        ticket_counts::NAME,
+        "bench.tickets.in -> tickets per plan (RocksDB store tickets-per-plan) -> bench.tickets.counts",
+        ticket_counts::build,
     )
 }
 

@@ -63,6 +63,9 @@ struct Cli {
     /// A librdkafka property, KEY=VALUE; repeatable.
     #[arg(long = "kafka", global = true, value_name = "KEY=VALUE")]
     kafka: Vec<String>,
+    /// Directory of RocksDB state stores.
+    #[arg(long, global = true, env = "ENGINE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax, e.g. `info,librdkafka=debug`).
     #[arg(long, global = true, env = "ENGINE_LOG", default_value = "info")]
     log: String,
@@ -99,6 +102,10 @@ enum Command {
         /// Partitions of the topics --embedded creates.
         #[arg(long, default_value_t = defaults::EMBEDDED_PARTITIONS)]
         partitions: i32,
+        /// Serve GET /health, /metrics (Prometheus) and /stores/{store}[/{key}] on this
+        /// address, e.g. 127.0.0.1:8080 (bind to localhost unless you mean otherwise).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Host a local broker (librdkafka's mock cluster) for other processes until Ctrl-C.
     /// Prints KAFKA_BOOTSTRAP_SERVERS=<addr> as its first line on stdout.
@@ -179,6 +186,7 @@ where
         bootstrap_servers: cli.bootstrap_servers.clone(),
         schema_registry_url: cli.schema_registry_url.clone(),
         kafka: cli.kafka.clone(),
+        state_dir: cli.state_dir.clone(),
     };
     match execute(catalog, cli.command, &overrides, out) {
         Ok(()) => EXIT_OK,
@@ -325,6 +333,7 @@ fn execute(
             names,
             embedded,
             partitions,
+            http,
         } => {
             let config = load()?;
             let avro = avro_context(&config, &mocks, embedded.then_some("embedded"))?;
@@ -376,6 +385,22 @@ fn execute(
                 .enable_all()
                 .build()
                 .map_err(|e| runtime(format!("cannot start the executor: {e}")))?;
+            if let Some(addr) = http {
+                let ops = Arc::new(crate::ops::OpsState::default());
+                ops.set_registry(avro.health.clone());
+                let (bound, server) = {
+                    let _guard = executor.enter();
+                    crate::ops::serve(ops.clone(), addr)
+                        .map_err(|e| usage(format!("--http {addr}: cannot listen: {e}")))?
+                };
+                executor.spawn(async move {
+                    if let Err(error) = server.await {
+                        tracing::error!(%error, "operations endpoint stopped");
+                    }
+                });
+                tracing::info!(addr = %bound, "operations endpoint: /health, /metrics, /stores/{{store}}/{{key}}");
+                settings.ops = Some(ops);
+            }
             let result = executor.block_on(async move {
                 run_topologies(topologies, settings, Shutdown::on_signals()).await
             });

@@ -36,6 +36,8 @@ pub struct RunSettings {
     pub punctuation_interval: Duration,
     /// Where and how RocksDB stores live.
     pub state: RocksSettings,
+    /// Where health, metrics and stores are reported for the operations endpoint.
+    pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
 }
 
 impl RunSettings {
@@ -56,6 +58,7 @@ impl RunSettings {
                 crate::config::defaults::BLOCK_CACHE_BYTES,
                 crate::config::defaults::WRITE_BUFFER_BYTES,
             ),
+            ops: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -33,6 +34,9 @@ use super::tracker::{DeliveryFailure, DeliveryToken, OffsetTracker, Slot};
 use super::{RunSettings, RuntimeError, Shutdown};
 
 type EngineProducer = ThreadedProducer<ProduceContext>;
+
+/// Records processed per wake-up before the loop checks its timers and shutdown again.
+const MAX_BATCH: usize = 256;
 
 /// Producer callbacks: acknowledgements feed the offset tracker.
 pub(crate) struct ProduceContext {
@@ -252,7 +256,14 @@ impl TopologyRunner {
                 })?,
         );
 
+        if let Some(ops) = &settings.ops {
+            ops.add_topology(&app, self.metrics.clone());
+            ops.set_running(&app, false);
+        }
         let partition_counts = Arc::new(self.check_topics(&producer).await?);
+        if let Some(ops) = &settings.ops {
+            ops.set_broker_reachable(true);
+        }
         let topology = self.topology.clone();
         tokio::task::spawn_blocking(move || topology.prepare())
             .await
@@ -288,6 +299,9 @@ impl TopologyRunner {
                 reason: kafka_reason(&source),
             })?;
         tracing::info!(application = %app, topics = ?sources, bootstrap = %settings.client.bootstrap_servers, "topology started");
+        if let Some(ops) = &settings.ops {
+            ops.set_running(&app, true);
+        }
 
         let mut run = Loop {
             topology: &self.topology,
@@ -300,12 +314,16 @@ impl TopologyRunner {
             partition_counts,
             paused: false,
             out: Vec::new(),
+            slots: Vec::new(),
         };
         let result = run.process_until(&mut shutdown).await;
         let closed = run.close().await;
         drop(run);
         drop(consumer);
         tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
+        if let Some(ops) = &settings.ops {
+            ops.set_running(&app, false);
+        }
         result.and(closed)
     }
 
@@ -369,6 +387,7 @@ struct Loop<'a> {
     partition_counts: Arc<HashMap<String, i32>>,
     paused: bool,
     out: Vec<ProducedRecord>,
+    slots: Vec<(String, i32, Slot)>,
 }
 
 impl Loop<'_> {
@@ -390,6 +409,21 @@ impl Loop<'_> {
                     match message {
                         Ok(message) => self.process(&message).await?,
                         Err(error) => self.consumer_error(error)?,
+                    }
+                    // Drain what is already fetched without a full select per record;
+                    // stop at the in-flight bound, a rebalance, or a bounded batch so
+                    // ticks and shutdown are still served promptly.
+                    for _ in 0..MAX_BATCH {
+                        if self.tracker.in_flight() >= self.settings.max_in_flight
+                            || self.rebalance_pending()
+                        {
+                            break;
+                        }
+                        match self.consumer.recv().now_or_never() {
+                            Some(Ok(message)) => self.process(&message).await?,
+                            Some(Err(error)) => self.consumer_error(error)?,
+                            None => break,
+                        }
                     }
                 }
                 _ = commit_tick.tick() => self.commit(CommitMode::Async),
@@ -418,9 +452,14 @@ impl Loop<'_> {
         Ok(())
     }
 
+    fn rebalance_pending(&self) -> bool {
+        !lock(&self.consumer.context().events).is_empty()
+    }
+
     fn apply_rebalances(&mut self) {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
         if !events.is_empty() {
+            self.slots.clear();
             self.metrics.assigned_partitions.store(
                 self.assignment().len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -484,6 +523,21 @@ impl Loop<'_> {
         }
     }
 
+    /// The tracker slot of a partition, cached so the hot path neither allocates nor
+    /// takes the tracker's lock to find it (the cache is cleared on every rebalance).
+    fn slot(&mut self, topic: &str, partition: i32) -> Slot {
+        if let Some((_, _, slot)) = self
+            .slots
+            .iter()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            return *slot;
+        }
+        let slot = self.tracker.slot(topic, partition);
+        self.slots.push((topic.to_string(), partition, slot));
+        slot
+    }
+
     async fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
         let now = now_ms();
         let partition = message.partition();
@@ -496,6 +550,7 @@ impl Loop<'_> {
             value: message.payload(),
             headers: headers_of(message),
         };
+        let slot = self.slot(raw.topic, partition);
         if !self.tasks.contains_key(&partition) {
             let task = open_task(
                 self.topology,
@@ -511,7 +566,6 @@ impl Loop<'_> {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
         };
-        let slot = self.tracker.slot(raw.topic, partition);
         self.out.clear();
         task.process(&raw, now, &mut self.out)
             .map_err(RuntimeError::Record)?;
@@ -537,6 +591,9 @@ impl Loop<'_> {
         let state = &self.settings.state;
         let app = self.topology.application_id();
         for store in task.stores() {
+            if let Some(ops) = &self.settings.ops {
+                ops.remove_store(&store.spec().name, task.partition());
+            }
             let Some(topic) = store.changelog_topic() else {
                 continue;
             };
@@ -596,8 +653,24 @@ async fn open_task(
                 reason: e.to_string(),
             })?;
         let app = topology.application_id().to_string();
+        let publish = |store: &crate::topology::TaskStore, restoring: bool| {
+            if let Some(ops) = &settings.ops {
+                ops.put_store(
+                    &store.spec().name,
+                    partition,
+                    crate::ops::QueryableStore {
+                        application: topology.application_id().to_string(),
+                        store: store.bytes().clone(),
+                        query: store.query().clone(),
+                        restoring,
+                    },
+                );
+            }
+        };
         for store in &stores {
+            publish(store, true);
             let Some(topic) = store.changelog_topic() else {
+                publish(store, false);
                 continue;
             };
             let checkpoint = super::restore::checkpoint_path(state, &app, partition, store.spec());
@@ -627,6 +700,7 @@ async fn open_task(
             })??;
             TopologyMetrics::add(&metrics.restored_records, restored.records);
             tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
+            publish(store, false);
         }
         Task::new(
             topology,

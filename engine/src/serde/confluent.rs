@@ -394,6 +394,14 @@ impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for AvroSerde<T> {
         }
     }
 
+    fn to_json(&self, value: &T) -> Option<serde_json::Value> {
+        serde_json::to_value(value).ok()
+    }
+
+    fn parse(&self, text: &str) -> Option<T> {
+        super::JsonSerde::<T>::new().parse(text)
+    }
+
     fn info(&self) -> SerdeInfo {
         SerdeInfo {
             format: format!("avro({})", self.record_name),

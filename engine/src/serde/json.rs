@@ -62,6 +62,16 @@ impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for JsonSerde<T> {
         Ok(value)
     }
 
+    fn to_json(&self, value: &T) -> Option<serde_json::Value> {
+        serde_json::to_value(value).ok()
+    }
+
+    fn parse(&self, text: &str) -> Option<T> {
+        serde_json::from_str(text)
+            .or_else(|_| serde_json::from_value(serde_json::Value::from(text)))
+            .ok()
+    }
+
     fn info(&self) -> SerdeInfo {
         SerdeInfo {
             format: "json".into(),

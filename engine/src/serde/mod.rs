@@ -135,6 +135,16 @@ pub trait Serde<T>: Send + Sync + 'static {
     /// What this serde is.
     fn info(&self) -> SerdeInfo;
 
+    /// The value as JSON, for interactive queries; `None` if this serde cannot say.
+    fn to_json(&self, _value: &T) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A key typed in a URL or on a command line, parsed; `None` if this serde cannot.
+    fn parse(&self, _text: &str) -> Option<T> {
+        None
+    }
+
     /// Called once before a topology processes anything, for each topic the serde reads
     /// or writes: the place to contact a registry, register schemas, or decide on a
     /// fallback. An error stops the topology from starting.
@@ -155,6 +165,12 @@ impl<T, S: Serde<T> + ?Sized> Serde<T> for Arc<S> {
     }
     fn prepare(&self, topic: &str, role: SerdeRole) -> Result<()> {
         (**self).prepare(topic, role)
+    }
+    fn to_json(&self, value: &T) -> Option<serde_json::Value> {
+        (**self).to_json(value)
+    }
+    fn parse(&self, text: &str) -> Option<T> {
+        (**self).parse(text)
     }
 }
 

@@ -18,6 +18,12 @@ impl Serde<String> for StringSerde {
             reason: format!("not UTF-8 text: {e}"),
         })
     }
+    fn to_json(&self, value: &String) -> Option<serde_json::Value> {
+        Some(serde_json::Value::from(value.as_str()))
+    }
+    fn parse(&self, text: &str) -> Option<String> {
+        Some(text.to_string())
+    }
     fn info(&self) -> SerdeInfo {
         SerdeInfo {
             format: "string".into(),
@@ -71,6 +77,12 @@ macro_rules! big_endian_serde {
                     })?;
                 Ok(<$ty>::from_be_bytes(bytes))
             }
+            fn to_json(&self, value: &$ty) -> Option<serde_json::Value> {
+                Some(serde_json::Value::from(*value))
+            }
+            fn parse(&self, text: &str) -> Option<$ty> {
+                text.parse().ok()
+            }
             fn info(&self) -> SerdeInfo {
                 SerdeInfo {
                     format: $format.into(),
@@ -119,6 +131,15 @@ impl<T, S: Serde<T>> Serde<Option<T>> for Nullable<S> {
     }
     fn prepare(&self, topic: &str, role: super::SerdeRole) -> Result<()> {
         self.0.prepare(topic, role)
+    }
+    fn to_json(&self, value: &Option<T>) -> Option<serde_json::Value> {
+        match value {
+            Some(v) => self.0.to_json(v),
+            None => Some(serde_json::Value::Null),
+        }
+    }
+    fn parse(&self, text: &str) -> Option<Option<T>> {
+        self.0.parse(text).map(Some)
     }
     fn info(&self) -> SerdeInfo {
         let inner = self.0.info();

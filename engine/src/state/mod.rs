@@ -8,6 +8,7 @@
 //! what it is given. May depend on `serde` and `record`.
 
 mod memory;
+mod query;
 mod rocks;
 pub(crate) mod typed;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use crate::record::Timestamp;
 
 pub use memory::MemoryStore;
+pub use query::{JsonEntry, QueryError, ScanRequest, StoreQuery};
 pub use rocks::{RocksSettings, RocksStore};
 pub use typed::{ChangelogWriter, KeyValueStore};
 

@@ -17,9 +17,9 @@ pub trait ChangelogWriter {
 }
 
 /// The serdes of a store, kept type-erased in the topology and recovered by type.
-pub(crate) struct StoreSerdes<K, V> {
-    pub key: Arc<dyn Serde<K>>,
-    pub value: Arc<dyn Serde<V>>,
+pub struct StoreSerdes<K, V> {
+    pub(crate) key: Arc<dyn Serde<K>>,
+    pub(crate) value: Arc<dyn Serde<V>>,
 }
 
 /// A typed view of a key-value store, as a processor sees it.

@@ -12,7 +12,7 @@ use crate::serde::{Serde, SerdeInfo, SerdeRole};
 use std::any::Any;
 
 use crate::state::typed::StoreSerdes;
-use crate::state::{StoreKind, StoreSpec};
+use crate::state::{StoreKind, StoreQuery, StoreSpec};
 
 use super::error::{DecodeError, Problem, TopologyError};
 use super::node::{Datum, NodeFactory, NodeInstance, SourceDecoder, TypeSig};
@@ -160,6 +160,7 @@ pub(crate) struct BuilderState {
 pub(crate) struct StoreDef {
     pub spec: StoreSpec,
     pub serdes: Arc<dyn Any + Send + Sync>,
+    pub query: Arc<StoreQuery>,
 }
 
 /// Declares a key-value store for [`TopologyBuilder::add_store`].
@@ -351,9 +352,11 @@ pub(crate) fn add_store<K: 'static, V: 'static>(
     state: &Rc<RefCell<BuilderState>>,
     store: StoreBuilder<K, V>,
 ) {
+    let serdes = Arc::new(store.serdes);
     state.borrow_mut().stores.push(StoreDef {
+        query: Arc::new(StoreQuery::new(&store.spec.name, serdes.clone())),
         spec: store.spec,
-        serdes: Arc::new(store.serdes),
+        serdes,
     });
 }
 

@@ -136,6 +136,8 @@ pub struct TaskStore {
     pub(crate) serdes: Arc<dyn Any + Send + Sync>,
     /// `<application>-<store>-changelog`, when the store has a changelog.
     pub(crate) changelog_topic: Option<Arc<str>>,
+    /// Reads the store as JSON for interactive queries.
+    pub(crate) query: Arc<crate::state::StoreQuery>,
 }
 
 impl TaskStore {
@@ -146,6 +148,10 @@ impl TaskStore {
     /// The store's bytes.
     pub fn bytes(&self) -> &Arc<dyn BytesStore> {
         &self.store
+    }
+    /// Reads the store as JSON.
+    pub fn query(&self) -> &Arc<crate::state::StoreQuery> {
+        &self.query
     }
     /// Its changelog topic, if it has one.
     pub fn changelog_topic(&self) -> Option<&str> {

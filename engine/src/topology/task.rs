@@ -74,6 +74,7 @@ impl Task {
                         .then(|| Arc::from(def.spec.changelog_topic(app).as_str())),
                     spec: def.spec.clone(),
                     serdes: def.serdes.clone(),
+                    query: def.query.clone(),
                 })
             })
             .collect()

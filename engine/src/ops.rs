@@ -1,0 +1,376 @@
+//! The operations endpoint of `engine run --http ADDR`: health (live and ready; broker,
+//! registry and fallback state), Prometheus metrics, and interactive queries of the
+//! stores this instance holds.
+//!
+//! The runtime registers each topology's metrics and each task's stores here; the HTTP
+//! handlers only read. May depend on `metrics`, `state` and `serde`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::metrics::TopologyMetrics;
+use crate::serde::RegistryHealth;
+use crate::state::{BytesStore, ScanRequest, StoreQuery};
+
+/// One store of one task as queries see it.
+#[derive(Clone)]
+pub(crate) struct QueryableStore {
+    pub application: String,
+    pub store: Arc<dyn BytesStore>,
+    pub query: Arc<StoreQuery>,
+    pub restoring: bool,
+}
+
+impl std::fmt::Debug for QueryableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryableStore")
+            .field("application", &self.application)
+            .field("restoring", &self.restoring)
+            .finish()
+    }
+}
+
+/// What the operations endpoint reports; shared by the runtime and the HTTP server.
+#[derive(Debug, Default)]
+pub struct OpsState {
+    topologies: RwLock<BTreeMap<String, Arc<TopologyMetrics>>>,
+    running: RwLock<BTreeMap<String, bool>>,
+    stores: RwLock<BTreeMap<(String, i32), QueryableStore>>,
+    registry: RwLock<Option<Arc<RegistryHealth>>>,
+    broker_reachable: AtomicBool,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl OpsState {
+    /// Registers a topology's metrics.
+    pub fn add_topology(&self, application: &str, metrics: Arc<TopologyMetrics>) {
+        write(&self.topologies).insert(application.to_string(), metrics);
+    }
+
+    /// Marks a topology as running (ready) or not.
+    pub fn set_running(&self, application: &str, running: bool) {
+        write(&self.running).insert(application.to_string(), running);
+    }
+
+    /// Records that the broker answered.
+    pub fn set_broker_reachable(&self, reachable: bool) {
+        self.broker_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// The registry health to report.
+    pub fn set_registry(&self, health: Arc<RegistryHealth>) {
+        *write(&self.registry) = Some(health);
+    }
+
+    pub(crate) fn put_store(&self, name: &str, partition: i32, store: QueryableStore) {
+        write(&self.stores).insert((name.to_string(), partition), store);
+    }
+
+    pub(crate) fn remove_store(&self, name: &str, partition: i32) {
+        write(&self.stores).remove(&(name.to_string(), partition));
+    }
+
+    fn ready(&self) -> bool {
+        let running = read(&self.running);
+        !running.is_empty()
+            && running.values().all(|r| *r)
+            && !read(&self.stores).values().any(|s| s.restoring)
+    }
+
+    /// Prometheus text exposition of every counter.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let topologies = read(&self.topologies);
+        type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
+        let series: [(&str, &str, &str, Pick); 12] = [
+            (
+                "engine_records_in_total",
+                "counter",
+                "Records consumed.",
+                |m| m.records_in,
+            ),
+            (
+                "engine_records_out_total",
+                "counter",
+                "Records produced and acknowledged.",
+                |m| m.records_out,
+            ),
+            (
+                "engine_deserialization_errors_total",
+                "counter",
+                "Records that did not deserialize.",
+                |m| m.deserialization_errors,
+            ),
+            (
+                "engine_processing_errors_total",
+                "counter",
+                "Records whose processing failed.",
+                |m| m.processing_errors,
+            ),
+            (
+                "engine_production_errors_total",
+                "counter",
+                "Records the broker refused.",
+                |m| m.production_errors,
+            ),
+            (
+                "engine_skipped_total",
+                "counter",
+                "Records skipped by the error policy.",
+                |m| m.skipped,
+            ),
+            (
+                "engine_dead_lettered_total",
+                "counter",
+                "Records written to a dead-letter topic.",
+                |m| m.dead_lettered,
+            ),
+            (
+                "engine_in_flight",
+                "gauge",
+                "Input records with unacknowledged outputs.",
+                |m| m.in_flight,
+            ),
+            (
+                "engine_pauses_total",
+                "counter",
+                "Times partitions paused at the in-flight bound.",
+                |m| m.pauses,
+            ),
+            ("engine_commits_total", "counter", "Offset commits.", |m| {
+                m.commits
+            }),
+            (
+                "engine_assigned_partitions",
+                "gauge",
+                "Partitions assigned to this instance.",
+                |m| m.assigned_partitions,
+            ),
+            (
+                "engine_restored_records_total",
+                "counter",
+                "Changelog records applied while restoring.",
+                |m| m.restored_records,
+            ),
+        ];
+        for (name, kind, help, pick) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (app, metrics) in topologies.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{application=\"{app}\"}} {}",
+                    pick(&metrics.snapshot())
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP engine_store_entries Approximate entries per store and partition.\n# TYPE engine_store_entries gauge"
+        );
+        for ((store, partition), s) in read(&self.stores).iter() {
+            let _ = writeln!(
+                out,
+                "engine_store_entries{{application=\"{}\",store=\"{store}\",partition=\"{partition}\"}} {}",
+                s.application,
+                s.store.approximate_len()
+            );
+        }
+        if let Some(health) = read(&self.registry).as_ref() {
+            let _ = writeln!(
+                out,
+                "# HELP engine_registry_fallback Whether serializers fell back to JSON.\n# TYPE engine_registry_fallback gauge\nengine_registry_fallback {}",
+                u8::from(health.degraded())
+            );
+            let _ = writeln!(
+                out,
+                "# HELP engine_registry_fallback_records_total Records written as JSON by the fallback.\n# TYPE engine_registry_fallback_records_total counter\nengine_registry_fallback_records_total {}",
+                health.fallback_records()
+            );
+        }
+        out
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn health(State(ops): State<Arc<OpsState>>) -> Response {
+    let ready = ops.ready();
+    let registry = read(&ops.registry).as_ref().map(
+        |h| json!({"fallback_to_json": h.degraded(), "fallback_records": h.fallback_records()}),
+    );
+    let body = json!({
+        "live": true,
+        "ready": ready,
+        "status": if registry.as_ref().is_some_and(|r| r["fallback_to_json"] == true) { "degraded" } else if ready { "ok" } else { "starting" },
+        "broker": {"reachable": ops.broker_reachable.load(Ordering::Relaxed)},
+        "registry": registry,
+        "topologies": read(&ops.running).clone(),
+        "restoring": read(&ops.stores).iter().filter(|(_, s)| s.restoring).map(|((n, p), _)| format!("{n}/{p}")).collect::<Vec<_>>(),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(ops): State<Arc<OpsState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        ops.prometheus(),
+    )
+        .into_response()
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(json!({"error": message}))).into_response()
+}
+
+fn local_partitions(ops: &OpsState, store: &str) -> Vec<(i32, QueryableStore)> {
+    read(&ops.stores)
+        .iter()
+        .filter(|((name, _), _)| name == store)
+        .map(|((_, p), s)| (*p, s.clone()))
+        .collect()
+}
+
+async fn store_key(
+    State(ops): State<Arc<OpsState>>,
+    Path((store, key)): Path<(String, String)>,
+) -> Response {
+    let partitions = local_partitions(&ops, &store);
+    if partitions.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no partition of store `{store}` is held by this instance"),
+        );
+    }
+    let now = now_ms();
+    for (partition, s) in &partitions {
+        if s.restoring {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store `{store}` partition {partition} is restoring; retry shortly"),
+            );
+        }
+        match s.query.get(&*s.store, &key, now) {
+            Ok(Some((k, v))) => {
+                return Json(json!({"store": store, "partition": partition, "key": k, "value": v}))
+                    .into_response();
+            }
+            Ok(None) => {}
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "key `{key}` not found in the partitions of `{store}` this instance holds ({:?})",
+            partitions.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct ScanParams {
+    from: Option<String>,
+    to: Option<String>,
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn store_scan(
+    State(ops): State<Arc<OpsState>>,
+    Path(store): Path<String>,
+    Query(params): Query<ScanParams>,
+) -> Response {
+    let partitions = local_partitions(&ops, &store);
+    if partitions.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no partition of store `{store}` is held by this instance"),
+        );
+    }
+    let request = ScanRequest {
+        from: params.from,
+        to: params.to,
+        prefix: params.prefix,
+        limit: params.limit.unwrap_or(1000),
+    };
+    let now = now_ms();
+    let mut entries = Vec::new();
+    for (partition, s) in &partitions {
+        if s.restoring {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store `{store}` partition {partition} is restoring; retry shortly"),
+            );
+        }
+        match s.query.scan(&*s.store, &request, now) {
+            Ok(found) => entries.extend(
+                found
+                    .into_iter()
+                    .map(|(k, v)| json!({"partition": partition, "key": k, "value": v})),
+            ),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    entries.truncate(request.limit);
+    Json(json!({"store": store, "entries": entries})).into_response()
+}
+
+/// The endpoint's routes over `ops`.
+pub fn router(ops: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/stores/{store}", get(store_scan))
+        .route("/stores/{store}/{key}", get(store_key))
+        .with_state(ops)
+}
+
+/// Binds `addr` and returns the bound address and the server future.
+pub fn serve(
+    ops: Arc<OpsState>,
+    addr: SocketAddr,
+) -> std::io::Result<(
+    SocketAddr,
+    impl Future<Output = std::io::Result<()>> + Send + 'static,
+)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let app = router(ops);
+    Ok((local, async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app).await
+    }))
+}
