@@ -657,3 +657,106 @@ fn a_stateful_topology_answers_queries_health_and_metrics_over_http() {
         "{metrics}"
     );
 }
+
+const RESULT_SCHEMA_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/execution-result/execution-result.avsc"
+);
+
+#[test]
+fn the_ticket_service_answers_its_api_from_the_store() {
+    let (_dev, bootstrap, registry) = engine_dev(&[
+        "--topology",
+        "execution-ticket-service",
+        "--partitions",
+        "2",
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _run = Running(
+        engine()
+            .args([
+                "run",
+                "execution-ticket-service",
+                "--http",
+                &addr,
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("engine run starts"),
+    );
+    let tickets: Vec<String> = (0..4)
+        .map(|n| ticket_json(n, TicketStatus::Pending))
+        .collect();
+    engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "execution.tickets",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &tickets,
+    );
+    // A worker only reports on a ticket it has seen: wait until the service has it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(std::net::TcpStream::connect(&addr).is_ok()
+        && http_get(&addr, "/api/v1/tickets/ticket-1").0 == 200)
+    {
+        assert!(Instant::now() < deadline, "ticket-1 never stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let results: Vec<String> = [("ticket-1", "RUNNING", 10), ("ticket-1", "COMPLETED", 20)]
+        .iter()
+        .map(|(id, status, at)| {
+            json!({"ticket_id": id, "status": status, "result": {"success": true, "output": {}, "metadata": {}, "logs": []},
+                   "error_message": null, "actual_duration_ms": 10, "agent_id": "w1", "timestamp": at, "schema_version": 1})
+                .to_string()
+        })
+        .collect();
+    // Results are keyed by ticket id; one partition's order is what keeps them in order.
+    engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "execution.results",
+            "--schema",
+            RESULT_SCHEMA_FILE,
+            "--key-field",
+            "ticket_id",
+        ],
+        &results,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ticket = loop {
+        let (status, body) = if std::net::TcpStream::connect(&addr).is_ok() {
+            http_get(&addr, "/api/v1/tickets/ticket-1")
+        } else {
+            (0, String::new())
+        };
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if v["value"]["status"] == "COMPLETED" {
+                break v["value"].clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ticket-1 never COMPLETED: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ticket["started_at"], 10);
+    assert_eq!(ticket["completed_at"], 20);
+    let (status, body) = http_get(&addr, "/api/v1/tickets/ticket-2");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_get(&addr, "/api/v1/tickets/no-such-ticket");
+    assert_eq!(status, 404);
+}

@@ -266,7 +266,11 @@ async fn store_key(
     State(ops): State<Arc<OpsState>>,
     Path((store, key)): Path<(String, String)>,
 ) -> Response {
-    let partitions = local_partitions(&ops, &store);
+    lookup(&ops, store, key)
+}
+
+fn lookup(ops: &OpsState, store: String, key: String) -> Response {
+    let partitions = local_partitions(ops, &store);
     if partitions.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
@@ -347,19 +351,33 @@ async fn store_scan(
     Json(json!({"store": store, "entries": entries})).into_response()
 }
 
-/// The endpoint's routes over `ops`.
-pub fn router(ops: Arc<OpsState>) -> Router {
-    Router::new()
+/// The endpoint's routes over `ops`, plus `GET {path}/{key}` for each exposed
+/// `(path, store)`.
+pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
+    let mut router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/stores/{store}", get(store_scan))
-        .route("/stores/{store}/{key}", get(store_key))
-        .with_state(ops)
+        .route("/stores/{store}/{key}", get(store_key));
+    for (path, store) in exposed {
+        let store = store.clone();
+        router = router.route(
+            &format!("{path}/{{key}}"),
+            get(
+                move |State(ops): State<Arc<OpsState>>, Path(key): Path<String>| {
+                    let store = store.clone();
+                    async move { lookup(&ops, store, key) }
+                },
+            ),
+        );
+    }
+    router.with_state(ops)
 }
 
 /// Binds `addr` and returns the bound address and the server future.
 pub fn serve(
     ops: Arc<OpsState>,
+    exposed: &[(String, String)],
     addr: SocketAddr,
 ) -> std::io::Result<(
     SocketAddr,
@@ -368,7 +386,7 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let app = router(ops);
+    let app = router(ops, exposed);
     Ok((local, async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         axum::serve(listener, app).await

@@ -3,6 +3,8 @@
 //!
 //! May depend on `engine`; nothing depends on this crate but the command.
 
+pub mod execution_ticket_service;
+pub mod results;
 pub mod ticket_counts;
 pub mod ticket_pipeline;
 pub mod tickets;
@@ -11,7 +13,13 @@ use engine::Catalog;
 
 /// Every topology of the `engine` command.
 pub fn catalog() -> Catalog {
-    Catalog::new().with(
+    Catalog::new()
+        .with(
+            execution_ticket_service::NAME,
+            "execution.tickets + execution.results -> ticket store (idempotent, valid transitions) served at /api/v1/tickets/{id}",
+            execution_ticket_service::build,
+        )
+        .with(
         ticket_pipeline::NAME,
         "bench.tickets.in -> PENDING tickets set RUNNING -> bench.tickets.out",
         ticket_pipeline::build,

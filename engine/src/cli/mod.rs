@@ -390,7 +390,11 @@ fn execute(
                 ops.set_registry(avro.health.clone());
                 let (bound, server) = {
                     let _guard = executor.enter();
-                    crate::ops::serve(ops.clone(), addr)
+                    let exposed: Vec<(String, String)> = topologies
+                        .iter()
+                        .flat_map(|t| t.exposed_stores().to_vec())
+                        .collect();
+                    crate::ops::serve(ops.clone(), &exposed, addr)
                         .map_err(|e| usage(format!("--http {addr}: cannot listen: {e}")))?
                 };
                 executor.spawn(async move {

@@ -152,6 +152,7 @@ pub(crate) struct BuilderState {
     pub application_id: String,
     pub nodes: Vec<NodeSpec>,
     pub stores: Vec<StoreDef>,
+    pub routes: Vec<(String, String)>,
     pub error_policy: ErrorPolicy,
 }
 
@@ -244,6 +245,7 @@ impl TopologyBuilder {
                 application_id: application_id.into(),
                 nodes: Vec::new(),
                 stores: Vec::new(),
+                routes: Vec::new(),
                 error_policy: ErrorPolicy::default(),
             })),
         }
@@ -258,6 +260,16 @@ impl TopologyBuilder {
     /// Adds a key-value store that processors can declare and use.
     pub fn add_store<K: 'static, V: 'static>(&self, store: StoreBuilder<K, V>) -> &Self {
         add_store(&self.state, store);
+        self
+    }
+
+    /// Serves `GET {path}/{key}` from store `store` on the operations endpoint
+    /// (`engine run --http`), e.g. `expose_store("/api/v1/tickets", "tickets")`.
+    pub fn expose_store(&self, path: &str, store: &str) -> &Self {
+        self.state
+            .borrow_mut()
+            .routes
+            .push((path.trim_end_matches('/').to_string(), store.to_string()));
         self
     }
 
@@ -296,13 +308,13 @@ impl TopologyBuilder {
     /// Every problem with the topology as declared so far; empty when it is valid.
     pub fn validate(&self) -> Vec<Problem> {
         let state = self.state.borrow();
-        super::validate::problems(&state.nodes, &state.stores)
+        super::validate::problems(&state.nodes, &state.stores, &state.routes)
     }
 
     /// Validates and freezes the topology; the error lists every problem at once.
     pub fn build(self) -> Result<Topology, TopologyError> {
         let state = self.state.borrow();
-        let problems = super::validate::problems(&state.nodes, &state.stores);
+        let problems = super::validate::problems(&state.nodes, &state.stores, &state.routes);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid {
                 topology: state.application_id.clone(),
@@ -513,6 +525,7 @@ pub(crate) struct TopologyInner {
     pub child_names: Vec<Vec<Arc<str>>>,
     pub sources_by_topic: HashMap<String, usize>,
     pub stores: Vec<StoreDef>,
+    pub routes: Vec<(String, String)>,
     pub error_policy: ErrorPolicy,
 }
 
@@ -557,6 +570,7 @@ impl Topology {
                 child_names,
                 sources_by_topic,
                 stores: state.stores.clone(),
+                routes: state.routes.clone(),
                 error_policy: state.error_policy.clone(),
             }),
         }
@@ -582,6 +596,11 @@ impl Topology {
     /// Stores of the topology.
     pub fn stores(&self) -> Vec<StoreSpec> {
         self.inner.stores.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// Paths under which stores are served, with their store: `(path, store)`.
+    pub fn exposed_stores(&self) -> &[(String, String)] {
+        &self.inner.routes
     }
 
     /// Changelog topics of the stores, sorted.

@@ -22,7 +22,11 @@ const PURE_OPERATORS: &[&str] = &[
     "to_stream",
 ];
 
-pub(crate) fn problems(nodes: &[NodeSpec], stores: &[StoreDef]) -> Vec<Problem> {
+pub(crate) fn problems(
+    nodes: &[NodeSpec],
+    stores: &[StoreDef],
+    routes: &[(String, String)],
+) -> Vec<Problem> {
     let mut problems = Vec::new();
 
     let mut store_names = HashSet::new();
@@ -35,6 +39,14 @@ pub(crate) fn problems(nodes: &[NodeSpec], stores: &[StoreDef]) -> Vec<Problem> 
         if !store_names.insert(store.spec.name.as_str()) {
             problems.push(Problem::DuplicateName {
                 name: store.spec.name.clone(),
+            });
+        }
+    }
+    for (path, store) in routes {
+        if !store_names.contains(store.as_str()) || !path.starts_with('/') {
+            problems.push(Problem::UnknownStore {
+                node: format!("route {path}"),
+                store: store.clone(),
             });
         }
     }

@@ -53,29 +53,36 @@ impl<K: Data, V: Data> KStream<K, V> {
         f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
         grouped: Grouped<K2, V>,
     ) -> KGroupedStream<K2, V> {
+        let key = grouped.key.clone();
+        let stream = self
+            .select_key(&format!("{name}-key"), f)
+            .repartition(name, grouped);
+        KGroupedStream { stream, key }
+    }
+
+    /// Writes the stream to `<application>-<name>-repartition` and reads it back, so
+    /// records are partitioned by their current key (after `select_key` or `map`) and
+    /// every record of a key reaches the same task and its stores.
+    pub fn repartition(&self, name: &str, serdes: Grouped<K, V>) -> KStream<K, V> {
         let topic = format!("{}-{name}-repartition", self.application_id());
-        self.select_key(&format!("{name}-key"), f).to(
+        self.to(
             &format!("{name}-repartition-sink"),
             &topic,
             Produced {
-                key: grouped.key.clone(),
-                value: grouped.value.clone(),
+                key: serdes.key.clone(),
+                value: serdes.value.clone(),
                 partitioner: None,
             },
         );
-        let source = add_source(
+        add_source(
             &self.state,
             &format!("{name}-repartition-source"),
             [topic],
             Consumed {
-                key: grouped.key.clone(),
-                value: grouped.value,
+                key: serdes.key,
+                value: serdes.value,
             },
-        );
-        KGroupedStream {
-            stream: source,
-            key: grouped.key,
-        }
+        )
     }
 }
 

@@ -1,0 +1,249 @@
+//! `execution-ticket-service`: the ticket store. Tickets from `execution.tickets` are
+//! kept once each (idempotency key `metadata.idempotency_key`, else `ticket_id`; one
+//! ticket per plan and task), results from `execution.results` move them through the
+//! valid status transitions only, and `GET /api/v1/tickets/{ticket_id}` answers from the
+//! store. Unlike the service it replaces, it reads Avro and legacy JSON alike, and a
+//! record it cannot handle goes to the dead-letter topic instead of being skipped by a
+//! later commit.
+
+use std::time::Duration;
+
+use engine::BuildContext;
+use engine::record::Record;
+use engine::serde::Serdes;
+use engine::topology::{
+    Consumed, ErrorPolicy, Grouped, KStream, Problem, ProcessingError, Processor, ProcessorContext,
+    StoreBuilder, Topology, TopologyBuilder, TopologyError,
+};
+
+use crate::results::{EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionStatus};
+use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus};
+
+/// Name and application id.
+pub const NAME: &str = "execution-ticket-service";
+/// Tickets in.
+pub const TICKETS: &str = "execution.tickets";
+/// Results in.
+pub const RESULTS: &str = "execution.results";
+/// Records the service cannot handle, with their original bytes.
+pub const DEAD_LETTER: &str = "execution-ticket-service.dlq";
+/// ticket id -> ticket (JSON).
+pub const TICKET_STORE: &str = "tickets";
+/// `plan_id/task_id` -> ticket id.
+pub const PLAN_TASK_STORE: &str = "plan-tasks";
+/// Idempotency key -> first-seen time; kept a week.
+pub const IDEMPOTENCY_STORE: &str = "idempotency-keys";
+/// Where the ticket API is served by `engine run --http`.
+pub const API_PATH: &str = "/api/v1/tickets";
+
+fn store_error(e: engine::state::StoreError) -> ProcessingError {
+    ProcessingError::new(e.to_string())
+}
+
+/// The ticket's idempotency key: `metadata.idempotency_key`, else its id.
+fn idempotency_key(ticket: &ExecutionTicket) -> String {
+    ticket
+        .metadata
+        .get("idempotency_key")
+        .cloned()
+        .unwrap_or_else(|| ticket.ticket_id.clone())
+}
+
+/// Drops tickets whose idempotency key was seen (runs partitioned by that key).
+struct Deduplicate;
+
+impl Processor<String, ExecutionTicket, String, ExecutionTicket> for Deduplicate {
+    fn process(
+        &mut self,
+        record: Record<String, ExecutionTicket>,
+        ctx: &mut ProcessorContext<'_, String, ExecutionTicket>,
+    ) -> Result<(), ProcessingError> {
+        let first = {
+            let mut seen = ctx
+                .kv_store::<String, i64>(IDEMPOTENCY_STORE)
+                .map_err(store_error)?;
+            let first = seen.get(&record.key).map_err(store_error)?.is_none();
+            if first {
+                seen.put(&record.key, &record.timestamp)
+                    .map_err(store_error)?;
+            }
+            first
+        };
+        if first {
+            ctx.forward(record);
+        } else {
+            tracing::debug!(ticket_id = %record.value.ticket_id, idempotency_key = %record.key, "duplicate ticket skipped");
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a second ticket for a plan's task (runs partitioned by plan).
+struct OnePerTask;
+
+impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask {
+    fn process(
+        &mut self,
+        record: Record<String, ExecutionTicket>,
+        ctx: &mut ProcessorContext<'_, String, ExecutionTicket>,
+    ) -> Result<(), ProcessingError> {
+        let ticket = &record.value;
+        let plan_task = format!("{}/{}", ticket.plan_id, ticket.task_id);
+        {
+            let mut plan_tasks = ctx
+                .kv_store::<String, String>(PLAN_TASK_STORE)
+                .map_err(store_error)?;
+            match plan_tasks.get(&plan_task).map_err(store_error)? {
+                Some(existing) if existing != ticket.ticket_id => {
+                    return Err(ProcessingError::field(
+                        "task_id",
+                        format!(
+                            "plan `{}` already has ticket `{existing}` for task `{}`; ticket `{}` is a conflicting duplicate",
+                            ticket.plan_id, ticket.task_id, ticket.ticket_id
+                        ),
+                    ));
+                }
+                _ => plan_tasks
+                    .put(&plan_task, &ticket.ticket_id)
+                    .map_err(store_error)?,
+            }
+        }
+        ctx.forward(record);
+        Ok(())
+    }
+}
+
+/// Stores the ticket (runs partitioned by ticket id, like the results).
+struct Store;
+
+impl Processor<String, ExecutionTicket, (), ()> for Store {
+    fn process(
+        &mut self,
+        record: Record<String, ExecutionTicket>,
+        ctx: &mut ProcessorContext<'_, (), ()>,
+    ) -> Result<(), ProcessingError> {
+        ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)
+            .and_then(|mut t| t.put(&record.key, &record.value))
+            .map_err(store_error)
+    }
+}
+
+/// Whether a ticket may move from `from` to what a worker reports.
+pub fn valid_transition(from: TicketStatus, to: ExecutionStatus) -> bool {
+    use ExecutionStatus as E;
+    use TicketStatus as T;
+    matches!(
+        (from, to),
+        (T::Pending, E::Running | E::Completed | E::Failed)
+            | (T::Running, E::Completed | E::Failed)
+    )
+}
+
+/// Applies results to the stored tickets.
+struct ApplyResult;
+
+impl Processor<String, ExecutionResult, (), ()> for ApplyResult {
+    fn process(
+        &mut self,
+        record: Record<String, ExecutionResult>,
+        ctx: &mut ProcessorContext<'_, (), ()>,
+    ) -> Result<(), ProcessingError> {
+        let result = record.value;
+        let mut tickets = ctx
+            .kv_store::<String, ExecutionTicket>(TICKET_STORE)
+            .map_err(store_error)?;
+        let Some(mut ticket) = tickets.get(&result.ticket_id).map_err(store_error)? else {
+            return Err(ProcessingError::field(
+                "ticket_id",
+                format!("no ticket `{}` is known", result.ticket_id),
+            ));
+        };
+        if !valid_transition(ticket.status, result.status) {
+            return Err(ProcessingError::field(
+                "status",
+                format!(
+                    "ticket `{}` cannot go from {:?} to {:?}",
+                    ticket.ticket_id, ticket.status, result.status
+                ),
+            ));
+        }
+        ticket.status = match result.status {
+            ExecutionStatus::Running => {
+                ticket.started_at = Some(result.timestamp);
+                TicketStatus::Running
+            }
+            ExecutionStatus::Completed => TicketStatus::Completed,
+            ExecutionStatus::Failed => TicketStatus::Failed,
+        };
+        if result.status != ExecutionStatus::Running {
+            ticket.completed_at = Some(result.timestamp);
+            ticket.actual_duration_ms = result.actual_duration_ms;
+            ticket.error_message = result.error_message;
+        }
+        tickets.put(&ticket.ticket_id, &ticket).map_err(store_error)
+    }
+}
+
+/// Builds the topology.
+pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
+    let invalid = |node: &str, e: engine::serde::avro::AvroError| TopologyError::Invalid {
+        topology: NAME.into(),
+        problems: vec![Problem::Serde {
+            node: node.into(),
+            message: e.to_string(),
+        }],
+    };
+    let tickets = ctx
+        .avro
+        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
+        .map_err(|e| invalid("tickets", e))?;
+    let results = ctx
+        .avro
+        .value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)
+        .map_err(|e| invalid("results", e))?;
+    let key = || Serdes::nullable(Serdes::string());
+    let b = TopologyBuilder::new(NAME);
+    b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
+    b.add_store(StoreBuilder::persistent(
+        TICKET_STORE,
+        Serdes::string(),
+        Serdes::json::<ExecutionTicket>(),
+    ));
+    b.add_store(StoreBuilder::persistent(
+        PLAN_TASK_STORE,
+        Serdes::string(),
+        Serdes::string(),
+    ));
+    b.add_store(
+        StoreBuilder::persistent(IDEMPOTENCY_STORE, Serdes::string(), Serdes::i64())
+            .with_ttl(Duration::from_secs(7 * 24 * 3600)),
+    );
+    b.expose_store(API_PATH, TICKET_STORE);
+    // Tickets arrive keyed by plan (orchestrator) or ticket (REST); each check runs in the
+    // task that owns its key, so the stream is repartitioned for each.
+    let internal = || Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>());
+    let _: KStream<(), ()> = b
+        .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
+        .select_key("by-idempotency-key", |_k, t: &ExecutionTicket| {
+            idempotency_key(t)
+        })
+        .repartition("tickets-by-idempotency-key", internal())
+        .process_with_stores("deduplicate", &[IDEMPOTENCY_STORE], || Deduplicate)
+        .select_key("by-plan", |_k, t: &ExecutionTicket| t.plan_id.clone())
+        .repartition("tickets-by-plan", internal())
+        .process_with_stores("one-per-task", &[PLAN_TASK_STORE], || OnePerTask)
+        .select_key("by-ticket", |_k, t: &ExecutionTicket| t.ticket_id.clone())
+        .repartition("tickets-by-id", internal())
+        .process_with_stores("store", &[TICKET_STORE], || Store);
+    let _: KStream<(), ()> = b
+        .stream("results", [RESULTS], Consumed::with(key(), results))
+        .select_key("result-by-ticket", |_k, r: &ExecutionResult| {
+            r.ticket_id.clone()
+        })
+        .repartition(
+            "results-by-id",
+            Grouped::with(Serdes::string(), Serdes::json::<ExecutionResult>()),
+        )
+        .process_with_stores("apply-result", &[TICKET_STORE], || ApplyResult);
+    b.build()
+}
