@@ -285,3 +285,159 @@ fn a_store_must_be_declared_and_exist() {
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     assert_eq!(input.pipe(s("k"), s("v")), Ok(Outcome::Skipped));
 }
+
+mod windows {
+    use super::*;
+    use engine::topology::{Emit, LateRecords, TimeWindows, Windowed, WindowedSerde};
+
+    fn windowed_counts(windows: TimeWindows, policy: Option<ErrorPolicy>) -> TestDriver {
+        let b = TopologyBuilder::new("w");
+        if let Some(p) = policy {
+            b.error_policy(p);
+        }
+        b.stream("in", ["in"], strings())
+            .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+            .windowed_by(windows)
+            .count("count", "windowed")
+            .to_stream("updates")
+            .to(
+                "out",
+                "out",
+                Produced::with(WindowedSerde::new(Serdes::string()), Serdes::i64()),
+            );
+        TestDriver::new(b.build().unwrap())
+    }
+
+    fn w(key: &str, start: i64, end: i64) -> Windowed<String> {
+        Windowed {
+            key: s(key),
+            start,
+            end,
+        }
+    }
+
+    fn read(driver: &TestDriver) -> Vec<(Windowed<String>, i64)> {
+        driver
+            .output_topic("out", WindowedSerde::new(Serdes::string()), Serdes::i64())
+            .read_key_values()
+    }
+
+    fn pipe(driver: &TestDriver, key: &str, at: i64) -> Outcome {
+        driver
+            .input_topic("in", Serdes::string(), Serdes::string())
+            .pipe_at(s(key), s("x"), at)
+            .unwrap()
+    }
+
+    #[test]
+    fn tumbling_windows_count_per_key_and_window_on_every_update() {
+        let d = windowed_counts(TimeWindows::of(Duration::from_secs(10)), None);
+        pipe(&d, "a", 1_000);
+        pipe(&d, "b", 2_000);
+        pipe(&d, "a", 9_999);
+        pipe(&d, "a", 10_000);
+        // With no grace, [0,10) closed when stream time reached 10 s: b is late now.
+        pipe(&d, "b", 3_000);
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 10_000), 1),
+                (w("b", 0, 10_000), 1),
+                (w("a", 0, 10_000), 2),
+                (w("a", 10_000, 20_000), 1)
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 1);
+    }
+
+    #[test]
+    fn hopping_windows_count_a_record_in_every_window_containing_it() {
+        let d = windowed_counts(
+            TimeWindows::of(Duration::from_secs(10)).advance_by(Duration::from_secs(5)),
+            None,
+        );
+        pipe(&d, "a", 7_000);
+        let mut out = read(&d);
+        out.sort();
+        assert_eq!(
+            out,
+            vec![(w("a", 0, 10_000), 1), (w("a", 5_000, 15_000), 1)]
+        );
+    }
+
+    #[test]
+    fn records_within_grace_count_and_late_ones_are_counted_as_skipped() {
+        let d = windowed_counts(
+            TimeWindows::of(Duration::from_secs(10)).grace(Duration::from_secs(2)),
+            None,
+        );
+        pipe(&d, "a", 1_000);
+        pipe(&d, "a", 11_000); // stream time 11 s: [0,10) still open until 12 s
+        pipe(&d, "a", 9_000); // out of order, within grace
+        pipe(&d, "a", 12_500); // stream time 12.5 s: [0,10) closes
+        assert_eq!(pipe(&d, "a", 3_000), Outcome::Processed); // late: dropped, counted
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 10_000), 1),
+                (w("a", 10_000, 20_000), 1),
+                (w("a", 0, 10_000), 2),
+                (w("a", 10_000, 20_000), 2)
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 1);
+    }
+
+    #[test]
+    fn late_records_can_go_to_the_error_policy() {
+        let d = windowed_counts(
+            TimeWindows::of(Duration::from_secs(10)).late_records(LateRecords::ErrorPolicy),
+            Some(ErrorPolicy::dead_letter("late")),
+        );
+        pipe(&d, "a", 15_000);
+        assert_eq!(pipe(&d, "a", 1_000), Outcome::DeadLettered);
+        let dead = d.read_raw("late").unwrap();
+        assert_eq!(
+            dead.headers.last_str("engine.error.field"),
+            Some("timestamp")
+        );
+    }
+
+    #[test]
+    fn emit_on_window_close_emits_each_window_once_and_frees_its_store_entry() {
+        let d = windowed_counts(
+            TimeWindows::of(Duration::from_secs(10))
+                .grace(Duration::from_secs(1))
+                .emit(Emit::OnWindowClose),
+            None,
+        );
+        pipe(&d, "a", 1_000);
+        pipe(&d, "a", 5_000);
+        pipe(&d, "b", 2_000);
+        assert!(read(&d).is_empty(), "nothing before the window closes");
+        pipe(&d, "c", 11_000); // 11 s = end + grace: [0,10) closes
+        let mut out = read(&d);
+        out.sort();
+        assert_eq!(out, vec![(w("a", 0, 10_000), 2), (w("b", 0, 10_000), 1)]);
+        assert_eq!(
+            d.store_entries::<Vec<u8>, i64>("windowed").unwrap().len(),
+            1,
+            "only c's open window is left"
+        );
+    }
+
+    #[test]
+    fn windows_can_close_on_wall_clock_time_when_input_is_idle() {
+        let d = windowed_counts(
+            TimeWindows::of(Duration::from_secs(10))
+                .emit(Emit::OnWindowClose)
+                .close_on_wall_clock(),
+            None,
+        );
+        pipe(&d, "a", 1_000);
+        d.advance_wall_clock(Duration::from_secs(5)).unwrap();
+        assert!(read(&d).is_empty());
+        d.advance_wall_clock(Duration::from_secs(6)).unwrap(); // wall clock 11 s
+        assert_eq!(read(&d), vec![(w("a", 0, 10_000), 1)]);
+    }
+}

@@ -23,7 +23,10 @@ pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
 pub use node::TaskStore;
-pub use operators::{Branch, Grouped, KGroupedStream, KTable};
+pub use operators::{
+    Branch, Emit, Grouped, KGroupedStream, KTable, LateRecords, TimeWindowedKStream, TimeWindows,
+    Windowed, WindowedSerde,
+};
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Processor, ProcessorContext, PunctuationType, ScheduleId};
 pub use task::{Outcome, Task};

@@ -213,6 +213,7 @@ pub(crate) struct NodeContext<'a> {
     pub stream_time: Timestamp,
     pub wall_clock: Timestamp,
     pub task: &'a TaskInfo,
+    pub metrics: &'a crate::metrics::TopologyMetrics,
 }
 
 /// The operations a typed `ProcessorContext` forwards to; object-safe so the typed
@@ -228,6 +229,7 @@ pub(crate) trait NodeOps {
     fn schedule(&mut self, interval_ms: i64, kind: PunctuationType) -> ScheduleId;
     fn cancel(&mut self, id: ScheduleId);
     fn produce(&mut self, record: ProducedRecord);
+    fn count_skipped(&mut self);
     fn store_access(
         &mut self,
         name: &str,
@@ -252,6 +254,9 @@ impl NodeOps for NodeContext<'_> {
     }
     fn produce(&mut self, record: ProducedRecord) {
         self.output.produced.push(record);
+    }
+    fn count_skipped(&mut self) {
+        crate::metrics::TopologyMetrics::add(&self.metrics.skipped, 1);
     }
     fn store_access(
         &mut self,

@@ -183,6 +183,12 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
         })
     }
 
+    /// Counts a record the processor dropped on purpose (e.g. late for its window) in the
+    /// `skipped` metric.
+    pub fn count_skipped(&mut self) {
+        self.inner.count_skipped()
+    }
+
     /// Writes already-serialized bytes (used by sinks).
     pub(crate) fn produce(&mut self, record: ProducedRecord) {
         self.inner.produce(record)

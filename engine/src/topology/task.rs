@@ -361,6 +361,7 @@ impl Task {
             stream_time: self.stream_time,
             wall_clock,
             task: &self.info,
+            metrics: &self.metrics,
         };
         match catch_unwind(AssertUnwindSafe(|| f(instance, &mut ctx))) {
             Ok(result) => result,

@@ -31,8 +31,17 @@ impl<K, V> Grouped<K, V> {
 
 /// A stream grouped by key, ready to aggregate.
 pub struct KGroupedStream<K, V> {
-    stream: KStream<K, V>,
-    key: Arc<dyn Serde<K>>,
+    pub(crate) stream: KStream<K, V>,
+    pub(crate) key: Arc<dyn Serde<K>>,
+}
+
+impl<K, V> Clone for KGroupedStream<K, V> {
+    fn clone(&self) -> Self {
+        KGroupedStream {
+            stream: self.stream.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl<K: Data, V: Data> KStream<K, V> {

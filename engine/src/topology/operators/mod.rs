@@ -13,7 +13,9 @@ mod process;
 mod select_key;
 mod table;
 mod to;
+mod window;
 
 pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
 pub use table::KTable;
+pub use window::{Emit, LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};
