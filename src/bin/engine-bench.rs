@@ -1,0 +1,224 @@
+//! `engine-bench`: the benchmark harness. Measures the Avro codec, the
+//! `ticket-pipeline` topology as its own process against `engine dev` (throughput
+//! against a plain rdkafka floor, end-to-end latency, peak memory, start-up), the
+//! stateful `ticket-counts` topology (throughput against the same floor, and restoring
+//! its store from the changelog), and writes `BENCHMARKS.md` and `benchmarks.json`.
+//! Run it through `scripts/bench`.
+//!
+//! Exit codes: `0` every figure measured (targets met or not: the table says which),
+//! `1` a run failed, `2` usage error.
+
+#[path = "engine_bench/codec.rs"]
+mod codec;
+#[path = "engine_bench/machine.rs"]
+mod machine;
+#[path = "engine_bench/pipeline.rs"]
+mod pipeline;
+#[path = "engine_bench/processes.rs"]
+mod processes;
+#[path = "engine_bench/report.rs"]
+mod report;
+#[path = "engine_bench/stateful.rs"]
+mod stateful;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use processes::EngineCommand;
+use report::{Figure, Report};
+
+/// The binary's error type: every failure becomes a message and exit code 1.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USAGE: &str = "\
+usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S]
+                    [--latency-secs S] [--latency-rate R] [--codec-secs S]
+                    [--engine-kafka K=V]... [--skip-pipeline] [--skip-state]
+
+  --engine PATH     the `engine` binary (default: next to this one)
+  --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
+  --records N       input tickets per throughput round (default 300000; capped to
+                    what the mock cluster keeps, 5 MiB per partition)
+  --work-secs S     rounds repeat until this much processing is timed, for the floor
+                    and for the engine each (default 10)
+  --latency-secs S  length of the fixed-rate latency run (default 10)
+  --latency-rate R  its input rate in records/s (default: half the engine's measured
+                    throughput)
+  --engine-kafka K=V  passed to `engine run` as --kafka K=V (repeatable; default none,
+                    and the tables say when any was given)
+  --codec-secs S    time per codec case (default 2)
+  --skip-pipeline   no ticket-pipeline figures (throughput, latency, memory, start-up)
+  --skip-state      no ticket-counts figures (stateful throughput, restore)";
+
+struct Options {
+    engine: PathBuf,
+    out_dir: PathBuf,
+    records: usize,
+    work_secs: f64,
+    latency_secs: u64,
+    latency_rate: Option<f64>,
+    engine_kafka: Vec<String>,
+    codec_secs: f64,
+    skip_pipeline: bool,
+    skip_state: bool,
+}
+
+fn parse_args() -> std::result::Result<Options, String> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("engine")))
+        .unwrap_or_else(|| PathBuf::from("engine"));
+    let mut o = Options {
+        engine: sibling,
+        out_dir: PathBuf::from("."),
+        records: 300_000,
+        work_secs: 10.0,
+        latency_secs: 10,
+        latency_rate: None,
+        engine_kafka: Vec::new(),
+        codec_secs: 2.0,
+        skip_pipeline: false,
+        skip_state: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--engine" => o.engine = value("--engine")?.into(),
+            "--out-dir" => o.out_dir = value("--out-dir")?.into(),
+            "--records" => {
+                o.records = value("--records")?
+                    .parse()
+                    .map_err(|_| "--records must be a count")?
+            }
+            "--work-secs" => {
+                o.work_secs = value("--work-secs")?
+                    .parse()
+                    .map_err(|_| "--work-secs must be seconds")?
+            }
+            "--latency-secs" => {
+                o.latency_secs = value("--latency-secs")?
+                    .parse()
+                    .map_err(|_| "--latency-secs must be whole seconds")?
+            }
+            "--latency-rate" => {
+                o.latency_rate = Some(
+                    value("--latency-rate")?
+                        .parse()
+                        .map_err(|_| "--latency-rate must be records per second")?,
+                )
+            }
+            "--engine-kafka" => o.engine_kafka.push(value("--engine-kafka")?),
+            "--codec-secs" => {
+                o.codec_secs = value("--codec-secs")?
+                    .parse()
+                    .map_err(|_| "--codec-secs must be seconds")?
+            }
+            "--skip-pipeline" => o.skip_pipeline = true,
+            "--skip-state" => o.skip_state = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if o.records == 0 || o.latency_secs == 0 || o.codec_secs <= 0.0 || o.work_secs <= 0.0 {
+        return Err(
+            "--records, --work-secs, --latency-secs and --codec-secs must be positive".into(),
+        );
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(message) => {
+            if message.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("engine-bench: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engine-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(options: &Options) -> Result<()> {
+    let engine = EngineCommand {
+        binary: options.engine.clone(),
+        log_dir: processes::log_dir(&std::env::temp_dir())?,
+    };
+    let version = engine.output(&["--version"])?.trim().to_string();
+    let machine = machine::Machine::detect(version);
+
+    eprintln!("engine-bench: codec ({} s per case)", options.codec_secs);
+    let (mut figures, table) = codec::figures(Duration::from_secs_f64(options.codec_secs));
+    eprint!("{table}");
+
+    let mut setup = Vec::new();
+    if options.skip_pipeline {
+        figures.push(Figure::not_measured(
+            "pipeline",
+            "pipeline figures",
+            "--skip-pipeline given",
+        ));
+    } else {
+        let outcome = pipeline::run(
+            &engine,
+            &pipeline::PipelineOptions {
+                round_records: options.records,
+                work_secs: options.work_secs,
+                latency_secs: options.latency_secs,
+                latency_rate: options.latency_rate,
+                engine_kafka: options.engine_kafka.clone(),
+            },
+        )?;
+        figures.extend(outcome.figures);
+        setup.extend(outcome.setup);
+    }
+    if options.skip_state {
+        figures.push(Figure::not_measured(
+            "state",
+            "stateful and restore figures",
+            "--skip-state given",
+        ));
+    } else {
+        let outcome = stateful::run(
+            &engine,
+            &stateful::StatefulOptions {
+                round_records: options.records,
+                work_secs: options.work_secs,
+            },
+        )?;
+        figures.extend(outcome.figures);
+        setup.extend(outcome.setup);
+    }
+    setup.push((
+        "process logs".into(),
+        format!("`{}` (kept for inspection)", engine.log_dir.display()),
+    ));
+
+    let report = Report {
+        machine,
+        setup,
+        figures,
+    };
+    std::fs::write(options.out_dir.join("BENCHMARKS.md"), report.markdown())?;
+    std::fs::write(
+        options.out_dir.join("benchmarks.json"),
+        report.json()? + "\n",
+    )?;
+    eprintln!(
+        "engine-bench: wrote {} and {}",
+        options.out_dir.join("BENCHMARKS.md").display(),
+        options.out_dir.join("benchmarks.json").display()
+    );
+    Ok(())
+}

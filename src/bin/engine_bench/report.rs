@@ -1,0 +1,291 @@
+//! The figures of a run and how they are written: `BENCHMARKS.md` (for people) and
+//! `benchmarks.json` (the same data, for tools).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::machine::Machine;
+
+/// Which way a target points.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// `ratio` (figure / reference) must be at least this.
+    RatioAtLeast(f64),
+    /// The figure must be below this, in the figure's unit.
+    Below(f64),
+    /// The figure must be at least this, in the figure's unit.
+    AtLeast(f64),
+}
+
+/// Whether a figure meets its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Met,
+    Missed,
+    /// Measured, with no target given.
+    Reported,
+    NotMeasured,
+}
+
+/// One measured (or deliberately unmeasured) figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Group in the table: codec, pipeline, latency, memory, start-up, state, restore.
+    pub group: &'static str,
+    pub name: String,
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    /// What the figure is compared with, and its value in the same unit.
+    pub reference: Option<String>,
+    pub reference_value: Option<f64>,
+    /// `value / reference_value`.
+    pub ratio: Option<f64>,
+    pub target: Option<Target>,
+    pub status: Status,
+    /// Why it is not measured, or what qualifies it.
+    pub note: Option<String>,
+}
+
+impl Figure {
+    /// A figure; the ratio and status follow from the reference and target.
+    pub fn new(
+        group: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        reference: Option<(String, f64)>,
+        target: Option<Target>,
+    ) -> Self {
+        let ratio = reference
+            .as_ref()
+            .filter(|(_, r)| *r > 0.0)
+            .map(|(_, r)| value / r);
+        let status = match target {
+            None => Status::Reported,
+            Some(Target::RatioAtLeast(min)) => {
+                if ratio.is_some_and(|r| r >= min) {
+                    Status::Met
+                } else {
+                    Status::Missed
+                }
+            }
+            Some(Target::Below(max)) => {
+                if value < max {
+                    Status::Met
+                } else {
+                    Status::Missed
+                }
+            }
+            Some(Target::AtLeast(min)) => {
+                if value >= min {
+                    Status::Met
+                } else {
+                    Status::Missed
+                }
+            }
+        };
+        let (reference, reference_value) = match reference {
+            Some((name, v)) => (Some(name), Some(v)),
+            None => (None, None),
+        };
+        Self {
+            group,
+            name: name.into(),
+            value: Some(value),
+            unit,
+            reference,
+            reference_value,
+            ratio,
+            target,
+            status,
+            note: None,
+        }
+    }
+
+    /// A figure that could not be measured, and why; never a made-up number.
+    pub fn not_measured(
+        group: &'static str,
+        name: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
+        Self {
+            group,
+            name: name.into(),
+            value: None,
+            unit: "",
+            reference: None,
+            reference_value: None,
+            ratio: None,
+            target: None,
+            status: Status::NotMeasured,
+            note: Some(why.into()),
+        }
+    }
+
+    /// Adds a qualifying note.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    /// How the run was set up (records, partitions, value format, durations...).
+    pub setup: Vec<(String, String)>,
+    pub figures: Vec<Figure>,
+}
+
+fn number(v: f64, unit: &str) -> String {
+    let digits = if v.abs() >= 1000.0 || unit == "records/s" {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{v:.digits$}");
+    // Thousands separators for large counts, so rates read at a glance.
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), ""), |(i, f)| (i, f));
+    let (sign, int) = int.strip_prefix('-').map_or(("", int), |i| ("-", i));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+fn with_unit(v: f64, unit: &str) -> String {
+    if unit.is_empty() {
+        number(v, unit)
+    } else {
+        format!("{} {unit}", number(v, unit))
+    }
+}
+
+impl Report {
+    /// `BENCHMARKS.md`.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut s = String::new();
+        let _ = writeln!(s, "# Benchmarks\n");
+        let _ = writeln!(
+            s,
+            "Generated by `scripts/bench` (the `engine-bench` binary); do not edit by hand. \
+             The same data is in `benchmarks.json`.\n"
+        );
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(s, "| CPU | {} |", m.cpu_model);
+        let _ = writeln!(s, "| cores | {} |", m.cores);
+        let _ = writeln!(s, "| RAM | {:.1} GiB |", m.ram_gib);
+        let _ = writeln!(s, "| OS | {} |", m.os);
+        let _ = writeln!(s, "| date | {} |", m.date_utc);
+        let _ = writeln!(s, "| git commit | `{}` |", m.git_commit);
+        let _ = writeln!(s, "| engine | {} |", m.engine_version);
+        for (k, v) in &self.setup {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        let _ = writeln!(
+            s,
+            "\n| group | figure | measured | reference | ratio | target | status |\n\
+             |---|---|---:|---|---:|---|---|"
+        );
+        for f in &self.figures {
+            let measured = match f.value {
+                Some(v) => with_unit(v, f.unit),
+                None => "not measured".into(),
+            };
+            let reference = match (&f.reference, f.reference_value) {
+                (Some(name), Some(v)) => format!("{name}: {}", with_unit(v, f.unit)),
+                (Some(name), None) => name.clone(),
+                _ => "—".into(),
+            };
+            let ratio = f.ratio.map_or("—".into(), |r| format!("{r:.2}x"));
+            let target = match f.target {
+                Some(Target::RatioAtLeast(min)) => format!("≥ {min}x"),
+                Some(Target::Below(max)) => format!("< {}", with_unit(max, f.unit)),
+                Some(Target::AtLeast(min)) => format!("≥ {}", with_unit(min, f.unit)),
+                None => "—".into(),
+            };
+            let status = match f.status {
+                Status::Met => "met".to_string(),
+                Status::Missed => "**missed**".to_string(),
+                Status::Reported => "reported (no target)".to_string(),
+                Status::NotMeasured => "not measured".to_string(),
+            };
+            let status = match (&f.note, f.status) {
+                (Some(note), Status::NotMeasured) => format!("not measured: {note}"),
+                (Some(note), _) => format!("{status} ({note})"),
+                (None, _) => status,
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {measured} | {reference} | {ratio} | {target} | {status} |",
+                f.group, f.name
+            );
+        }
+        s.push_str(METHOD);
+        s
+    }
+
+    /// `benchmarks.json`.
+    pub fn json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+}
+
+const METHOD: &str = "
+## How these are measured
+
+- **Codec**: `engine::serde::avro::bench::run_codec_bench` on one thread, nothing else
+  running: encode and decode of realistic `ExecutionTicket` records (~420 bytes of Avro),
+  records per second on one core. Reference: serde_avro_fast on the same records.
+- **Pipeline**: `engine dev` (its own process) hosts librdkafka's mock cluster with
+  16-partition topics; the harness pre-produces the input tickets (90% `PENDING`). The
+  floor is a plain rdkafka loop in the harness (`BaseConsumer::poll` then
+  `BaseProducer::send` of the same key and bytes, librdkafka defaults, its own consumer
+  group) copying every input record to another topic; rate = records / (first consumed
+  to last acknowledged). The engine is `engine run ticket-pipeline` as its own process
+  (fresh consumer group, no config file, no `--kafka` properties); rate = input records
+  per second, from the output topic's end offsets polled every 10 ms (first to last
+  output, scaled by the share of input that passes the filter).
+- **Latency**: with the same `engine run` process caught up, the harness produces at half
+  the engine's measured rate, each record carrying its send time (ns) in a header, and
+  consumes the outputs; latency = consume time - send time. The load generator uses
+  `linger.ms=0` so its own batching is not counted; the engine runs with its defaults.
+- **Memory**: `VmHWM` (peak RSS) of the `engine run` process from `/proc/<pid>/status`,
+  read before it is stopped, covering the pipeline and latency runs.
+- **Start-up**: from spawning `engine run` (input already waiting) to its first output
+  record being visible on the broker; includes joining the consumer group.
+- **State**: a second `engine dev` with the `ticket-counts` topics. The input cycles
+  through 10,000 plan ids (the record keys), so the RocksDB store `tickets-per-plan`
+  holds 10,000 counts and every record is a read, a write, a count update and a changelog
+  record. `engine run ticket-counts` (own process, fresh `--state-dir`, no `--kafka`
+  properties) is measured as the pipeline is (SIGSTOP while a round is produced, rate
+  from the count topic's end offsets), against the same rdkafka copy loop on the same
+  broker and input, measured in the same run.
+- **Restore**: that process is stopped, and a second one starts with an empty
+  `--state-dir`, so each task rebuilds its store from the whole changelog when its
+  partition's first new record arrives (a few thousand records are produced for that).
+  Rate = the sum of `records=` over the `store restored` log lines / the sum of their
+  `elapsed_ms=` (tasks restore one at a time). Each elapsed_ms includes creating the
+  changelog consumer and asking for watermarks; the note gives that fixed cost (from
+  the first process, whose changelogs were empty) and the rate without it. The
+  changelog is bounded by the mock cluster's 5 MiB per partition.
+- The mock cluster keeps at most 5 MiB per partition, so the input is sized to fit
+  (see *input records* above); everything runs on the same machine, broker included.
+";

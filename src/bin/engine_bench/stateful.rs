@@ -1,0 +1,406 @@
+//! The stateful figures, against their own `engine dev`: `engine run ticket-counts`
+//! (a RocksDB count per plan id, with a changelog) against the same rdkafka floor, then
+//! a second `engine run ticket-counts` with an empty state directory, which must
+//! rebuild its store from the changelog the first one wrote.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::BaseProducer;
+
+use super::Result;
+use super::pipeline::{
+    FLOOR_OUTPUT, Input, MAX_ROUNDS, PARTITIONS, PipelineOutcome, Rounds, STALL, client,
+    end_offset_total, floor, offsets, round_size, value_format,
+};
+use super::processes::{DevBroker, EngineCommand, Stopping};
+use super::report::{Figure, Target};
+
+const TOPOLOGY: &str = "ticket-counts";
+const OUTPUT: &str = "bench.tickets.counts";
+const DEAD_LETTER: &str = "bench.tickets.counts.dlq";
+const CHANGELOG: &str = "ticket-counts-tickets-per-plan-changelog";
+/// Distinct plan ids (record keys), so the store holds more than fits in a cache line
+/// or two and RocksDB does real reads and writes.
+const KEYS: usize = 10_000;
+/// One store per task, one task per input partition.
+const RESTORES: usize = PARTITIONS as usize;
+const RESTORE_TARGET: f64 = 300_000.0;
+/// New input that makes the restoring process open every task.
+const TRIGGER_RECORDS: usize = 2000;
+const ENGINE_FIGURE: &str = "engine run ticket-counts (own process, RocksDB count per key)";
+
+/// What the stateful run is asked to do.
+#[derive(Debug, Clone)]
+pub struct StatefulOptions {
+    /// Tickets per round, capped to what the mock cluster keeps.
+    pub round_records: usize,
+    /// Rounds repeat until this much processing has been timed.
+    pub work_secs: f64,
+}
+
+/// Runs the stateful and restore figures.
+pub fn run(engine: &EngineCommand, options: &StatefulOptions) -> Result<PipelineOutcome> {
+    let partitions = PARTITIONS.to_string();
+    let floor_topic = format!("{FLOOR_OUTPUT}:{PARTITIONS}");
+    let mut dev = engine.dev(
+        "engine-dev-state.log",
+        &[
+            "--topology",
+            TOPOLOGY,
+            "--partitions",
+            &partitions,
+            "--topic",
+            &floor_topic,
+        ],
+    )?;
+    eprintln!(
+        "engine-bench: stateful: engine dev up at {}",
+        dev.bootstrap_servers
+    );
+    let format = value_format(engine, &dev, TOPOLOGY)?;
+    let input = Input::keyed(format, KEYS)?;
+    let n = round_size(&input, options.round_records);
+    let watcher: BaseConsumer = client(&dev.bootstrap_servers).create()?;
+    let producer: BaseProducer = client(&dev.bootstrap_servers).create()?;
+    let mut rounds = Rounds {
+        producer: &producer,
+        watcher: &watcher,
+        input: &input,
+        n,
+        next: 0,
+    };
+    let mut setup = vec![(
+        "stateful input".into(),
+        format!(
+            "rounds of {n} tickets keyed by plan id, {} distinct keys cycled, value {:.0} bytes, \
+             {PARTITIONS} partitions, {}; own `engine dev`",
+            input.distinct_keys(),
+            input.mean_value_bytes(),
+            format.describe(),
+        ),
+    )];
+
+    let state_dirs = [
+        fresh_dir(&engine.log_dir.join("state-ticket-counts"))?,
+        fresh_dir(&engine.log_dir.join("state-ticket-counts-restore"))?,
+    ];
+    let outcome = measure(engine, &dev, &mut rounds, options, &state_dirs, &mut setup);
+    // The stores are only needed while their process runs; the logs stay.
+    for dir in &state_dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let mut figures = outcome?;
+
+    let floor = floor(&dev.bootstrap_servers, &mut rounds, options.work_secs)?;
+    eprintln!(
+        "engine-bench: stateful floor {:.0} records/s over {:.1} s",
+        floor.rate, floor.secs
+    );
+    setup.push((
+        "stateful floor run".into(),
+        format!(
+            "{} rounds, {} records in {:.2} s (same 10k-key input)",
+            floor.rounds, floor.records, floor.secs
+        ),
+    ));
+    dev.process.stop();
+
+    for f in &mut figures {
+        if f.name == ENGINE_FIGURE {
+            *f = Figure::new(
+                "state",
+                ENGINE_FIGURE,
+                f.value.unwrap_or(0.0),
+                "records/s",
+                Some(("rdkafka floor".into(), floor.rate)),
+                Some(Target::RatioAtLeast(0.5)),
+            )
+            .with_note(format!(
+                "input records per second, {KEYS} distinct keys, one count update and one \
+                 changelog record per input"
+            ));
+        }
+    }
+    figures.insert(
+        0,
+        Figure::new(
+            "state",
+            "rdkafka floor: consume-then-produce copy, same input",
+            floor.rate,
+            "records/s",
+            None,
+            None,
+        )
+        .with_note("input records per second"),
+    );
+    Ok(PipelineOutcome { figures, setup })
+}
+
+fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Throughput of the first `engine run ticket-counts`, then the restore of the second.
+fn measure(
+    engine: &EngineCommand,
+    dev: &DevBroker,
+    rounds: &mut Rounds<'_>,
+    options: &StatefulOptions,
+    state_dirs: &[PathBuf; 2],
+    setup: &mut Vec<(String, String)>,
+) -> Result<Vec<Figure>> {
+    let watcher = rounds.watcher;
+    let log = "engine-run-ticket-counts.log";
+    let state = state_dirs[0].to_string_lossy().into_owned();
+    let mut want = rounds.produce()? as i64;
+    let mut run = engine.run(&[TOPOLOGY, "--state-dir", &state], dev, log)?;
+    wait_for(
+        engine,
+        watcher,
+        &mut run,
+        log,
+        want,
+        Duration::from_secs(120),
+    )?;
+
+    // Same method as the pipeline: frozen while a round is produced, timed from being
+    // let go until the round's last count update is on the broker.
+    let (mut secs, mut records, mut timed) = (0.0, 0, 0);
+    while secs < options.work_secs && timed < MAX_ROUNDS {
+        run.pause()?;
+        let produced = rounds.produce();
+        let started = Instant::now();
+        run.resume()?;
+        want += produced? as i64;
+        let done = wait_for(engine, watcher, &mut run, log, want, STALL)?;
+        secs += done.duration_since(started).as_secs_f64();
+        records += rounds.n;
+        timed += 1;
+    }
+    let rate = records as f64 / secs.max(1e-9);
+    let peak_rss = run.peak_rss_bytes()?;
+    eprintln!("engine-bench: ticket-counts {rate:.0} input records/s over {secs:.1} s");
+    setup.push((
+        "engine run ticket-counts".into(),
+        format!(
+            "{timed} rounds, {records} records in {secs:.2} s (first round, with start-up, \
+             not timed); fresh `--state-dir`, no `--kafka` properties"
+        ),
+    ));
+    run.stop();
+
+    // What the changelog holds now: the mock cluster drops a partition's oldest batches
+    // beyond 5 MiB, so this is what a restore can read.
+    let (high, low) = offsets(watcher, CHANGELOG)?;
+    let held = high - low;
+
+    let restore_log = "engine-run-ticket-counts-restore.log";
+    let state = state_dirs[1].to_string_lossy().into_owned();
+    let spawned = Instant::now();
+    let mut second = engine.run(&[TOPOLOGY, "--state-dir", &state], dev, restore_log)?;
+    // A task (and so its restore) opens at its partition's first record: a little new
+    // input, cycling through the keys, reaches every partition.
+    rounds.produce_n(TRIGGER_RECORDS)?;
+    // The mock cluster lets a member join a group another just left only after about
+    // session.timeout.ms (45 s by default), so restores begin late.
+    let restores = loop {
+        let lines = restore_lines(&engine.log_path(restore_log))?;
+        if lines.len() >= RESTORES {
+            break lines;
+        }
+        if let Some(status) = second.exited() {
+            return Err(format!(
+                "the restoring engine run exited ({status}); see {}",
+                engine.log_path(restore_log).display()
+            )
+            .into());
+        }
+        if spawned.elapsed() > Duration::from_secs(180) {
+            return Err(format!(
+                "{} of {RESTORES} stores restored within 180 s; see {}",
+                lines.len(),
+                engine.log_path(restore_log).display()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    second.stop();
+
+    let restored: u64 = restores.iter().map(|r| r.records).sum();
+    let elapsed_ms: u64 = restores.iter().map(|r| r.elapsed_ms).sum();
+    let span_ms = restores
+        .iter()
+        .map(|r| r.logged_at_ms)
+        .fold(f64::MIN, f64::max)
+        - restores
+            .iter()
+            .map(|r| r.logged_at_ms - r.elapsed_ms as f64)
+            .fold(f64::MAX, f64::min);
+    let from_checkpoint = restores.iter().filter(|r| r.from_checkpoint).count();
+    let restore_rate = restored as f64 / (elapsed_ms.max(1) as f64 / 1000.0);
+    // The first process restored empty changelogs: what a restore costs before it reads
+    // a record (a consumer and a watermark request per partition).
+    let empty: Vec<u64> = restore_lines(&engine.log_path(log))?
+        .iter()
+        .filter(|r| r.records == 0)
+        .map(|r| r.elapsed_ms)
+        .collect();
+    let fixed_ms = if empty.is_empty() {
+        None
+    } else {
+        Some(empty.iter().sum::<u64>() as f64 / empty.len() as f64)
+    };
+    eprintln!(
+        "engine-bench: restored {restored} records in {elapsed_ms} ms ({restore_rate:.0} records/s)"
+    );
+    setup.push((
+        "restore run".into(),
+        format!(
+            "second `engine run ticket-counts` with an empty `--state-dir` after the first \
+             stopped: {} stores (one per partition) restored {restored} records, the whole \
+             changelog ({held} records held of {high} written); restores sum to {elapsed_ms} ms, \
+             first start to last end {span_ms:.0} ms{}",
+            restores.len(),
+            if from_checkpoint > 0 {
+                format!("; {from_checkpoint} unexpectedly from a checkpoint")
+            } else {
+                String::new()
+            }
+        ),
+    ));
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Ok(vec![
+        Figure::new("state", ENGINE_FIGURE, rate, "records/s", None, None),
+        Figure::new(
+            "state",
+            "peak RSS of engine run ticket-counts (VmHWM)",
+            mib(peak_rss),
+            "MiB",
+            None,
+            None,
+        ),
+        Figure::new(
+            "restore",
+            "restore rate from changelog (fresh --state-dir)",
+            restore_rate,
+            "records/s",
+            Some(("target".into(), RESTORE_TARGET)),
+            Some(Target::AtLeast(RESTORE_TARGET)),
+        )
+        .with_note(format!(
+            "{restored} records / {elapsed_ms} ms, the sum of the per-partition `store restored` \
+             elapsed_ms (sequential, each including its changelog consumer's set-up{})",
+            match fixed_ms {
+                Some(ms) => {
+                    let reading = (elapsed_ms as f64 - ms * restores.len() as f64).max(1.0);
+                    format!(
+                        ", {ms:.0} ms per partition on an empty changelog; without it \
+                         {:.0} records/s",
+                        restored as f64 / (reading / 1000.0)
+                    )
+                }
+                None => String::new(),
+            }
+        )),
+        Figure::new(
+            "restore",
+            "records restored",
+            restored as f64,
+            "records",
+            None,
+            None,
+        )
+        .with_note(format!(
+            "{PARTITIONS} partitions; bounded by the mock cluster's 5 MiB per partition"
+        )),
+    ])
+}
+
+/// Waits until `want` count updates are on the broker; returns when they were seen.
+fn wait_for(
+    engine: &EngineCommand,
+    watcher: &BaseConsumer,
+    run: &mut Stopping,
+    log: &str,
+    want: i64,
+    patience: Duration,
+) -> Result<Instant> {
+    let mut seen = -1;
+    let mut progress_at = Instant::now();
+    loop {
+        let count = end_offset_total(watcher, OUTPUT)?;
+        if count >= want {
+            return Ok(Instant::now());
+        }
+        if let Some(status) = run.exited() {
+            return Err(format!(
+                "engine run {TOPOLOGY} exited ({status}); see {}",
+                engine.log_path(log).display()
+            )
+            .into());
+        }
+        if count > seen {
+            seen = count;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > patience {
+            let dead = offsets(watcher, DEAD_LETTER).map_or(0, |o| o.0);
+            return Err(format!(
+                "engine run {TOPOLOGY} stalled at {count} of {want} outputs ({dead} records \
+                 dead-lettered); see {}",
+                engine.log_path(log).display()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One `store restored` log line.
+#[derive(Debug, PartialEq)]
+struct RestoreLine {
+    records: u64,
+    elapsed_ms: u64,
+    from_checkpoint: bool,
+    /// The line's timestamp, milliseconds since midnight UTC.
+    logged_at_ms: f64,
+}
+
+fn restore_lines(log: &Path) -> Result<Vec<RestoreLine>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("store restored"))
+        .filter_map(parse_restore_line)
+        .collect())
+}
+
+/// Parses `2026-11-27T06:40:01.375760Z  INFO engine::runtime::runner: store restored
+/// application=... records=N from_checkpoint=false elapsed_ms=M` (field order free).
+fn parse_restore_line(line: &str) -> Option<RestoreLine> {
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    };
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    Some(RestoreLine {
+        records: field("records")?.parse().ok()?,
+        elapsed_ms: field("elapsed_ms")?.parse().ok()?,
+        from_checkpoint: field("from_checkpoint")? == "true",
+        logged_at_ms: ((h * 60.0 + m) * 60.0 + s) * 1000.0,
+    })
+}
