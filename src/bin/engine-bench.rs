@@ -8,6 +8,11 @@
 //! Exit codes: `0` every figure measured (targets met or not: the table says which),
 //! `1` a run failed, `2` usage error.
 
+// The same allocator as the `engine` binary, so the codec figures are measured under
+// the conditions the engine runs in (both codecs compared use it alike).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "engine_bench/codec.rs"]
 mod codec;
 #[path = "engine_bench/machine.rs"]

@@ -504,9 +504,88 @@ impl<'de> de::Deserializer<'de> for De<'de, '_> {
         visitor.visit_unit()
     }
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> DResult<V::Value> {
+        if let DNode::Record(r) = &self.plan.nodes[self.node]
+            && r.positional(fields)
+        {
+            let depth = self.enter()?;
+            let mut acc = RecordSeq {
+                plan: self.plan,
+                rec: r,
+                input: self.input,
+                depth,
+                step: 0,
+            };
+            let v = visitor.visit_seq(&mut acc)?;
+            acc.finish()?;
+            return Ok(v);
+        }
+        self.deserialize_any(visitor)
+    }
+
     forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        unit unit_struct map struct identifier
+        unit unit_struct map identifier
+    }
+}
+
+/// A record read positionally into a struct whose fields are the wire's, in order.
+struct RecordSeq<'de, 'a> {
+    plan: &'de DecodePlan,
+    rec: &'de DRecord,
+    input: &'a mut &'de [u8],
+    depth: u32,
+    step: usize,
+}
+
+impl RecordSeq<'_, '_> {
+    fn finish(&mut self) -> DResult<()> {
+        while let Some(s) = self.rec.steps.get(self.step) {
+            self.step += 1;
+            let (Step::Read { node, .. } | Step::Skip { node, .. }) = *s;
+            skip(self.plan, node, self.input, self.depth)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for RecordSeq<'de, '_> {
+    type Error = BoxedError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> DResult<Option<T::Value>> {
+        let rec = self.rec;
+        while let Some(s) = rec.steps.get(self.step) {
+            self.step += 1;
+            match *s {
+                Step::Read { pos, node } => {
+                    return seed
+                        .deserialize(De {
+                            plan: self.plan,
+                            node,
+                            input: self.input,
+                            depth: self.depth,
+                        })
+                        .map(Some)
+                        .map_err(|e| e.in_field(&rec.names[pos]));
+                }
+                Step::Skip {
+                    node,
+                    name_of_writer_field,
+                } => skip(self.plan, node, self.input, self.depth)
+                    .map_err(|e| e.in_field(&self.plan.skip_names[name_of_writer_field]))?,
+            }
+        }
+        Ok(None)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.rec.names.len())
     }
 }
 

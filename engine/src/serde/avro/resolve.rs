@@ -3,6 +3,7 @@
 //! arena that the deserializers interpret without any name lookups.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apache_avro::schema::{Alias, Name, Schema as AvroSchema};
 
@@ -102,6 +103,43 @@ pub(crate) struct DRecord {
     pub(crate) steps: Box<[Step]>,
     /// Reader-only fields, decoded from their pre-encoded defaults.
     pub(crate) defaults: Box<[DDefault]>,
+    /// The address of the last serde `FIELDS` list found to match the wire order (so
+    /// the struct can be read positionally), and of the last one that did not.
+    pub(crate) positional_yes: AtomicUsize,
+    pub(crate) positional_no: AtomicUsize,
+}
+
+impl DRecord {
+    /// Whether a serde-derived struct declaring `fields` receives exactly the wire's
+    /// fields in the wire's order, so it can be read as a sequence instead of a map
+    /// (skipping field-name matching). Memoized by the address of `fields`, which serde
+    /// derive makes a `'static` constant per type.
+    pub(crate) fn positional(&self, fields: &'static [&'static str]) -> bool {
+        let id = fields.as_ptr() as usize;
+        if self.positional_yes.load(Ordering::Relaxed) == id {
+            return true;
+        }
+        if self.positional_no.load(Ordering::Relaxed) == id {
+            return false;
+        }
+        let read: Vec<&str> = self
+            .steps
+            .iter()
+            .filter_map(|s| match *s {
+                Step::Read { pos, .. } => Some(&*self.names[pos]),
+                Step::Skip { .. } => None,
+            })
+            .collect();
+        let matches = self.defaults.is_empty()
+            && read.len() == fields.len()
+            && read.iter().zip(fields).all(|(a, b)| a == b);
+        if matches {
+            self.positional_yes.store(id, Ordering::Relaxed);
+        } else {
+            self.positional_no.store(id, Ordering::Relaxed);
+        }
+        matches
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -556,6 +594,8 @@ impl Resolver {
                     names: rr.fields.iter().map(|f| f.name.as_str().into()).collect(),
                     steps: steps.into(),
                     defaults: defaults.into(),
+                    positional_yes: AtomicUsize::new(0),
+                    positional_no: AtomicUsize::new(0),
                 }))
             }
             _ => return Err(incompatible()),
