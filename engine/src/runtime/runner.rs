@@ -397,7 +397,7 @@ impl Loop<'_> {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         punctuation_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.apply_rebalances();
+            self.apply_rebalances().await?;
             self.handle_failures().await?;
             self.apply_backpressure();
             self.metrics.set_in_flight(self.tracker.in_flight() as u64);
@@ -456,7 +456,10 @@ impl Loop<'_> {
         !lock(&self.consumer.context().events).is_empty()
     }
 
-    fn apply_rebalances(&mut self) {
+    /// Drops the tasks of revoked partitions (after writing their checkpoints) and opens
+    /// the tasks of assigned ones, restoring their stores, so state is queryable and
+    /// punctuations run before the first record arrives.
+    async fn apply_rebalances(&mut self) -> Result<(), RuntimeError> {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
         if !events.is_empty() {
             self.slots.clear();
@@ -479,9 +482,24 @@ impl Loop<'_> {
                         // New assignments start unpaused; the bound still holds.
                         self.set_paused(true, &partitions);
                     }
+                    for (_, partition) in partitions {
+                        if !self.tasks.contains_key(&partition) {
+                            let task = open_task(
+                                self.topology,
+                                self.settings,
+                                self.metrics,
+                                &self.partition_counts,
+                                partition,
+                                now_ms(),
+                            )
+                            .await?;
+                            self.tasks.insert(partition, task);
+                        }
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     fn assignment(&self) -> Vec<(String, i32)> {
