@@ -441,3 +441,65 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
+    let broker = broker(4);
+    broker
+        .create_topic("handover-per-key-changelog", 4)
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let with_state = |dir: &std::path::Path| {
+        let mut s = settings(&broker);
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = TopologyRunner::new(counter("handover"), with_state(dir_a.path()));
+        let b = TopologyRunner::new(counter("handover"), with_state(dir_b.path()));
+        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+        let (stop_a, shutdown_a) = Shutdown::new();
+        let (stop_b, shutdown_b) = Shutdown::new();
+        let handle_a = tokio::spawn(a.run(shutdown_a));
+        let handle_b = tokio::spawn(b.run(shutdown_b));
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+            a.assigned_partitions > 0 && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+        // 16 keys x 20: both instances count their partitions' keys.
+        produce_keyed(&bootstrap, "in", &keyed_inputs(16, 20, 0)).await;
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().records_out + metrics_b.snapshot().records_out >= 320
+        })
+        .await;
+        let restored_before = metrics_b.snapshot().restored_records;
+        stop_a.trigger();
+        handle_a.await.unwrap().unwrap();
+        // B takes A's partitions over: their stores come from the changelog.
+        wait_for(Duration::from_secs(30), || {
+            metrics_b.snapshot().assigned_partitions == 4
+        })
+        .await;
+        produce_keyed(&bootstrap, "in", &keyed_inputs(16, 5, 20)).await;
+        let counts = support::consume_raw_counts(&bootstrap, "out", 320 + 80).await;
+        stop_b.trigger();
+        handle_b.await.unwrap().unwrap();
+        let restored = metrics_b.snapshot().restored_records - restored_before;
+        assert!(
+            restored >= 1,
+            "the survivor restored the other's stores: {restored}"
+        );
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for (key, count) in counts {
+            last.insert(key, count);
+        }
+        assert_eq!(last.len(), 16);
+        assert!(
+            last.values().all(|&c| c == 25),
+            "every key counted on from its restored state: {last:?}"
+        );
+    });
+}

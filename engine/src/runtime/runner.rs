@@ -90,6 +90,8 @@ pub(crate) struct ConsumeContext {
     metrics: Arc<TopologyMetrics>,
     producer: OnceLock<Arc<EngineProducer>>,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Where revoked partitions stood, for resuming them if they come back.
+    resume: Mutex<HashMap<(String, i32), i64>>,
     flush_timeout: Duration,
 }
 
@@ -132,7 +134,20 @@ impl ConsumerContext for ConsumeContext {
                     CommitMode::Sync,
                     &self.application_id,
                     &self.metrics,
+                    &self.tracker,
                 );
+                // Remember where each partition stands: if the group gives it back but the
+                // commit above was refused (the broker refuses commits mid-rebalance), the
+                // consumer must resume here, not at the stale committed offset, or records
+                // already in the stores would be applied twice.
+                {
+                    let mut resume = lock(&self.resume);
+                    for (topic, partition) in &partitions {
+                        if let Some(position) = self.tracker.position(topic, *partition) {
+                            resume.insert((topic.clone(), *partition), position);
+                        }
+                    }
+                }
                 for (topic, partition) in &partitions {
                     self.tracker.deactivate(topic, *partition);
                 }
@@ -145,13 +160,85 @@ impl ConsumerContext for ConsumeContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if result.is_ok() {
+            for e in offsets.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    self.tracker.confirm(e.topic(), e.partition(), o);
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
+            self.resume_where_we_stopped(consumer, &partitions);
             tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
             lock(&self.events).push(RebalanceEvent::Assigned(partitions));
         }
     }
+}
+
+impl ConsumeContext {
+    /// Seeks partitions this instance had before to where it stopped, when that is past
+    /// their committed offset.
+    fn resume_where_we_stopped(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let remembered: Vec<(String, i32, i64)> = {
+            let mut resume = lock(&self.resume);
+            let found = partitions
+                .iter()
+                .filter_map(|(t, p)| resume.remove(&(t.clone(), *p)).map(|o| (t.clone(), *p, o)))
+                .collect();
+            resume.clear();
+            found
+        };
+        if remembered.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, _) in &remembered {
+            tpl.add_partition(t, *p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, self.flush_timeout)
+            .map(|c| partitions_of_offsets(&c))
+            .unwrap_or_default();
+        for (topic, partition, position) in remembered {
+            let committed = committed
+                .iter()
+                .find(|(t, p, _)| *t == topic && *p == partition)
+                .map_or(-1, |(_, _, o)| *o);
+            if position > committed {
+                tracing::info!(application = %self.application_id, %topic, partition, position, committed, "resuming where this instance stopped (its last commit was refused)");
+                if let Err(error) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(position),
+                    self.flush_timeout,
+                ) {
+                    tracing::warn!(application = %self.application_id, %topic, partition, %error, "could not resume at the processed position");
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of_offsets(tpl: &TopicPartitionList) -> Vec<(String, i32, i64)> {
+    tpl.elements()
+        .iter()
+        .map(|e| {
+            let o = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.topic().to_string(), e.partition(), o)
+        })
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,6 +251,7 @@ fn commit<C: ConsumerContext>(
     mode: CommitMode,
     application_id: &str,
     metrics: &TopologyMetrics,
+    tracker: &OffsetTracker,
 ) {
     if commits.is_empty() {
         return;
@@ -176,6 +264,11 @@ fn commit<C: ConsumerContext>(
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
+            if matches!(mode, CommitMode::Sync) {
+                for (topic, partition, offset) in commits {
+                    tracker.confirm(topic, *partition, *offset);
+                }
+            }
             TopologyMetrics::add(&metrics.commits, 1);
             tracing::debug!(application = %application_id, ?commits, "offsets committed");
         }
@@ -282,6 +375,7 @@ impl TopologyRunner {
                 metrics: self.metrics.clone(),
                 producer: OnceLock::new(),
                 events: Mutex::new(Vec::new()),
+                resume: Mutex::new(HashMap::new()),
                 flush_timeout: settings.shutdown_timeout,
             })
             .map_err(|source| RuntimeError::Client {
@@ -853,6 +947,7 @@ impl Loop<'_> {
             mode,
             self.topology.application_id(),
             self.metrics,
+            self.tracker,
         );
     }
 

@@ -208,21 +208,41 @@ impl OffsetTracker {
         self.waiting.store(waiting, Ordering::Relaxed);
     }
 
-    /// Offsets to commit, per partition, for `filter`ed active partitions; marks them
-    /// committed.
+    /// Offsets to commit, per partition, for `filter`ed active partitions: those beyond
+    /// what the broker confirmed. Nothing is marked until [`OffsetTracker::confirm`], so a
+    /// commit the broker refuses (say, during a rebalance) is sent again.
     pub fn take_commits(&self, filter: impl Fn(&str, i32) -> bool) -> Vec<(String, i32, i64)> {
-        let mut state = self.lock();
+        let state = self.lock();
         let mut out = Vec::new();
-        for p in state.partitions.iter_mut().filter(|p| p.active) {
+        for p in state.partitions.iter().filter(|p| p.active) {
             if !filter(&p.topic, p.partition) {
                 continue;
             }
             if let Some(offset) = p.committable() {
-                p.committed = offset;
                 out.push((p.topic.clone(), p.partition, offset));
             }
         }
         out
+    }
+
+    /// The broker confirmed a commit.
+    pub fn confirm(&self, topic: &str, partition: i32, offset: i64) {
+        let mut state = self.lock();
+        if let Some(&index) = state.slots.get(&(topic.to_string(), partition)) {
+            let p = &mut state.partitions[index as usize];
+            p.committed = p.committed.max(offset);
+        }
+    }
+
+    /// Where processing of a partition stands: the offset after the last record whose
+    /// outputs are all acknowledged (`None` if nothing was processed).
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.lock();
+        let index = *state.slots.get(&(topic.to_string(), partition))?;
+        let p = &state.partitions[index as usize];
+        p.committable()
+            .or((p.next_offset >= 0).then_some(p.next_offset))
+            .filter(|_| p.active)
     }
 
     /// Forgets revoked partitions; later deliveries for them are ignored.
@@ -253,6 +273,9 @@ mod tests {
         t.processed(s, 12, 2);
         assert_eq!(t.in_flight(), 2);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 10)]);
+        // Not confirmed: offered again.
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 10)]);
+        t.confirm("in", 0, 10);
         t.acknowledged(Some((s, 12)));
         t.acknowledged(Some((s, 12)));
         // 10 still pending: nothing new to commit.
@@ -260,6 +283,7 @@ mod tests {
         t.acknowledged(Some((s, 10)));
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 13)]);
+        assert_eq!(t.position("in", 0), Some(13));
     }
 
     #[test]
