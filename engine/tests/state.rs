@@ -441,3 +441,50 @@ mod windows {
         assert_eq!(read(&d), vec![(w("a", 0, 10_000), 1)]);
     }
 }
+
+#[test]
+fn stream_table_joins_see_the_table_as_of_each_record() {
+    let b = TopologyBuilder::new("enrich");
+    let users = b.table("users", "users", strings(), "users-store");
+    let clicks = b.stream("clicks", ["clicks"], strings());
+    clicks
+        .join_table("inner", &users, |click: &String, user: &String| {
+            format!("{user}:{click}")
+        })
+        .to(
+            "inner-out",
+            "inner",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    clicks
+        .left_join_table("left", &users, |click: &String, user: Option<&String>| {
+            format!("{}:{click}", user.map_or("?", |u| u.as_str()))
+        })
+        .to(
+            "left-out",
+            "left",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let driver = TestDriver::new(b.build().unwrap());
+    let users_in = driver.input_topic("users", Serdes::string(), Serdes::string());
+    let clicks_in = driver.input_topic("clicks", Serdes::string(), Serdes::string());
+    clicks_in.pipe(s("u1"), s("home")).unwrap(); // no user yet
+    users_in.pipe(s("u1"), s("Ann")).unwrap();
+    clicks_in.pipe(s("u1"), s("cart")).unwrap();
+    users_in.pipe(s("u1"), s("Anna")).unwrap();
+    clicks_in.pipe(s("u1"), s("pay")).unwrap();
+    let inner = driver.output_topic("inner", Serdes::string(), Serdes::string());
+    let left = driver.output_topic("left", Serdes::string(), Serdes::string());
+    assert_eq!(
+        inner.read_key_values(),
+        vec![(s("u1"), s("Ann:cart")), (s("u1"), s("Anna:pay"))]
+    );
+    assert_eq!(
+        left.read_key_values(),
+        vec![
+            (s("u1"), s("?:home")),
+            (s("u1"), s("Ann:cart")),
+            (s("u1"), s("Anna:pay"))
+        ]
+    );
+}

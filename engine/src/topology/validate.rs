@@ -20,6 +20,8 @@ const PURE_OPERATORS: &[&str] = &[
     "merge",
     "branch",
     "to_stream",
+    "join_table",
+    "left_join_table",
 ];
 
 pub(crate) fn problems(

@@ -5,6 +5,7 @@ mod aggregate;
 pub(crate) mod branch;
 mod filter;
 mod flat_map;
+mod join;
 mod map;
 mod map_values;
 mod merge;
