@@ -545,13 +545,25 @@ struct RecordSeq<'de, 'a> {
 
 impl RecordSeq<'_, '_> {
     fn finish(&mut self) -> DResult<()> {
-        while let Some(s) = self.rec.steps.get(self.step) {
-            self.step += 1;
-            let (Step::Read { node, .. } | Step::Skip { node, .. }) = *s;
-            skip(self.plan, node, self.input, self.depth)?;
-        }
-        Ok(())
+        skip_remaining_steps(self.plan, self.rec, &mut self.step, self.input, self.depth)
     }
+}
+
+/// Consumes the writer fields from `step` on that the visitor did not ask for, so the
+/// input stays in sync.
+fn skip_remaining_steps(
+    plan: &DecodePlan,
+    rec: &DRecord,
+    step: &mut usize,
+    input: &mut &[u8],
+    depth: u32,
+) -> DResult<()> {
+    while let Some(s) = rec.steps.get(*step) {
+        *step += 1;
+        let (Step::Read { node, .. } | Step::Skip { node, .. }) = *s;
+        skip(plan, node, input, depth)?;
+    }
+    Ok(())
 }
 
 impl<'de> de::SeqAccess<'de> for RecordSeq<'de, '_> {
@@ -806,12 +818,7 @@ impl RecordAcc<'_, '_> {
     /// Consumes whatever the visitor did not ask for, so the input stays in
     /// sync.
     fn finish(&mut self) -> DResult<()> {
-        while let Some(s) = self.rec.steps.get(self.step) {
-            self.step += 1;
-            let (Step::Read { node, .. } | Step::Skip { node, .. }) = *s;
-            skip(self.plan, node, self.input, self.depth)?;
-        }
-        Ok(())
+        skip_remaining_steps(self.plan, self.rec, &mut self.step, self.input, self.depth)
     }
 }
 
