@@ -466,7 +466,9 @@ fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
         let handle_b = tokio::spawn(b.run(shutdown_b));
         wait_for(Duration::from_secs(30), || {
             let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
-            a.assigned_partitions > 0 && a.assigned_partitions + b.assigned_partitions == 4
+            a.assigned_partitions > 0
+                && b.assigned_partitions > 0
+                && a.assigned_partitions + b.assigned_partitions == 4
         })
         .await;
         // 16 keys x 20: both instances count their partitions' keys.
@@ -475,6 +477,11 @@ fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
             metrics_a.snapshot().records_out + metrics_b.snapshot().records_out >= 320
         })
         .await;
+        // Only state A built can prove a hand-over: A must have counted something.
+        assert!(
+            metrics_a.snapshot().records_in > 0,
+            "A processed part of the input"
+        );
         let restored_before = metrics_b.snapshot().restored_records;
         stop_a.trigger();
         handle_a.await.unwrap().unwrap();
