@@ -15,6 +15,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "engine_bench/codec.rs"]
 mod codec;
+#[path = "engine_bench/codec_bench.rs"]
+mod codec_bench;
 #[path = "engine_bench/machine.rs"]
 mod machine;
 #[path = "engine_bench/pipeline.rs"]

@@ -220,3 +220,112 @@ pub fn sample_ticket(n: u32, status: TicketStatus) -> ExecutionTicket {
         schema_version: 1,
     }
 }
+
+/// Deterministic pseudo-random generator so fixtures are reproducible
+/// without a `rand` dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uuid(&mut self) -> String {
+        let (a, b) = (self.next(), self.next());
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            (b >> 48) & 0x3fff | 0x8000,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    fn hex(&mut self, n: usize) -> String {
+        let mut s = String::with_capacity(n);
+        while s.len() < n {
+            s.push_str(&format!("{:016x}", self.next()));
+        }
+        s.truncate(n);
+        s
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// `n` varied, realistic tickets (~470 bytes of Avro each), the same on every call, for
+/// benchmarks and load generators: UUID ids, a 60-character
+/// description, 2–3 dependencies and a few parameters.
+pub fn sample_tickets(n: usize) -> Vec<ExecutionTicket> {
+    let mut r = SplitMix(0x5eed);
+    (0..n)
+        .map(|i| {
+            let deps = 2 + r.next().is_multiple_of(4) as usize;
+            let mut parameters = HashMap::new();
+            parameters.insert("image".to_string(), format!("app:{}", r.hex(8)));
+            parameters.insert("replicas".to_string(), format!("{}", 1 + r.next() % 9));
+            ExecutionTicket {
+                ticket_id: r.uuid(),
+                plan_id: r.uuid(),
+                intent_id: r.uuid(),
+                decision_id: r.uuid(),
+                correlation_id: if i % 2 == 0 { Some(r.uuid()) } else { None },
+                trace_id: Some(r.hex(32)),
+                span_id: if i % 3 == 0 { None } else { Some(r.hex(16)) },
+                task_id: r.uuid(),
+                task_type: r.pick(&[
+                    TaskType::Build,
+                    TaskType::Deploy,
+                    TaskType::Test,
+                    TaskType::Execute,
+                ]),
+                description: format!(
+                    "Deploy service {} to the staging cluster and verify",
+                    r.hex(8)
+                ),
+                dependencies: (0..deps).map(|_| r.uuid()).collect(),
+                status: r.pick(&[
+                    TicketStatus::Pending,
+                    TicketStatus::Running,
+                    TicketStatus::Completed,
+                ]),
+                priority: r.pick(&[Priority::Normal, Priority::High]),
+                risk_band: r.pick(&[RiskBand::Low, RiskBand::Medium, RiskBand::High]),
+                sla: Sla {
+                    deadline: 1_760_000_000_000 + (r.next() % 86_400_000) as i64,
+                    timeout_ms: 30_000 + (r.next() % 600_000) as i64,
+                    max_retries: 3,
+                },
+                qos: QoS {
+                    delivery_mode: r.pick(&[DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce]),
+                    consistency: Consistency::Strong,
+                    durability: Durability::Persistent,
+                },
+                parameters,
+                required_capabilities: vec!["k8s".to_string()],
+                security_level: SecurityLevel::Internal,
+                created_at: 1_759_990_000_000 + (r.next() % 86_400_000) as i64,
+                started_at: if i % 2 == 0 {
+                    Some(1_760_000_000_000)
+                } else {
+                    None
+                },
+                completed_at: None,
+                estimated_duration_ms: Some(120_000),
+                actual_duration_ms: None,
+                retry_count: (r.next() % 3) as i32,
+                error_message: None,
+                compensation_ticket_id: None,
+                metadata: HashMap::new(),
+                schema_version: 1,
+            }
+        })
+        .collect()
+}

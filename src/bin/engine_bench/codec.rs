@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use engine::serde::avro::bench::{CodecBenchRow, run_codec_bench};
+use super::codec_bench::{CodecBenchRow, format_table, run_codec_bench};
 
 use super::report::{Figure, Target};
 
 /// Runs the codec benchmark for `per_case` per case and turns its rows into figures.
 pub fn figures(per_case: Duration) -> (Vec<Figure>, String) {
     let rows = run_codec_bench(per_case);
-    let table = engine::serde::avro::bench::format_table(&rows);
+    let table = format_table(&rows);
     let find = |codec: &str, op: &str| {
         rows.iter()
             .find(|r| r.codec == codec && r.op == op)

@@ -6,9 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::registry::{MockRegistries, RegistryConfig, SchemaRegistry};
-use engine::serde::avro::bench::{
-    EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus, sample_tickets,
-};
 use engine::serde::avro::{EncodePlan, Schema};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,6 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use topologies::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus, sample_tickets};
 
 use super::Result;
 use super::processes::{DevBroker, EngineCommand};
@@ -77,9 +75,9 @@ impl Input {
             // Nine in ten pass the topology's PENDING filter.
             let pending = i % 10 != 9;
             ticket.status = if pending {
-                TicketStatus::PENDING
+                TicketStatus::Pending
             } else {
-                TicketStatus::COMPLETED
+                TicketStatus::Completed
             };
             let value = encode(&plan, format, &ticket)?;
             pool.push((ticket.plan_id.clone().into_bytes(), value, pending));
@@ -93,7 +91,7 @@ impl Input {
         let plan = EncodePlan::new(&Schema::parse_str(EXECUTION_TICKET_SCHEMA)?)?;
         let mut pool = Vec::with_capacity(keys);
         for mut ticket in sample_tickets(keys) {
-            ticket.status = TicketStatus::PENDING;
+            ticket.status = TicketStatus::Pending;
             let value = encode(&plan, format, &ticket)?;
             pool.push((ticket.plan_id.clone().into_bytes(), value, true));
         }

@@ -251,7 +251,7 @@ impl Report {
 const METHOD: &str = "
 ## How these are measured
 
-- **Codec**: `engine::serde::avro::bench::run_codec_bench` on one thread, nothing else
+- **Codec**: `run_codec_bench` (src/bin/engine_bench/codec_bench.rs) on one thread, nothing else
   running: encode and decode of realistic `ExecutionTicket` records (~420 bytes of Avro),
   records per second on one core. Reference: serde_avro_fast on the same records.
 - **Pipeline**: `engine dev` (its own process) hosts librdkafka's mock cluster with

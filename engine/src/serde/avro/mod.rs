@@ -18,9 +18,6 @@ mod schema;
 mod value;
 mod wire;
 
-#[cfg(feature = "bench")]
-pub mod bench;
-
 #[cfg(test)]
 mod tests;
 
