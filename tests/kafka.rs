@@ -510,3 +510,119 @@ fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
         );
     });
 }
+
+/// Holds records whose value starts with `hold` until `release` is set, then forwards
+/// them from a wall-clock punctuation; asks to pause input while it holds any.
+struct HoldUntilReleased {
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: Vec<(engine::topology::Deferred, String, String)>,
+}
+
+impl engine::topology::Processor<String, String, String, String> for HoldUntilReleased {
+    fn init(
+        &mut self,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        ctx.schedule(
+            Duration::from_millis(50),
+            engine::topology::PunctuationType::WallClockTime,
+        );
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: engine::record::Record<String, String>,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        if record.value.starts_with("hold") {
+            let deferred = ctx.defer().expect("a record is being processed");
+            self.held.push((deferred, record.key, record.value));
+        } else {
+            ctx.forward(record);
+        }
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        _schedule: engine::topology::ScheduleId,
+        timestamp: i64,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        if self.release.load(std::sync::atomic::Ordering::SeqCst) {
+            for (deferred, key, value) in self.held.drain(..) {
+                ctx.forward(engine::record::Record::new(
+                    key,
+                    format!("released {value}"),
+                    timestamp,
+                ));
+                ctx.complete(deferred);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_deferred_record_is_committed_only_after_its_release_is_acknowledged() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = TopologyBuilder::new("deferring");
+        let flag = release.clone();
+        b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .process("hold", move || HoldUntilReleased {
+            release: flag.clone(),
+            held: Vec::new(),
+        })
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        let topology = b.build().expect("valid");
+        let inputs: Vec<(String, String)> = ["a", "hold-1", "b", "c"]
+            .iter()
+            .map(|v| ("k".to_string(), v.to_string()))
+            .collect();
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(topology, settings(&broker));
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().records_out >= 3
+        })
+        .await;
+        // Several commit intervals later, the commit still stops at the held record.
+        wait_for(Duration::from_secs(30), || metrics.snapshot().commits >= 5).await;
+        assert_eq!(
+            committed_total(&bootstrap, "deferring", "in", 1).await,
+            1,
+            "offsets from the held record on stay uncommitted"
+        );
+        release.store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = consume(&bootstrap, "out", 4, Duration::from_secs(30)).await;
+        assert_eq!(
+            out.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c", "released hold-1"]
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while committed_total(&bootstrap, "deferring", "in", 1).await != 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the release lets the commit reach the end"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+    });
+}

@@ -30,7 +30,7 @@ use crate::metrics::TopologyMetrics;
 use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
 use crate::topology::{ErrorClass, OnError, RecordError, Task, Topology, dead_letter_record};
 
-use super::tracker::{DeliveryFailure, DeliveryToken, OffsetTracker, Slot};
+use super::tracker::{DeliveryFailure, DeliveryToken, OffsetTracker, Slot, Sources};
 use super::{RunSettings, RuntimeError, Shutdown};
 
 type EngineProducer = ThreadedProducer<ProduceContext>;
@@ -63,10 +63,10 @@ impl ProducerContext for ProduceContext {
         match result {
             Ok(_) => {
                 TopologyMetrics::add(&self.metrics.records_out, 1);
-                self.tracker.acknowledged(token.source);
+                self.tracker.acknowledged_all(&token.sources);
             }
             Err((error, message)) => self.tracker.failed(DeliveryFailure {
-                source: token.source,
+                sources: token.sources,
                 error: error.clone(),
                 topic: message.topic().to_string(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -407,6 +407,7 @@ impl TopologyRunner {
             tasks: HashMap::new(),
             partition_counts,
             paused: false,
+            task_paused: Default::default(),
             out: Vec::new(),
             slots: Vec::new(),
         };
@@ -480,6 +481,8 @@ struct Loop<'a> {
     tasks: HashMap<i32, Task>,
     partition_counts: Arc<HashMap<String, i32>>,
     paused: bool,
+    /// Partitions whose task asked to stop fetching (`ProcessorContext::pause_input`).
+    task_paused: std::collections::HashSet<i32>,
     out: Vec<ProducedRecord>,
     slots: Vec<(String, i32, Slot)>,
 }
@@ -566,6 +569,7 @@ impl Loop<'_> {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
                     for (_, partition) in partitions {
+                        self.task_paused.remove(&partition);
                         if let Some(task) = self.tasks.remove(&partition) {
                             self.close_task(task);
                         }
@@ -631,7 +635,56 @@ impl Loop<'_> {
         } else if self.paused && in_flight <= max / 2 {
             self.paused = false;
             self.tracker.set_waiting(false);
-            self.set_paused(false, &self.assignment());
+            let resume: Vec<_> = self
+                .assignment()
+                .into_iter()
+                .filter(|(_, p)| !self.task_paused.contains(p))
+                .collect();
+            self.set_paused(false, &resume);
+        }
+    }
+
+    /// Follows a task's request to stop or resume fetching its partition.
+    fn set_task_paused(&mut self, partition: i32, pause: bool) {
+        let changed = if pause {
+            self.task_paused.insert(partition)
+        } else {
+            self.task_paused.remove(&partition)
+        };
+        if !changed {
+            return;
+        }
+        tracing::debug!(application = %self.topology.application_id(), partition, pause, "a processor asked to change fetching of its partition");
+        if !self.paused {
+            let partitions: Vec<_> = self
+                .assignment()
+                .into_iter()
+                .filter(|(_, p)| *p == partition)
+                .collect();
+            self.set_paused(pause, &partitions);
+        }
+    }
+
+    /// Sends what one call into a task produced. Every record holds back its input
+    /// offset (if any) and the deferred records the call released, so a released record
+    /// commits only once its results are acknowledged.
+    async fn send_produced(
+        &mut self,
+        source: Option<(Slot, i64)>,
+        produced: &[ProducedRecord],
+        released: Vec<crate::topology::Deferred>,
+    ) {
+        let mut sources = Sources::of(source);
+        for deferred in released {
+            let slot = self.slot(&deferred.topic, deferred.partition);
+            sources.released.push((slot, deferred.offset));
+        }
+        let outputs = u32::try_from(produced.len()).unwrap_or(u32::MAX);
+        for &released in &sources.released {
+            self.tracker.release(released, outputs);
+        }
+        for record in produced {
+            send(self.producer, self.tracker, record, sources.clone()).await;
         }
     }
 
@@ -681,19 +734,15 @@ impl Loop<'_> {
         self.out.clear();
         task.process(&raw, now, &mut self.out)
             .map_err(RuntimeError::Record)?;
+        let (deferred, released) = task.take_deferrals();
+        let pause = task.input_paused();
         let outputs = u32::try_from(self.out.len()).unwrap_or(u32::MAX);
-        self.tracker.processed(slot, raw.offset, outputs);
+        self.tracker.processed(slot, raw.offset, outputs, deferred);
         let produced = std::mem::take(&mut self.out);
-        for record in &produced {
-            send(
-                self.producer,
-                self.tracker,
-                record,
-                Some((slot, raw.offset)),
-            )
+        self.send_produced(Some((slot, raw.offset)), &produced, released)
             .await;
-        }
         self.out = produced;
+        self.set_task_paused(partition, pause);
         Ok(())
     }
 
@@ -736,13 +785,17 @@ impl Loop<'_> {
 
     async fn punctuate(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
-        let mut produced = Vec::new();
-        for task in self.tasks.values_mut() {
+        let mut calls = Vec::new();
+        for (&partition, task) in self.tasks.iter_mut() {
+            let mut produced = Vec::new();
             task.punctuate_wall_clock(now, &mut produced)
                 .map_err(RuntimeError::Record)?;
+            let (_, released) = task.take_deferrals();
+            calls.push((partition, produced, released, task.input_paused()));
         }
-        for record in &produced {
-            send(self.producer, self.tracker, record, None).await;
+        for (partition, produced, released, pause) in calls {
+            self.send_produced(None, &produced, released).await;
+            self.set_task_paused(partition, pause);
         }
         Ok(())
     }
@@ -833,10 +886,10 @@ async fn send(
     producer: &EngineProducer,
     tracker: &OffsetTracker,
     record: &ProducedRecord,
-    source: Option<(Slot, i64)>,
+    sources: Sources,
 ) {
     {
-        let mut token = Box::new(DeliveryToken { source });
+        let mut token = Box::new(DeliveryToken { sources });
         loop {
             let mut base =
                 BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
@@ -868,7 +921,7 @@ async fn send(
                 }
                 Err((error, back)) => {
                     tracker.failed(DeliveryFailure {
-                        source: back.delivery_opaque.source,
+                        sources: back.delivery_opaque.sources,
                         error,
                         topic: record.topic.to_string(),
                         key: record.key.clone(),
@@ -888,7 +941,11 @@ impl Loop<'_> {
     async fn handle_failures(&mut self) -> Result<(), RuntimeError> {
         for failure in self.tracker.take_failures() {
             TopologyMetrics::add(&self.metrics.production_errors, 1);
-            let (partition, offset) = failure.source.map(|(_, o)| (-1, o)).unwrap_or((-1, -1));
+            let (partition, offset) = failure
+                .sources
+                .source
+                .map(|(_, o)| (-1, o))
+                .unwrap_or((-1, -1));
             let error = RecordError {
                 class: ErrorClass::Production,
                 topic: failure.topic.clone(),
@@ -906,7 +963,7 @@ impl Loop<'_> {
                 OnError::Skip => {
                     TopologyMetrics::add(&self.metrics.skipped, 1);
                     tracing::warn!(application = %self.topology.application_id(), %error, "output skipped by the error policy");
-                    self.tracker.acknowledged(failure.source);
+                    self.tracker.acknowledged_all(&failure.sources);
                 }
                 OnError::DeadLetter(topic) if *topic == failure.topic => {
                     return Err(RuntimeError::Record(RecordError {
@@ -930,9 +987,9 @@ impl Loop<'_> {
                         &failure.headers,
                     );
                     // The dead-letter write replaces the failed output.
-                    self.tracker.add_output(failure.source);
-                    self.tracker.acknowledged(failure.source);
-                    send(self.producer, self.tracker, &record, failure.source).await;
+                    self.tracker.add_output_all(&failure.sources);
+                    self.tracker.acknowledged_all(&failure.sources);
+                    send(self.producer, self.tracker, &record, failure.sources).await;
                 }
             }
         }
@@ -963,7 +1020,8 @@ impl Loop<'_> {
             let producer = self.producer.clone();
             let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_millis(200)))
                 .await;
-            if self.tracker.in_flight() == 0 && !self.tracker.has_failures() {
+            // Deferred records stay uncommitted: their processors stop with the tasks.
+            if self.tracker.awaiting_acknowledgement() == 0 && !self.tracker.has_failures() {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -972,7 +1030,7 @@ impl Loop<'_> {
             }
         }
         self.commit(CommitMode::Sync);
-        if self.tracker.in_flight() == 0 {
+        if self.tracker.awaiting_acknowledgement() == 0 {
             for (_, task) in std::mem::take(&mut self.tasks) {
                 self.close_task(task);
             }

@@ -22,17 +22,38 @@ pub(crate) struct Slot {
     pub generation: u32,
 }
 
+/// The input offsets a produced record holds back: the record that caused it (`None`
+/// for punctuation output) and any deferred records released by the same call.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sources {
+    pub source: Option<(Slot, i64)>,
+    /// Deferred records released by the call that produced the record.
+    pub released: Vec<(Slot, i64)>,
+}
+
+impl Sources {
+    pub fn of(source: Option<(Slot, i64)>) -> Self {
+        Sources {
+            source,
+            released: Vec::new(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Slot, i64)> + '_ {
+        self.source.into_iter().chain(self.released.iter().copied())
+    }
+}
+
 /// Carried through the producer with each record.
 #[derive(Debug)]
 pub(crate) struct DeliveryToken {
-    /// `None` for records not tied to an input offset (punctuation output).
-    pub source: Option<(Slot, i64)>,
+    pub sources: Sources,
 }
 
 /// A record the broker refused.
 #[derive(Debug)]
 pub(crate) struct DeliveryFailure {
-    pub source: Option<(Slot, i64)>,
+    pub sources: Sources,
     pub error: KafkaError,
     pub topic: String,
     pub key: Option<Vec<u8>>,
@@ -47,8 +68,9 @@ struct PartitionProgress {
     partition: i32,
     generation: u32,
     active: bool,
-    /// (offset, outputs not yet acknowledged), offsets increasing.
-    pending: VecDeque<(i64, u32)>,
+    /// (offset, outputs not yet acknowledged plus unreleased deferrals, unreleased
+    /// deferrals), offsets increasing.
+    pending: VecDeque<(i64, u32, u32)>,
     /// The offset after the last processed record (-1: none yet).
     next_offset: i64,
     /// Last committed offset (-1: none).
@@ -58,7 +80,7 @@ struct PartitionProgress {
 impl PartitionProgress {
     fn committable(&self) -> Option<i64> {
         match self.pending.front() {
-            Some((offset, _)) => Some(*offset),
+            Some((offset, _, _)) => Some(*offset),
             None if self.next_offset >= 0 => Some(self.next_offset),
             None => None,
         }
@@ -122,18 +144,55 @@ impl OffsetTracker {
         }
     }
 
-    /// Records that `offset` was processed and caused `outputs` records.
-    pub fn processed(&self, slot: Slot, offset: i64, outputs: u32) {
+    /// Records that `offset` was processed, caused `outputs` records, and is held by
+    /// `deferrals` processors until they release it ([`OffsetTracker::release`]).
+    pub fn processed(&self, slot: Slot, offset: i64, outputs: u32, deferrals: u32) {
         let mut state = self.lock();
         let p = &mut state.partitions[slot.index as usize];
         if p.generation != slot.generation {
             return;
         }
         p.next_offset = offset + 1;
-        if outputs > 0 {
-            p.pending.push_back((offset, outputs));
+        let n = outputs.saturating_add(deferrals);
+        if n > 0 {
+            p.pending.push_back((offset, n, deferrals));
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A processor released its deferral of `source`; the call that released it
+    /// produced `outputs` records, which must be acknowledged before the offset is done.
+    pub fn release(&self, source: (Slot, i64), outputs: u32) {
+        let (slot, offset) = source;
+        {
+            let mut state = self.lock();
+            let p = &mut state.partitions[slot.index as usize];
+            if p.generation != slot.generation {
+                return;
+            }
+            let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.0) else {
+                return;
+            };
+            if p.pending[i].2 == 0 {
+                // Released twice: the first release already counted.
+                return;
+            }
+            p.pending[i].2 -= 1;
+            p.pending[i].1 = p.pending[i].1.saturating_add(outputs);
+        }
+        self.acknowledged(Some(source));
+    }
+
+    /// Input records waiting for the broker to acknowledge outputs (deferrals not
+    /// counted): what a clean shutdown waits for.
+    pub fn awaiting_acknowledgement(&self) -> usize {
+        let state = self.lock();
+        state
+            .partitions
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| p.pending.iter().filter(|e| e.1 > e.2).count())
+            .sum()
     }
 
     /// One output of `offset` was acknowledged (or dealt with by the error policy).
@@ -146,18 +205,32 @@ impl OffsetTracker {
         if p.generation != slot.generation {
             return;
         }
-        if let Ok(i) = p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.0) {
             p.pending[i].1 = p.pending[i].1.saturating_sub(1);
             if p.pending[i].1 == 0 {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        while p.pending.front().is_some_and(|(_, n)| *n == 0) {
+        while p.pending.front().is_some_and(|e| e.1 == 0) {
             p.pending.pop_front();
         }
         drop(state);
         if self.waiting.load(Ordering::Relaxed) {
             self.notify.notify_one();
+        }
+    }
+
+    /// Every input offset a record holds back: one of its outputs was acknowledged.
+    pub fn acknowledged_all(&self, sources: &Sources) {
+        for source in sources.iter() {
+            self.acknowledged(Some(source));
+        }
+    }
+
+    /// One more output for every offset in `sources`.
+    pub fn add_output_all(&self, sources: &Sources) {
+        for source in sources.iter() {
+            self.add_output(Some(source));
         }
     }
 
@@ -172,7 +245,7 @@ impl OffsetTracker {
         if p.generation != slot.generation {
             return;
         }
-        if let Ok(i) = p.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.0) {
             p.pending[i].1 += 1;
         }
     }
@@ -251,7 +324,7 @@ impl OffsetTracker {
         if let Some(&index) = state.slots.get(&(topic.to_string(), partition)) {
             let p = &mut state.partitions[index as usize];
             if p.active {
-                let pending = p.pending.iter().filter(|(_, n)| *n > 0).count();
+                let pending = p.pending.iter().filter(|e| e.1 > 0).count();
                 self.in_flight.fetch_sub(pending, Ordering::Relaxed);
                 p.active = false;
                 p.pending.clear();
@@ -268,9 +341,9 @@ mod tests {
     fn commits_stop_at_the_first_unacknowledged_offset() {
         let t = OffsetTracker::default();
         let s = t.slot("in", 0);
-        t.processed(s, 10, 1);
-        t.processed(s, 11, 0);
-        t.processed(s, 12, 2);
+        t.processed(s, 10, 1, 0);
+        t.processed(s, 11, 0, 0);
+        t.processed(s, 12, 2, 0);
         assert_eq!(t.in_flight(), 2);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 10)]);
         // Not confirmed: offered again.
@@ -287,15 +360,40 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_offset_commits_after_its_release_and_the_release_outputs() {
+        let t = OffsetTracker::default();
+        let s = t.slot("in", 0);
+        t.processed(s, 3, 0, 1);
+        t.processed(s, 4, 1, 0);
+        t.acknowledged(Some((s, 4)));
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 3)]);
+        assert_eq!(
+            t.awaiting_acknowledgement(),
+            0,
+            "a deferral is not an output"
+        );
+        t.release((s, 3), 2);
+        assert_eq!(t.awaiting_acknowledgement(), 1);
+        t.acknowledged(Some((s, 3)));
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 3)]);
+        // A second release of the same deferral changes nothing.
+        t.release((s, 3), 0);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 3)]);
+        t.acknowledged(Some((s, 3)));
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 5)]);
+    }
+
+    #[test]
     fn deliveries_of_a_previous_assignment_are_ignored() {
         let t = OffsetTracker::default();
         let s = t.slot("in", 1);
-        t.processed(s, 5, 1);
+        t.processed(s, 5, 1, 0);
         t.deactivate("in", 1);
         assert_eq!(t.in_flight(), 0);
         let s2 = t.slot("in", 1);
         assert_ne!(s, s2);
-        t.processed(s2, 7, 1);
+        t.processed(s2, 7, 1, 0);
         t.acknowledged(Some((s, 5)));
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 1, 7)]);

@@ -50,6 +50,8 @@ struct DriverState {
     outputs: HashMap<String, VecDeque<ProducedRecord>>,
     wall_clock: Timestamp,
     metrics: Arc<TopologyMetrics>,
+    /// Input records held by `ProcessorContext::defer` and not yet released.
+    deferred: Vec<(String, i64)>,
 }
 
 /// Runs a topology in-process; see the module documentation.
@@ -107,6 +109,7 @@ impl TestDriver {
                 outputs: HashMap::new(),
                 wall_clock: options.start_time,
                 metrics,
+                deferred: Vec::new(),
             })),
         }
     }
@@ -172,7 +175,20 @@ impl TestDriver {
         let now = state.wall_clock;
         let mut produced = Vec::new();
         state.task.punctuate_wall_clock(now, &mut produced)?;
+        state.track_deferrals(None);
         state.route(produced)
+    }
+
+    /// Input records a processor holds with `ProcessorContext::defer` and has not
+    /// released, as (topic, offset): the ones the runtime would not commit yet.
+    pub fn deferred_records(&self) -> Vec<(String, i64)> {
+        self.state.borrow().deferred.clone()
+    }
+
+    /// Whether a processor asked the runtime to stop fetching input
+    /// (`ProcessorContext::pause_input`).
+    pub fn input_paused(&self) -> bool {
+        self.state.borrow().task.input_paused()
     }
 
     /// Every unexpired entry of store `name`, decoded with the store's serdes, in key
@@ -237,8 +253,27 @@ impl DriverState {
         *offset += 1;
         let mut produced = Vec::new();
         let outcome = self.task.process(&raw, self.wall_clock, &mut produced)?;
+        self.track_deferrals(Some((topic, raw.offset)));
         self.route(produced)?;
         Ok(outcome)
+    }
+
+    fn track_deferrals(&mut self, input: Option<(&str, i64)>) {
+        let (deferrals, released) = self.task.take_deferrals();
+        if let Some((topic, offset)) = input {
+            for _ in 0..deferrals {
+                self.deferred.push((topic.to_string(), offset));
+            }
+        }
+        for r in released {
+            if let Some(i) = self
+                .deferred
+                .iter()
+                .position(|(t, o)| **t == *r.topic && *o == r.offset)
+            {
+                self.deferred.remove(i);
+            }
+        }
     }
 
     /// Sends produced records to the outputs, or back into the topology when it reads
@@ -267,8 +302,10 @@ impl DriverState {
                     value: record.value.as_deref(),
                     headers: record.headers.clone(),
                 };
+                let at = *offset;
                 *offset += 1;
                 self.task.process(&raw, self.wall_clock, &mut more)?;
+                self.track_deferrals(Some((&record.topic, at)));
                 queue.extend(more);
             }
             self.outputs

@@ -28,7 +28,7 @@ pub use operators::{
     Windowed, WindowedSerde,
 };
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
-pub use processor::{Processor, ProcessorContext, PunctuationType, ScheduleId};
+pub use processor::{Deferred, Processor, ProcessorContext, PunctuationType, ScheduleId};
 pub use task::{Outcome, Task};
 
 pub(crate) use task::dead_letter_record;

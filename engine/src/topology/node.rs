@@ -214,6 +214,19 @@ pub(crate) struct NodeContext<'a> {
     pub wall_clock: Timestamp,
     pub task: &'a TaskInfo,
     pub metrics: &'a crate::metrics::TopologyMetrics,
+    pub control: &'a mut TaskControl,
+}
+
+/// What processors asked of the runtime during one call into the task: records whose
+/// commit they hold back, the ones they release, and whether input should pause.
+#[derive(Debug, Default)]
+pub(crate) struct TaskControl {
+    /// Deferrals made while processing the current input record.
+    pub deferred: u32,
+    /// Deferrals released during the current call.
+    pub completed: Vec<super::processor::Deferred>,
+    /// Whether a processor asked to stop fetching this task's partition.
+    pub pause: bool,
 }
 
 /// The operations a typed `ProcessorContext` forwards to; object-safe so the typed
@@ -230,6 +243,7 @@ pub(crate) trait NodeOps {
     fn cancel(&mut self, id: ScheduleId);
     fn produce(&mut self, record: ProducedRecord);
     fn count_skipped(&mut self);
+    fn control(&mut self) -> &mut TaskControl;
     fn store_access(
         &mut self,
         name: &str,
@@ -257,6 +271,9 @@ impl NodeOps for NodeContext<'_> {
     }
     fn count_skipped(&mut self) {
         crate::metrics::TopologyMetrics::add(&self.metrics.skipped, 1);
+    }
+    fn control(&mut self) -> &mut TaskControl {
+        self.control
     }
     fn store_access(
         &mut self,

@@ -22,6 +22,23 @@ pub enum PunctuationType {
     WallClockTime,
 }
 
+/// A consumed record whose commit a processor holds back until it calls
+/// [`ProcessorContext::complete`]: work that finishes after `process` returns (an
+/// execution, a call to another system) keeps its input uncommitted until its results
+/// are written. Offsets commit in order, so later records of the same partition wait too.
+///
+/// A deferral lives as long as its task: when the partition is revoked or the process
+/// stops, the record is processed again by the next owner, from the last commit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Deferred {
+    /// Source topic of the held record.
+    pub topic: std::sync::Arc<str>,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
 /// Identifies one scheduled punctuation of a processor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ScheduleId(pub(crate) u32);
@@ -181,6 +198,36 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
             now,
             _types: PhantomData,
         })
+    }
+
+    /// Holds back the commit of the record being processed until
+    /// [`complete`](Self::complete) is called with the returned handle and everything
+    /// produced up to that call is acknowledged. `None` in a punctuation (there is no
+    /// input record). If processing the record then fails, the error policy handles the
+    /// record and the deferral is dropped.
+    pub fn defer(&mut self) -> Option<Deferred> {
+        let metadata = self.inner.metadata()?;
+        let deferred = Deferred {
+            topic: metadata.topic.clone(),
+            partition: metadata.partition,
+            offset: metadata.offset,
+        };
+        self.inner.control().deferred += 1;
+        Some(deferred)
+    }
+
+    /// Releases a record held by [`defer`](Self::defer): its offset can be committed once
+    /// what this call (the `process` or `punctuate` it runs in) produces is acknowledged.
+    pub fn complete(&mut self, deferred: Deferred) {
+        self.inner.control().completed.push(deferred);
+    }
+
+    /// Asks the runtime to stop (`true`) or resume (`false`) fetching this task's
+    /// partition: backpressure for processors that buffer work, such as deferred
+    /// executions. Records already fetched may still arrive. Punctuations keep running
+    /// while paused, so a processor can resume from one.
+    pub fn pause_input(&mut self, pause: bool) {
+        self.inner.control().pause = pause;
     }
 
     /// Counts a record the processor dropped on purpose (e.g. late for its window) in the

@@ -14,9 +14,11 @@ use super::builder::{Topology, TopologyInner};
 use super::error::{ErrorClass, ProcessingError, RecordError};
 use crate::state::{StoreError, StoreSupplier};
 
-use super::node::{ErasedRecord, NodeContext, NodeInstance, Output, Schedule, TaskInfo, TaskStore};
+use super::node::{
+    ErasedRecord, NodeContext, NodeInstance, Output, Schedule, TaskControl, TaskInfo, TaskStore,
+};
 use super::policy::{OnError, headers};
-use super::processor::PunctuationType;
+use super::processor::{Deferred, PunctuationType};
 
 /// What became of one input record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,7 @@ pub struct Task {
     topic_names: HashMap<String, Arc<str>>,
     stores: Vec<TaskStore>,
     metrics: Arc<TopologyMetrics>,
+    control: TaskControl,
 }
 
 impl std::fmt::Debug for Task {
@@ -117,6 +120,7 @@ impl Task {
             topic_names,
             stores,
             metrics,
+            control: TaskControl::default(),
         };
         let mut produced = Vec::new();
         for i in 0..task.nodes.len() {
@@ -145,6 +149,22 @@ impl Task {
         &self.stores
     }
 
+    /// What processors deferred and released since the last call: how many deferrals the
+    /// last processed input record got, and the deferrals released (by `process` or a
+    /// punctuation). The caller keeps the deferred record's offset uncommitted until its
+    /// release, and the release until what the releasing call produced is acknowledged.
+    pub fn take_deferrals(&mut self) -> (u32, Vec<Deferred>) {
+        (
+            std::mem::take(&mut self.control.deferred),
+            std::mem::take(&mut self.control.completed),
+        )
+    }
+
+    /// Whether a processor asked to stop fetching this task's partition.
+    pub fn input_paused(&self) -> bool {
+        self.control.pause
+    }
+
     /// Largest timestamp seen so far.
     pub fn stream_time(&self) -> Timestamp {
         self.stream_time
@@ -160,6 +180,7 @@ impl Task {
         out: &mut Vec<ProducedRecord>,
     ) -> Result<Outcome, RecordError> {
         TopologyMetrics::add(&self.metrics.records_in, 1);
+        self.control.deferred = 0;
         let Some(&source) = self.topology.sources_by_topic.get(raw.topic) else {
             return self.on_error(
                 ErrorClass::Processing,
@@ -219,6 +240,8 @@ impl Task {
         if let Err(failure) = self.drain(Some(&metadata), wall_clock, out) {
             let (node, e) = *failure;
             out.truncate(mark);
+            // The error policy handles the record: nothing holds it any more.
+            self.control.deferred = 0;
             let field = e.field_name().map(String::from);
             let message = format!("node `{node}`: {e}");
             return self.on_error(ErrorClass::Processing, raw, field, message, out);
@@ -362,6 +385,7 @@ impl Task {
             wall_clock,
             task: &self.info,
             metrics: &self.metrics,
+            control: &mut self.control,
         };
         match catch_unwind(AssertUnwindSafe(|| f(instance, &mut ctx))) {
             Ok(result) => result,
