@@ -3,7 +3,9 @@
 //!
 //! May depend on `engine`; nothing depends on this crate but the command.
 
+pub mod decisions;
 pub mod execution_ticket_service;
+pub mod orchestrator;
 pub mod results;
 pub mod ticket_counts;
 pub mod ticket_pipeline;
@@ -14,6 +16,11 @@ use engine::Catalog;
 /// Every topology of the `engine` command.
 pub fn catalog() -> Catalog {
     Catalog::new()
+        .with(
+            orchestrator::NAME,
+            "plans.consensus -> approved decisions -> execution.tickets; execution.results -> compensation, orchestration.incidents, sla.violations",
+            orchestrator::build,
+        )
         .with(
             execution_ticket_service::NAME,
             "execution.tickets + execution.results -> ticket store (idempotent, valid transitions) served at /api/v1/tickets/{id}",

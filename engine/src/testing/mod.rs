@@ -415,6 +415,11 @@ impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
         std::iter::from_fn(|| self.read_record()).collect()
     }
 
+    /// Every remaining value.
+    pub fn read_values(&self) -> Vec<V> {
+        std::iter::from_fn(|| self.read_value()).collect()
+    }
+
     /// Every remaining key and value.
     pub fn read_key_values(&self) -> Vec<(K, V)> {
         std::iter::from_fn(|| self.read_key_value()).collect()

@@ -109,6 +109,11 @@ pub enum Problem {
         /// The name.
         name: String,
     },
+    /// An option of the topology's `[topologies.NAME]` configuration table is wrong.
+    BadOption {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -165,6 +170,7 @@ impl fmt::Display for Problem {
                 f,
                 "node name `{name}` must be non-empty and use only ASCII letters, digits, '.', '_' and '-'"
             ),
+            Problem::BadOption { message } => write!(f, "configuration option: {message}"),
         }
     }
 }
