@@ -139,6 +139,15 @@ pub fn valid_transition(from: TicketStatus, to: ExecutionStatus) -> bool {
     )
 }
 
+/// The ticket status a worker's report moves a ticket to.
+fn reported_status(status: ExecutionStatus) -> TicketStatus {
+    match status {
+        ExecutionStatus::Running => TicketStatus::Running,
+        ExecutionStatus::Completed => TicketStatus::Completed,
+        ExecutionStatus::Failed => TicketStatus::Failed,
+    }
+}
+
 /// Applies results to the stored tickets.
 struct ApplyResult;
 
@@ -158,6 +167,11 @@ impl Processor<String, ExecutionResult, (), ()> for ApplyResult {
                 format!("no ticket `{}` is known", result.ticket_id),
             ));
         };
+        if ticket.status == reported_status(result.status) {
+            // The same report again (results are delivered at least once): nothing to do.
+            ctx.count_skipped();
+            return Ok(());
+        }
         if !valid_transition(ticket.status, result.status) {
             return Err(ProcessingError::field(
                 "status",
@@ -167,14 +181,10 @@ impl Processor<String, ExecutionResult, (), ()> for ApplyResult {
                 ),
             ));
         }
-        ticket.status = match result.status {
-            ExecutionStatus::Running => {
-                ticket.started_at = Some(result.timestamp);
-                TicketStatus::Running
-            }
-            ExecutionStatus::Completed => TicketStatus::Completed,
-            ExecutionStatus::Failed => TicketStatus::Failed,
-        };
+        ticket.status = reported_status(result.status);
+        if result.status == ExecutionStatus::Running {
+            ticket.started_at = Some(result.timestamp);
+        }
         if result.status != ExecutionStatus::Running {
             ticket.completed_at = Some(result.timestamp);
             ticket.actual_duration_ms = result.actual_duration_ms;

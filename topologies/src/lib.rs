@@ -5,11 +5,13 @@
 
 pub mod decisions;
 pub mod execution_ticket_service;
+pub mod executor;
 pub mod orchestrator;
 pub mod results;
 pub mod ticket_counts;
 pub mod ticket_pipeline;
 pub mod tickets;
+pub mod worker_agents;
 
 use engine::Catalog;
 
@@ -25,6 +27,11 @@ pub fn catalog() -> Catalog {
             execution_ticket_service::NAME,
             "execution.tickets + execution.results -> ticket store (idempotent, valid transitions) served at /api/v1/tickets/{id}",
             execution_ticket_service::build,
+        )
+        .with(
+            worker_agents::NAME,
+            "execution.tickets -> validation, dedup, dependency gate -> bounded execution with retries -> execution.results (exhausted -> execution.tickets.dlq)",
+            worker_agents::build,
         )
         .with(
         ticket_pipeline::NAME,

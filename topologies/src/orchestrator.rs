@@ -143,6 +143,8 @@ pub struct PlanTickets {
 }
 
 /// What the ticket router sees, keyed by ticket id.
+// Records move by value once per hop; boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum RouteEvent {
     /// A ticket of this plan was written to `execution.tickets`.
@@ -161,6 +163,8 @@ pub enum PlanEvent {
 }
 
 /// What the plan tracker emits.
+// Records move by value once per hop; boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanOutput {
     /// A compensation ticket.
@@ -746,14 +750,13 @@ impl TrackPlans {
                 ExecutionStatus::Failed => TicketStatus::Failed,
             };
             plan.compensations.insert(id.clone(), new);
-            if new == TicketStatus::Completed {
-                if let Some(original) = plan
+            if new == TicketStatus::Completed
+                && let Some(original) = plan
                     .tickets
                     .values_mut()
                     .find(|t| t.compensation_ticket_id.as_deref() == Some(id.as_str()))
-                {
-                    original.status = TicketStatus::Compensated;
-                }
+            {
+                original.status = TicketStatus::Compensated;
             }
             if new == TicketStatus::Failed
                 && let Some(original) = plan

@@ -166,6 +166,15 @@ fn results_move_tickets_through_valid_transitions_only() {
         .unwrap();
     let failed = s.ticket("ticket-1").unwrap();
     assert_eq!(failed.status, TicketStatus::Failed);
+    // The same report again (at-least-once delivery) is a duplicate, not an error.
+    s.results
+        .pipe(
+            Some("ticket-1".into()),
+            result("ticket-1", ExecutionStatus::Failed, 25),
+        )
+        .unwrap();
+    assert_eq!(s.driver.metrics().skipped, 1);
+    assert_eq!(s.ticket("ticket-1").unwrap().completed_at, Some(20));
     assert_eq!(
         (failed.completed_at, failed.error_message.as_deref()),
         (Some(20), Some("boom"))

@@ -185,8 +185,8 @@ fn an_approved_decision_becomes_one_ticket_per_task_in_execution_order() {
     // Dependencies are the ticket ids of this plan's tasks.
     assert!(build.dependencies.is_empty());
     assert!(validate.dependencies.is_empty());
-    assert_eq!(test.dependencies, [build.ticket_id.clone()]);
-    assert_eq!(deploy.dependencies, [test.ticket_id.clone()]);
+    assert_eq!(test.dependencies, vec![build.ticket_id.clone()]);
+    assert_eq!(deploy.dependencies, vec![test.ticket_id.clone()]);
     for t in &tickets {
         assert_eq!(t.status, TicketStatus::Pending);
         assert_eq!(t.plan_id, "plan-1");
@@ -281,7 +281,8 @@ fn rejected_reviewed_and_repeated_decisions_make_no_tickets() {
 #[test]
 fn a_plan_the_generator_cannot_read_goes_to_the_dead_letter_topic_naming_the_field() {
     let o = orchestrator();
-    let cases: Vec<(&str, Box<dyn Fn(&mut CognitivePlan)>)> = vec![
+    type Breakage = Box<dyn Fn(&mut CognitivePlan)>;
+    let cases: Vec<(&str, Breakage)> = vec![
         ("cognitive_plan.tasks", Box::new(|p| p.tasks.clear())),
         (
             "cognitive_plan.execution_order",
@@ -355,7 +356,7 @@ fn a_failure_compensates_the_completed_tickets_and_the_failed_one_in_reverse_top
     assert_eq!(c_test.parameters["action"], "cleanup_test_env");
     assert_eq!(c_validate.parameters["action"], "revert_approval");
     // Build is undone only after test's undo: test depended on build.
-    assert_eq!(c_build.dependencies, [c_test.ticket_id.clone()]);
+    assert_eq!(c_build.dependencies, vec![c_test.ticket_id.clone()]);
     assert!(c_test.dependencies.is_empty());
     for c in &compensations {
         let original = c.parameters["original_ticket_id"].as_str();

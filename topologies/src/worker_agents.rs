@@ -1,0 +1,771 @@
+//! `worker-agents`: tickets in, executions, results out.
+//!
+//! - Tickets from `execution.tickets` are checked: a ticket not PENDING is skipped (an
+//!   update of a ticket already handed out, counted in `skipped`); one with an empty id,
+//!   task id or plan id, or one that cannot be decoded, goes to `execution.tickets.dlq`
+//!   with its original bytes.
+//! - Repartitioned by plan, so a plan's tickets and their dependencies meet in one task,
+//!   they are deduplicated by `ticket_id` (finished, in the `ticket-outcomes` store, or in
+//!   progress) and wait until every dependency is COMPLETED; a FAILED dependency, or
+//!   waiting past `sla.deadline`, fails the ticket without running it.
+//! - At most `max_in_flight` tickets (10) execute at once; input pauses when running and
+//!   ready tickets reach 80% of that and resumes at 50%. Each ticket gets
+//!   `sla.max_retries + 1` attempts of at most `sla.timeout_ms * 1.5` each, with a backoff
+//!   of `min(2 s * 2^n, 60 s)` between them.
+//! - A RUNNING result when execution starts and a COMPLETED or FAILED one when it ends go
+//!   to `execution.results` (key `ticket_id`); a ticket whose attempts are exhausted also
+//!   goes to `execution.tickets.dlq` as JSON, with `original_error`, `error_type`,
+//!   `retry_count` and `last_failure_timestamp`.
+//!
+//! Unlike the service it replaces, a ticket's offset is committed only once its final
+//! result is acknowledged by the broker (the record is deferred while it waits and runs),
+//! so a crash re-runs unfinished tickets instead of losing them; and undecodable records
+//! reach the dead-letter topic.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use engine::BuildContext;
+use engine::record::Record;
+use engine::serde::Serdes;
+use engine::topology::{
+    Branch, Consumed, Deferred, ErrorPolicy, Grouped, Problem, ProcessingError, Processor,
+    ProcessorContext, Produced, PunctuationType, ScheduleId, StoreBuilder, Topology,
+    TopologyBuilder, TopologyError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{ExecutionOutput, Executor, ShellExecutor, SimulatedExecutor};
+use crate::results::{
+    EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionResultPayload, ExecutionStatus,
+};
+use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TaskType, TicketStatus};
+
+/// Name and application id.
+pub const NAME: &str = "worker-agents";
+/// Tickets in.
+pub const TICKETS: &str = "execution.tickets";
+/// Results out.
+pub const RESULTS: &str = "execution.results";
+/// Invalid tickets (original bytes) and exhausted ones (JSON).
+pub const DEAD_LETTER: &str = "execution.tickets.dlq";
+/// ticket id -> final status (COMPLETED or FAILED) of the tickets this worker finished.
+pub const OUTCOME_STORE: &str = "ticket-outcomes";
+
+fn store_error(e: engine::state::StoreError) -> ProcessingError {
+    ProcessingError::new(e.to_string())
+}
+
+/// Options of `[topologies.worker-agents]`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerOptions {
+    /// `agent_id` of the results (default `worker-agents`).
+    #[serde(default = "default_agent_id")]
+    pub agent_id: String,
+    /// Tickets executing at once per task (default 10).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// `simulated` (default) or `shell`.
+    #[serde(default = "default_executor")]
+    pub executor: String,
+    /// Simulated executor: chance that an attempt fails (default 0).
+    #[serde(default)]
+    pub failure_rate: f64,
+    /// Simulated executor: multiplies the tickets' estimated durations (default 1).
+    #[serde(default = "one")]
+    pub time_scale: f64,
+    /// Shell executor: command per task type, e.g. `BUILD = "make build"`.
+    #[serde(default)]
+    pub commands: HashMap<String, String>,
+    /// First retry backoff, ms (default 2000); doubles per attempt.
+    #[serde(default = "default_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Longest retry backoff, ms (default 60000).
+    #[serde(default = "default_backoff_max_ms")]
+    pub retry_backoff_max_ms: u64,
+    /// How often finished executions and waiting tickets are looked at, ms (default 20).
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_agent_id() -> String {
+    NAME.to_string()
+}
+fn default_max_in_flight() -> usize {
+    10
+}
+fn default_executor() -> String {
+    "simulated".to_string()
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_backoff_ms() -> u64 {
+    2000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_poll_ms() -> u64 {
+    20
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        // An empty table takes every default.
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("every option has a default"))
+    }
+}
+
+/// The worker's settings, shared by its tasks.
+#[derive(Clone)]
+pub struct WorkerSettings {
+    /// `agent_id` of the results.
+    pub agent_id: String,
+    /// Tickets executing at once per task.
+    pub max_in_flight: usize,
+    /// What runs the tickets.
+    pub executor: Arc<dyn Executor>,
+    /// First retry backoff.
+    pub retry_backoff: Duration,
+    /// Longest retry backoff.
+    pub retry_backoff_max: Duration,
+    /// How often finished executions and waiting tickets are looked at.
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for WorkerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSettings")
+            .field("agent_id", &self.agent_id)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("executor", &self.executor.name())
+            .finish()
+    }
+}
+
+impl WorkerSettings {
+    /// Settings from the options, or what is wrong with them.
+    pub fn from_options(o: &WorkerOptions) -> Result<Self, String> {
+        if o.max_in_flight == 0 {
+            return Err("max_in_flight must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&o.failure_rate) {
+            return Err(format!(
+                "failure_rate must be between 0 and 1, not {}",
+                o.failure_rate
+            ));
+        }
+        if !(o.time_scale >= 0.0 && o.time_scale.is_finite()) {
+            return Err(format!(
+                "time_scale must be 0 or more, not {}",
+                o.time_scale
+            ));
+        }
+        if o.poll_interval_ms == 0 {
+            return Err("poll_interval_ms must be at least 1".into());
+        }
+        let executor: Arc<dyn Executor> = match o.executor.as_str() {
+            "simulated" => {
+                if !o.commands.is_empty() {
+                    return Err(
+                        "commands are for executor = \"shell\"; remove them or set executor = \"shell\""
+                            .into(),
+                    );
+                }
+                Arc::new(SimulatedExecutor {
+                    failure_rate: o.failure_rate,
+                    time_scale: o.time_scale,
+                })
+            }
+            "shell" => {
+                if o.commands.is_empty() {
+                    return Err(
+                        "executor = \"shell\" needs commands, e.g. [topologies.worker-agents.commands] BUILD = \"make build\""
+                            .into(),
+                    );
+                }
+                let mut commands = HashMap::new();
+                for (kind, command) in &o.commands {
+                    let task_type: TaskType = serde_json::from_value(serde_json::Value::String(
+                        kind.to_ascii_uppercase(),
+                    ))
+                    .map_err(|_| {
+                        format!(
+                            "commands.{kind}: not a task type (BUILD, DEPLOY, TEST, VALIDATE, EXECUTE, COMPENSATE, QUERY)"
+                        )
+                    })?;
+                    commands.insert(task_type, command.clone());
+                }
+                Arc::new(ShellExecutor { commands })
+            }
+            other => {
+                return Err(format!(
+                    "executor = \"{other}\" is unknown: use \"simulated\" or \"shell\""
+                ));
+            }
+        };
+        Ok(WorkerSettings {
+            agent_id: o.agent_id.clone(),
+            max_in_flight: o.max_in_flight,
+            executor,
+            retry_backoff: Duration::from_millis(o.retry_backoff_ms),
+            retry_backoff_max: Duration::from_millis(o.retry_backoff_max_ms),
+            poll_interval: Duration::from_millis(o.poll_interval_ms),
+        })
+    }
+
+    /// Wait before attempt `n + 1` after attempt `n` failed.
+    pub fn backoff(&self, n: u32) -> Duration {
+        self.retry_backoff
+            .saturating_mul(2u32.saturating_pow(n))
+            .min(self.retry_backoff_max)
+    }
+}
+
+/// An exhausted ticket on the dead-letter topic.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeadLetterTicket {
+    /// The ticket as received.
+    pub payload: ExecutionTicket,
+    /// The last attempt's error.
+    pub original_error: String,
+    /// `ExecutionFailed` or `Timeout`.
+    pub error_type: String,
+    /// Attempts after the first.
+    pub retry_count: u32,
+    /// Epoch ms of the last failure.
+    pub last_failure_timestamp: i64,
+}
+
+/// What the executing processor emits.
+// Records move by value once per hop; boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerOutput {
+    /// A status report.
+    Result(ExecutionResult),
+    /// An exhausted ticket.
+    DeadLetter(DeadLetterTicket),
+}
+
+/// Skips tickets that are not PENDING; refuses ones without identity.
+struct Validate;
+
+impl Processor<Option<String>, ExecutionTicket, Option<String>, ExecutionTicket> for Validate {
+    fn process(
+        &mut self,
+        record: Record<Option<String>, ExecutionTicket>,
+        ctx: &mut ProcessorContext<'_, Option<String>, ExecutionTicket>,
+    ) -> Result<(), ProcessingError> {
+        let t = &record.value;
+        for (field, value) in [
+            ("ticket_id", &t.ticket_id),
+            ("task_id", &t.task_id),
+            ("plan_id", &t.plan_id),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ProcessingError::field(field, "is empty"));
+            }
+        }
+        if t.status != TicketStatus::Pending {
+            tracing::debug!(ticket_id = %t.ticket_id, status = ?t.status, "ticket not PENDING: skipped");
+            ctx.count_skipped();
+            return Ok(());
+        }
+        ctx.forward(record);
+        Ok(())
+    }
+}
+
+/// How one execution ended, sent back from the executor's task.
+struct Finished {
+    ticket_id: String,
+    outcome: Result<ExecutionOutput, String>,
+    error_type: &'static str,
+    attempts: u32,
+    elapsed: Duration,
+}
+
+/// Runs a ticket's attempts with timeouts and backoff.
+async fn run_attempts(settings: WorkerSettings, ticket: ExecutionTicket) -> Finished {
+    let attempts = u32::try_from(ticket.sla.max_retries.max(0)).unwrap_or(0) + 1;
+    let timeout = Duration::from_millis(u64::try_from(ticket.sla.timeout_ms.max(1)).unwrap_or(1))
+        .mul_f64(1.5);
+    let start = Instant::now();
+    let mut last_error = String::new();
+    let mut error_type = "ExecutionFailed";
+    for attempt in 0..attempts {
+        match tokio::time::timeout(timeout, settings.executor.execute(&ticket, attempt)).await {
+            Ok(Ok(output)) => {
+                return Finished {
+                    ticket_id: ticket.ticket_id,
+                    outcome: Ok(output),
+                    error_type: "",
+                    attempts: attempt + 1,
+                    elapsed: start.elapsed(),
+                };
+            }
+            Ok(Err(e)) => {
+                last_error = e;
+                error_type = "ExecutionFailed";
+            }
+            Err(_) => {
+                last_error = format!("attempt {} timed out after {timeout:?}", attempt + 1);
+                error_type = "Timeout";
+            }
+        }
+        tracing::info!(ticket_id = %ticket.ticket_id, attempt = attempt + 1, attempts, error = %last_error, "attempt failed");
+        if attempt + 1 < attempts {
+            tokio::time::sleep(settings.backoff(attempt)).await;
+        }
+    }
+    Finished {
+        ticket_id: ticket.ticket_id,
+        outcome: Err(last_error),
+        error_type,
+        attempts,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A ticket this task holds: waiting for dependencies, ready, or running.
+struct Job {
+    ticket: ExecutionTicket,
+    deferred: Option<Deferred>,
+    started_at: Option<i64>,
+}
+
+enum Gate {
+    Open,
+    Wait,
+    Fail(&'static str, String),
+}
+
+/// Gates, executes and reports the tickets of one partition.
+struct Execute {
+    settings: WorkerSettings,
+    runtime: Option<tokio::runtime::Handle>,
+    sender: Sender<Finished>,
+    finished: Receiver<Finished>,
+    jobs: HashMap<String, Job>,
+    waiting: Vec<String>,
+    ready: VecDeque<String>,
+    running: usize,
+    paused: bool,
+}
+
+type Ctx<'a> = ProcessorContext<'a, String, WorkerOutput>;
+
+impl Execute {
+    fn new(settings: WorkerSettings) -> Self {
+        let (sender, finished) = channel();
+        Execute {
+            settings,
+            runtime: None,
+            sender,
+            finished,
+            jobs: HashMap::new(),
+            waiting: Vec::new(),
+            ready: VecDeque::new(),
+            running: 0,
+            paused: false,
+        }
+    }
+
+    fn outcome(
+        ctx: &mut Ctx<'_>,
+        ticket_id: &str,
+    ) -> Result<Option<TicketStatus>, ProcessingError> {
+        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
+            .and_then(|s| s.get(&ticket_id.to_string()))
+            .map_err(store_error)
+    }
+
+    fn gate(ctx: &mut Ctx<'_>, ticket: &ExecutionTicket) -> Result<Gate, ProcessingError> {
+        let mut wait = false;
+        for dep in &ticket.dependencies {
+            match Self::outcome(ctx, dep)? {
+                Some(TicketStatus::Completed) => {}
+                Some(TicketStatus::Failed) => {
+                    return Ok(Gate::Fail("dependency", format!("dependency {dep} failed")));
+                }
+                _ => wait = true,
+            }
+        }
+        if !wait {
+            return Ok(Gate::Open);
+        }
+        let now = ctx.wall_clock_time();
+        if now > ticket.sla.deadline {
+            return Ok(Gate::Fail(
+                "deadline",
+                format!(
+                    "dependencies were not completed by the deadline ({} ms ago)",
+                    now - ticket.sla.deadline
+                ),
+            ));
+        }
+        Ok(Gate::Wait)
+    }
+
+    fn report(
+        &self,
+        ctx: &mut Ctx<'_>,
+        ticket: &ExecutionTicket,
+        status: ExecutionStatus,
+        payload: ExecutionResultPayload,
+        error_message: Option<String>,
+        actual_duration_ms: Option<i64>,
+    ) {
+        let now = ctx.wall_clock_time();
+        let result = ExecutionResult {
+            ticket_id: ticket.ticket_id.clone(),
+            status,
+            result: payload,
+            error_message,
+            actual_duration_ms,
+            agent_id: self.settings.agent_id.clone(),
+            timestamp: now,
+            schema_version: 1,
+        };
+        ctx.forward(Record::new(
+            ticket.ticket_id.clone(),
+            WorkerOutput::Result(result),
+            now,
+        ));
+    }
+
+    fn metadata(
+        &self,
+        ticket: &ExecutionTicket,
+        pairs: &[(&str, String)],
+    ) -> HashMap<String, String> {
+        let mut m = HashMap::from([
+            ("plan_id".to_string(), ticket.plan_id.clone()),
+            (
+                "executor".to_string(),
+                self.settings.executor.name().to_string(),
+            ),
+        ]);
+        for (k, v) in pairs {
+            m.insert(k.to_string(), v.clone());
+        }
+        m
+    }
+
+    /// Records the final status, reports it, and releases the ticket's record.
+    fn settle(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        job: Job,
+        status: TicketStatus,
+    ) -> Result<(), ProcessingError> {
+        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
+            .and_then(|mut s| s.put(&job.ticket.ticket_id, &status))
+            .map_err(store_error)?;
+        if let Some(d) = job.deferred {
+            ctx.complete(d);
+        }
+        Ok(())
+    }
+
+    fn fail_unexecuted(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: &str,
+        failure: &'static str,
+        message: String,
+    ) -> Result<(), ProcessingError> {
+        let Some(job) = self.jobs.remove(id) else {
+            return Ok(());
+        };
+        tracing::info!(ticket_id = %id, failure, %message, "ticket failed without running");
+        let payload = ExecutionResultPayload {
+            success: false,
+            metadata: self.metadata(&job.ticket, &[("failure", failure.to_string())]),
+            ..Default::default()
+        };
+        self.report(
+            ctx,
+            &job.ticket,
+            ExecutionStatus::Failed,
+            payload,
+            Some(message),
+            Some(0),
+        );
+        self.settle(ctx, job, TicketStatus::Failed)
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>, id: &str) -> Result<(), ProcessingError> {
+        let Some(runtime) = self.runtime.clone() else {
+            return Err(ProcessingError::new(
+                "worker-agents executes tickets on the tokio runtime, and none is running",
+            ));
+        };
+        let now = ctx.wall_clock_time();
+        let Some(job) = self.jobs.get_mut(id) else {
+            return Ok(());
+        };
+        job.started_at = Some(now);
+        let ticket = job.ticket.clone();
+        let payload = ExecutionResultPayload {
+            success: false,
+            metadata: self.metadata(&ticket, &[]),
+            ..Default::default()
+        };
+        self.report(ctx, &ticket, ExecutionStatus::Running, payload, None, None);
+        self.running += 1;
+        let settings = self.settings.clone();
+        let sender = self.sender.clone();
+        runtime.spawn(async move {
+            let finished = run_attempts(settings, ticket).await;
+            // The task may be gone (partition revoked): its record runs again elsewhere.
+            let _ = sender.send(finished);
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx<'_>, f: Finished) -> Result<(), ProcessingError> {
+        self.running = self.running.saturating_sub(1);
+        let Some(job) = self.jobs.remove(&f.ticket_id) else {
+            return Ok(());
+        };
+        let duration = i64::try_from(f.elapsed.as_millis()).unwrap_or(i64::MAX);
+        let attempts = [("attempts", f.attempts.to_string())];
+        match f.outcome {
+            Ok(output) => {
+                let payload = ExecutionResultPayload {
+                    success: true,
+                    output: output.output,
+                    metadata: self.metadata(&job.ticket, &attempts),
+                    logs: output.logs,
+                };
+                self.report(
+                    ctx,
+                    &job.ticket,
+                    ExecutionStatus::Completed,
+                    payload,
+                    None,
+                    Some(duration),
+                );
+                self.settle(ctx, job, TicketStatus::Completed)
+            }
+            Err(error) => {
+                let payload = ExecutionResultPayload {
+                    success: false,
+                    metadata: self.metadata(
+                        &job.ticket,
+                        &[
+                            ("failure", "execution".to_string()),
+                            ("attempts", f.attempts.to_string()),
+                        ],
+                    ),
+                    ..Default::default()
+                };
+                self.report(
+                    ctx,
+                    &job.ticket,
+                    ExecutionStatus::Failed,
+                    payload,
+                    Some(error.clone()),
+                    Some(duration),
+                );
+                let now = ctx.wall_clock_time();
+                tracing::warn!(ticket_id = %job.ticket.ticket_id, attempts = f.attempts, %error, "ticket exhausted its attempts: dead-lettered");
+                ctx.forward(Record::new(
+                    job.ticket.ticket_id.clone(),
+                    WorkerOutput::DeadLetter(DeadLetterTicket {
+                        payload: job.ticket.clone(),
+                        original_error: error,
+                        error_type: f.error_type.to_string(),
+                        retry_count: f.attempts.saturating_sub(1),
+                        last_failure_timestamp: now,
+                    }),
+                    now,
+                ));
+                self.settle(ctx, job, TicketStatus::Failed)
+            }
+        }
+    }
+
+    /// Takes finished executions, opens gates, starts what fits, and sets backpressure.
+    fn pump(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ProcessingError> {
+        loop {
+            let mut progress = false;
+            while let Ok(f) = self.finished.try_recv() {
+                self.finish(ctx, f)?;
+                progress = true;
+            }
+            for id in std::mem::take(&mut self.waiting) {
+                let Some(job) = self.jobs.get(&id) else {
+                    continue;
+                };
+                let ticket = job.ticket.clone();
+                match Self::gate(ctx, &ticket)? {
+                    Gate::Open => self.ready.push_back(id),
+                    Gate::Wait => self.waiting.push(id),
+                    Gate::Fail(failure, message) => {
+                        self.fail_unexecuted(ctx, &id, failure, message)?;
+                        progress = true;
+                    }
+                }
+            }
+            while self.running < self.settings.max_in_flight {
+                let Some(id) = self.ready.pop_front() else {
+                    break;
+                };
+                self.start(ctx, &id)?;
+            }
+            if !progress {
+                break;
+            }
+        }
+        let load = self.running + self.ready.len();
+        let max = self.settings.max_in_flight;
+        let (pause_at, resume_at) = ((max * 8).div_ceil(10).max(1), max / 2);
+        if !self.paused && load >= pause_at {
+            self.paused = true;
+            ctx.pause_input(true);
+        } else if self.paused && load <= resume_at {
+            self.paused = false;
+            ctx.pause_input(false);
+        }
+        Ok(())
+    }
+}
+
+impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ProcessingError> {
+        self.runtime = tokio::runtime::Handle::try_current().ok();
+        ctx.schedule(self.settings.poll_interval, PunctuationType::WallClockTime);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: Record<String, ExecutionTicket>,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), ProcessingError> {
+        let ticket = record.value;
+        let id = ticket.ticket_id.clone();
+        if self.jobs.contains_key(&id) || Self::outcome(ctx, &id)?.is_some() {
+            tracing::debug!(ticket_id = %id, "duplicate ticket skipped");
+            ctx.count_skipped();
+            return Ok(());
+        }
+        let deferred = ctx.defer();
+        self.jobs.insert(
+            id.clone(),
+            Job {
+                ticket,
+                deferred,
+                started_at: None,
+            },
+        );
+        self.waiting.push(id);
+        self.pump(ctx)
+    }
+
+    fn punctuate(
+        &mut self,
+        _schedule: ScheduleId,
+        _timestamp: i64,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), ProcessingError> {
+        self.pump(ctx)
+    }
+}
+
+fn bad_option(message: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Invalid {
+        topology: NAME.into(),
+        problems: vec![Problem::BadOption {
+            message: format!("[topologies.{NAME}]: {message}"),
+        }],
+    }
+}
+
+/// Builds the topology from `[topologies.worker-agents]`.
+pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
+    let options: WorkerOptions = toml::Value::Table(ctx.options.clone())
+        .try_into()
+        .map_err(bad_option)?;
+    let settings = WorkerSettings::from_options(&options).map_err(bad_option)?;
+    build_with(ctx, settings)
+}
+
+/// Builds the topology with `settings` (an executor of your own, for instance).
+pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topology, TopologyError> {
+    let invalid = |node: &str, e: engine::serde::avro::AvroError| TopologyError::Invalid {
+        topology: NAME.into(),
+        problems: vec![Problem::Serde {
+            node: node.into(),
+            message: e.to_string(),
+        }],
+    };
+    let tickets = ctx
+        .avro
+        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
+        .map_err(|e| invalid("tickets", e))?;
+    let results = ctx
+        .avro
+        .value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)
+        .map_err(|e| invalid("results-out", e))?;
+    let key = || Serdes::nullable(Serdes::string());
+    let b = TopologyBuilder::new(NAME);
+    b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
+    b.add_store(
+        StoreBuilder::persistent(
+            OUTCOME_STORE,
+            Serdes::string(),
+            Serdes::json::<TicketStatus>(),
+        )
+        .with_ttl(Duration::from_secs(7 * 24 * 3600)),
+    );
+    let outputs = b
+        .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
+        .process("validate", || Validate)
+        .select_key("by-plan", |_k, t: &ExecutionTicket| t.plan_id.clone())
+        .repartition(
+            "tickets-by-plan",
+            Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>()),
+        )
+        .process_with_stores("execute", &[OUTCOME_STORE], move || {
+            Execute::new(settings.clone())
+        });
+    let branches = outputs.branch(
+        "outputs",
+        vec![
+            Branch::when("results", |_k, o: &WorkerOutput| {
+                matches!(o, WorkerOutput::Result(_))
+            }),
+            Branch::otherwise("exhausted"),
+        ],
+    );
+    branches[0]
+        .flat_map("result-records", |k: String, o: WorkerOutput| match o {
+            WorkerOutput::Result(r) => Some((Some(k), r)),
+            WorkerOutput::DeadLetter(_) => None,
+        })
+        .to("results-out", RESULTS, Produced::with(key(), results));
+    branches[1]
+        .flat_map(
+            "dead-letter-records",
+            |k: String, o: WorkerOutput| match o {
+                WorkerOutput::DeadLetter(d) => Some((k, d)),
+                WorkerOutput::Result(_) => None,
+            },
+        )
+        .to(
+            "dead-letters-out",
+            DEAD_LETTER,
+            Produced::with(Serdes::string(), Serdes::json::<DeadLetterTicket>()),
+        );
+    b.build()
+}
