@@ -3,6 +3,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod demo;
+
 fn main() -> std::process::ExitCode {
-    engine::cli::main(topologies::catalog())
+    engine::cli::main_with(topologies::catalog(), vec![demo::extension()])
 }

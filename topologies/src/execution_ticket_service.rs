@@ -13,7 +13,7 @@ use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
     Consumed, ErrorPolicy, Grouped, KStream, Problem, ProcessingError, Processor, ProcessorContext,
-    StoreBuilder, Topology, TopologyBuilder, TopologyError,
+    Produced, PunctuationType, ScheduleId, StoreBuilder, Topology, TopologyBuilder, TopologyError,
 };
 
 use crate::results::{EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionStatus};
@@ -113,17 +113,49 @@ impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask 
     }
 }
 
-/// Stores the ticket (runs partitioned by ticket id, like the results).
+/// Results that arrived before their ticket was stored: ticket id -> (arrival time,
+/// result), in arrival order. Tickets take three hops to the store and results one, so a
+/// fast worker's report often overtakes its ticket.
+pub const PENDING_RESULTS_STORE: &str = "results-awaiting-ticket";
+
+/// How long a result waits for its ticket before it is dead-lettered (as JSON).
+pub const ORPHAN_RESULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Stores the ticket (runs partitioned by ticket id, like the results) and applies the
+/// results that were waiting for it.
 struct Store;
 
-impl Processor<String, ExecutionTicket, (), ()> for Store {
+impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
     fn process(
         &mut self,
         record: Record<String, ExecutionTicket>,
-        ctx: &mut ProcessorContext<'_, (), ()>,
+        ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
     ) -> Result<(), ProcessingError> {
+        let mut ticket = record.value;
+        let waiting = {
+            let mut pending = ctx
+                .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
+                .map_err(store_error)?;
+            let waiting = pending.get(&record.key).map_err(store_error)?;
+            if waiting.is_some() {
+                pending.delete(&record.key).map_err(store_error)?;
+            }
+            waiting.unwrap_or_default()
+        };
+        for (_, result) in waiting {
+            match apply(&mut ticket, result) {
+                Ok(Applied::Changed) => {}
+                Ok(Applied::Duplicate) => ctx.count_skipped(),
+                Err(e) => {
+                    // The result's own record was committed when it was buffered; there is
+                    // no original to dead-letter, so say so loudly and count it.
+                    tracing::warn!(ticket_id = %record.key, error = %e, "a buffered result does not apply to its ticket: skipped");
+                    ctx.count_skipped();
+                }
+            }
+        }
         ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)
-            .and_then(|mut t| t.put(&record.key, &record.value))
+            .and_then(|mut t| t.put(&record.key, &ticket))
             .map_err(store_error)
     }
 }
@@ -148,49 +180,133 @@ fn reported_status(status: ExecutionStatus) -> TicketStatus {
     }
 }
 
-/// Applies results to the stored tickets.
-struct ApplyResult;
+enum Applied {
+    Changed,
+    Duplicate,
+}
 
-impl Processor<String, ExecutionResult, (), ()> for ApplyResult {
+/// Moves `ticket` to the status `result` reports; an invalid transition is an error
+/// naming the field.
+fn apply(
+    ticket: &mut ExecutionTicket,
+    result: ExecutionResult,
+) -> Result<Applied, ProcessingError> {
+    if ticket.status == reported_status(result.status) {
+        // The same report again (results are delivered at least once): nothing to do.
+        return Ok(Applied::Duplicate);
+    }
+    if !valid_transition(ticket.status, result.status) {
+        return Err(ProcessingError::field(
+            "status",
+            format!(
+                "ticket `{}` cannot go from {:?} to {:?}",
+                ticket.ticket_id, ticket.status, result.status
+            ),
+        ));
+    }
+    ticket.status = reported_status(result.status);
+    if result.status == ExecutionStatus::Running {
+        ticket.started_at = Some(result.timestamp);
+    } else {
+        ticket.completed_at = Some(result.timestamp);
+        ticket.actual_duration_ms = result.actual_duration_ms;
+        ticket.error_message = result.error_message;
+    }
+    Ok(Applied::Changed)
+}
+
+/// Applies results to the stored tickets; a result whose ticket is not stored yet waits
+/// for it, and goes to the dead-letter topic if it does not come within
+/// [`ORPHAN_RESULT_TIMEOUT`].
+struct ApplyResult {
+    orphan_timeout: Duration,
+}
+
+impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult {
+    fn init(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
+    ) -> Result<(), ProcessingError> {
+        let every = (self.orphan_timeout / 10).max(Duration::from_millis(100));
+        ctx.schedule(every, PunctuationType::WallClockTime);
+        Ok(())
+    }
+
     fn process(
         &mut self,
         record: Record<String, ExecutionResult>,
-        ctx: &mut ProcessorContext<'_, (), ()>,
+        ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
     ) -> Result<(), ProcessingError> {
         let result = record.value;
-        let mut tickets = ctx
+        let stored = ctx
             .kv_store::<String, ExecutionTicket>(TICKET_STORE)
+            .and_then(|t| t.get(&result.ticket_id))
             .map_err(store_error)?;
-        let Some(mut ticket) = tickets.get(&result.ticket_id).map_err(store_error)? else {
-            return Err(ProcessingError::field(
-                "ticket_id",
-                format!("no ticket `{}` is known", result.ticket_id),
-            ));
+        let Some(mut ticket) = stored else {
+            let now = ctx.wall_clock_time();
+            let mut pending = ctx
+                .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
+                .map_err(store_error)?;
+            let id = result.ticket_id.clone();
+            let mut waiting = pending.get(&id).map_err(store_error)?.unwrap_or_default();
+            waiting.push((now, result));
+            return pending.put(&id, &waiting).map_err(store_error);
         };
-        if ticket.status == reported_status(result.status) {
-            // The same report again (results are delivered at least once): nothing to do.
-            ctx.count_skipped();
-            return Ok(());
+        match apply(&mut ticket, result)? {
+            Applied::Duplicate => {
+                ctx.count_skipped();
+                Ok(())
+            }
+            Applied::Changed => ctx
+                .kv_store::<String, ExecutionTicket>(TICKET_STORE)
+                .and_then(|mut t| t.put(&ticket.ticket_id, &ticket))
+                .map_err(store_error),
         }
-        if !valid_transition(ticket.status, result.status) {
-            return Err(ProcessingError::field(
-                "status",
-                format!(
-                    "ticket `{}` cannot go from {:?} to {:?}",
-                    ticket.ticket_id, ticket.status, result.status
-                ),
-            ));
+    }
+
+    fn punctuate(
+        &mut self,
+        _schedule: ScheduleId,
+        now: i64,
+        ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
+    ) -> Result<(), ProcessingError> {
+        let timeout = i64::try_from(self.orphan_timeout.as_millis()).unwrap_or(i64::MAX);
+        let expired: Vec<(String, Vec<(i64, ExecutionResult)>)> = ctx
+            .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
+            .and_then(|p| p.all())
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|(_, waiting)| waiting.first().is_some_and(|(at, _)| now - at >= timeout))
+            .collect();
+        for (id, waiting) in expired {
+            ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
+                .and_then(|mut p| p.delete(&id))
+                .map_err(store_error)?;
+            for (at, result) in waiting {
+                tracing::warn!(ticket_id = %id, waited_ms = now - at, "a result's ticket never arrived: dead-lettered");
+                let mut orphan = Record::new(id.clone(), result, now);
+                orphan.headers.add(
+                    engine::topology::dead_letter_headers::ERROR_CLASS,
+                    Some(b"processing".to_vec()),
+                );
+                orphan.headers.add(
+                    engine::topology::dead_letter_headers::ERROR_FIELD,
+                    Some(b"ticket_id".to_vec()),
+                );
+                orphan.headers.add(
+                    engine::topology::dead_letter_headers::ERROR_MESSAGE,
+                    Some(
+                        format!(
+                            "no ticket `{id}` arrived within {} ms of its result",
+                            now - at
+                        )
+                        .into_bytes(),
+                    ),
+                );
+                ctx.forward(orphan);
+            }
         }
-        ticket.status = reported_status(result.status);
-        if result.status == ExecutionStatus::Running {
-            ticket.started_at = Some(result.timestamp);
-        }
-        if result.status != ExecutionStatus::Running {
-            ticket.completed_at = Some(result.timestamp);
-            ticket.actual_duration_ms = result.actual_duration_ms;
-            ticket.error_message = result.error_message;
-        }
-        tickets.put(&ticket.ticket_id, &ticket).map_err(store_error)
+        Ok(())
     }
 }
 
@@ -220,6 +336,11 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
         Serdes::json::<ExecutionTicket>(),
     ));
     b.add_store(StoreBuilder::persistent(
+        PENDING_RESULTS_STORE,
+        Serdes::string(),
+        Serdes::json::<Vec<(i64, ExecutionResult)>>(),
+    ));
+    b.add_store(StoreBuilder::persistent(
         PLAN_TASK_STORE,
         Serdes::string(),
         Serdes::string(),
@@ -232,7 +353,7 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     // Tickets arrive keyed by plan (orchestrator) or ticket (REST); each check runs in the
     // task that owns its key, so the stream is repartitioned for each.
     let internal = || Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>());
-    let _: KStream<(), ()> = b
+    let stored: KStream<String, ExecutionResult> = b
         .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
         .select_key("by-idempotency-key", |_k, t: &ExecutionTicket| {
             idempotency_key(t)
@@ -244,8 +365,9 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
         .process_with_stores("one-per-task", &[PLAN_TASK_STORE], || OnePerTask)
         .select_key("by-ticket", |_k, t: &ExecutionTicket| t.ticket_id.clone())
         .repartition("tickets-by-id", internal())
-        .process_with_stores("store", &[TICKET_STORE], || Store);
-    let _: KStream<(), ()> = b
+        .process_with_stores("store", &[TICKET_STORE, PENDING_RESULTS_STORE], || Store);
+    let orphan_timeout = ORPHAN_RESULT_TIMEOUT;
+    let orphans: KStream<String, ExecutionResult> = b
         .stream("results", [RESULTS], Consumed::with(key(), results))
         .select_key("result-by-ticket", |_k, r: &ExecutionResult| {
             r.ticket_id.clone()
@@ -254,6 +376,16 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
             "results-by-id",
             Grouped::with(Serdes::string(), Serdes::json::<ExecutionResult>()),
         )
-        .process_with_stores("apply-result", &[TICKET_STORE], || ApplyResult);
+        .process_with_stores(
+            "apply-result",
+            &[TICKET_STORE, PENDING_RESULTS_STORE],
+            move || ApplyResult { orphan_timeout },
+        );
+    let awaiting: KStream<String, ExecutionResult> = stored.merge("orphan-results", &orphans);
+    awaiting.to(
+        "orphans-out",
+        DEAD_LETTER,
+        Produced::with(Serdes::string(), Serdes::json::<ExecutionResult>()),
+    );
     b.build()
 }

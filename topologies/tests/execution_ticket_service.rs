@@ -187,19 +187,61 @@ fn results_move_tickets_through_valid_transitions_only() {
         )
         .unwrap();
     assert_eq!(s.ticket("ticket-1").unwrap().status, TicketStatus::Failed);
-    // A result for a ticket nobody registered.
-    s.results
-        .pipe(None, result("ghost", ExecutionStatus::Completed, 40))
-        .unwrap();
     let dead = s.dead_letters();
-    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, "status");
     assert!(
         dead[0].1.contains("cannot go from Failed to Completed"),
         "{}",
         dead[0].1
     );
-    assert_eq!(dead[1].0, "ticket_id");
+    // A result for a ticket nobody registered waits for it, then is dead-lettered.
+    s.results
+        .pipe(None, result("ghost", ExecutionStatus::Completed, 40))
+        .unwrap();
+    assert!(s.dead_letters().is_empty());
+    s.driver
+        .advance_wall_clock(service::ORPHAN_RESULT_TIMEOUT + std::time::Duration::from_secs(30))
+        .unwrap();
+    let dead = s.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "ticket_id");
+    assert!(
+        dead[0].1.contains("no ticket `ghost` arrived"),
+        "{}",
+        dead[0].1
+    );
+}
+
+#[test]
+fn a_result_that_overtakes_its_ticket_is_applied_when_the_ticket_arrives() {
+    let s = service();
+    s.results
+        .pipe(
+            Some("ticket-5".into()),
+            result("ticket-5", ExecutionStatus::Running, 10),
+        )
+        .unwrap();
+    s.results
+        .pipe(
+            Some("ticket-5".into()),
+            result("ticket-5", ExecutionStatus::Completed, 20),
+        )
+        .unwrap();
+    assert_eq!(s.ticket("ticket-5"), None);
+    s.tickets
+        .pipe(None, sample_ticket(5, TicketStatus::Pending))
+        .unwrap();
+    let stored = s.ticket("ticket-5").unwrap();
+    assert_eq!(stored.status, TicketStatus::Completed);
+    assert_eq!(
+        (stored.started_at, stored.completed_at),
+        (Some(10), Some(20))
+    );
+    s.driver
+        .advance_wall_clock(service::ORPHAN_RESULT_TIMEOUT * 2)
+        .unwrap();
+    assert!(s.dead_letters().is_empty(), "nothing was left waiting");
 }
 
 #[test]

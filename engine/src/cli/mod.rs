@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 mod tools;
 
@@ -143,6 +143,37 @@ enum Format {
     Mermaid,
 }
 
+/// A subcommand a program adds to the command line next to the built-in ones (the
+/// `engine` command adds `demo` this way). It sees the global flags through the loaded
+/// configuration.
+pub struct Extension {
+    /// Its name, help and arguments.
+    pub command: clap::Command,
+    /// Runs it with its arguments, the configuration and stdout; returns the exit code.
+    #[allow(clippy::type_complexity)]
+    pub run: Box<dyn Fn(&clap::ArgMatches, &EngineConfig, &mut dyn Write) -> u8>,
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extension")
+            .field("command", &self.command.get_name())
+            .finish()
+    }
+}
+
+/// Like [`main`], with `extensions` as more subcommands.
+pub fn main_with(catalog: Catalog, extensions: Vec<Extension>) -> ExitCode {
+    let code = run_with(
+        &catalog,
+        &extensions,
+        std::env::args_os(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    );
+    ExitCode::from(code)
+}
+
 /// Runs the command line over `catalog` with the process's arguments; for `main`.
 ///
 /// ```no_run
@@ -167,8 +198,59 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    run_with(catalog, &[], args, out, err)
+}
+
+/// [`run`] with `extensions` as more subcommands.
+pub fn run_with<I, T>(
+    catalog: &Catalog,
+    extensions: &[Extension],
+    args: I,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut command = Cli::command();
+    for extension in extensions {
+        command = command.subcommand(extension.command.clone());
+    }
+    let parsed = command.try_get_matches_from(args).and_then(|matches| {
+        if let Some((name, sub)) = matches.subcommand()
+            && let Some(extension) = extensions.iter().find(|e| e.command.get_name() == name)
+        {
+            return Ok(Err((extension, sub.clone(), matches.clone())));
+        }
+        Cli::from_arg_matches(&matches).map(Ok)
+    });
+    let cli = match parsed {
+        Ok(Ok(cli)) => cli,
+        Ok(Err((extension, sub, matches))) => {
+            let log = matches
+                .get_one::<String>("log")
+                .cloned()
+                .unwrap_or_else(|| "info".into());
+            init_logging(&log);
+            let overrides = Overrides {
+                config_file: matches.get_one::<PathBuf>("config").cloned(),
+                bootstrap_servers: matches.get_one::<String>("bootstrap_servers").cloned(),
+                schema_registry_url: matches.get_one::<String>("schema_registry_url").cloned(),
+                kafka: matches
+                    .get_many::<String>("kafka")
+                    .map(|v| v.cloned().collect())
+                    .unwrap_or_default(),
+                state_dir: matches.get_one::<PathBuf>("state_dir").cloned(),
+            };
+            return match EngineConfig::load(&overrides) {
+                Ok(config) => (extension.run)(&sub, &config, out),
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    EXIT_USAGE
+                }
+            };
+        }
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
             let text = e.render().ansi().to_string();
