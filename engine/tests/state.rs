@@ -442,6 +442,247 @@ mod windows {
     }
 }
 
+mod sessions {
+    use super::*;
+    use engine::topology::{Emit, LateRecords, SessionWindows, Windowed, WindowedSerde};
+
+    const GAP: Duration = Duration::from_secs(5);
+
+    fn session_counts(windows: SessionWindows, policy: Option<ErrorPolicy>) -> TestDriver {
+        let b = TopologyBuilder::new("s");
+        if let Some(p) = policy {
+            b.error_policy(p);
+        }
+        b.stream("in", ["in"], strings())
+            .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+            .windowed_by(windows)
+            .count("count", "sessions")
+            .to_stream("updates")
+            .to(
+                "out",
+                "out",
+                Produced::with(
+                    WindowedSerde::new(Serdes::string()),
+                    Serdes::nullable(Serdes::i64()),
+                ),
+            );
+        TestDriver::new(b.build().unwrap())
+    }
+
+    fn w(key: &str, start: i64, end: i64) -> Windowed<String> {
+        Windowed {
+            key: s(key),
+            start,
+            end,
+        }
+    }
+
+    /// Key, value and timestamp of everything written to `out`.
+    fn read(driver: &TestDriver) -> Vec<(Windowed<String>, Option<i64>, i64)> {
+        driver
+            .output_topic(
+                "out",
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+            .read_records()
+            .into_iter()
+            .map(|r| (r.key, r.value, r.timestamp))
+            .collect()
+    }
+
+    fn pipe(driver: &TestDriver, key: &str, at: i64) -> Outcome {
+        driver
+            .input_topic("in", Serdes::string(), Serdes::string())
+            .pipe_at(s(key), s("x"), at)
+            .unwrap()
+    }
+
+    #[test]
+    fn records_within_the_gap_merge_and_replaced_sessions_get_tombstones() {
+        let d = session_counts(SessionWindows::with_inactivity_gap(GAP), None);
+        pipe(&d, "a", 0);
+        pipe(&d, "b", 1_000);
+        pipe(&d, "a", 3_000);
+        pipe(&d, "a", 3_000); // same session again: [0,3000] grows by nothing
+        pipe(&d, "a", 9_000); // 6 s after the session's end: a new session
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("b", 1_000, 1_000), Some(1), 1_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 0, 3_000), Some(2), 3_000),
+                (w("a", 0, 3_000), None, 3_000),
+                (w("a", 0, 3_000), Some(3), 3_000),
+                (w("a", 9_000, 9_000), Some(1), 9_000),
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 0);
+    }
+
+    #[test]
+    fn the_inactivity_gap_is_inclusive() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60)),
+            None,
+        );
+        pipe(&d, "a", 10_000);
+        pipe(&d, "a", 15_000); // exactly gap after: same session
+        pipe(&d, "a", 5_000); // exactly gap before its start: same session
+        pipe(&d, "a", 20_001); // 1 ms more than the gap: a new session
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 10_000, 10_000), Some(1), 10_000),
+                (w("a", 10_000, 10_000), None, 10_000),
+                (w("a", 10_000, 15_000), Some(2), 15_000),
+                (w("a", 10_000, 15_000), None, 15_000),
+                (w("a", 5_000, 15_000), Some(3), 15_000),
+                (w("a", 20_001, 20_001), Some(1), 20_001),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_between_two_sessions_bridges_them_into_one() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60)),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 10_000);
+        pipe(&d, "a", 5_000); // within gap of both
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("a", 10_000, 10_000), Some(1), 10_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 10_000, 10_000), None, 10_000),
+                (w("a", 0, 10_000), Some(3), 10_000),
+            ]
+        );
+        assert_eq!(
+            d.store_entries::<Vec<u8>, i64>("sessions").unwrap().len(),
+            1,
+            "the bridged sessions are replaced by one"
+        );
+    }
+
+    #[test]
+    fn session_aggregates_merge_with_the_merger_and_reduce_with_the_reducer() {
+        let b = TopologyBuilder::new("s");
+        let views = b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::i64()),
+        );
+        let grouped = views.group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
+        let sessions = SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60));
+        let nullable_i64 = || {
+            Produced::with(
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+        };
+        grouped
+            .windowed_by(sessions)
+            .aggregate(
+                "sum",
+                "sums",
+                Serdes::i64(),
+                || 100, // the initializer is merged in once per merge, as in Kafka Streams
+                |_k: &String, v: i64, total: i64| total + v,
+                |_k: &String, a: i64, b: i64| a + b - 100,
+            )
+            .to_stream("sum-updates")
+            .to("sum-out", "sums", nullable_i64());
+        grouped
+            .windowed_by(sessions)
+            .reduce("max", "maxima", Serdes::i64(), |a: i64, b: i64| a.max(b))
+            .to_stream("max-updates")
+            .to("max-out", "maxima", nullable_i64());
+        let d = TestDriver::new(b.build().unwrap());
+        let input = d.input_topic("in", Serdes::string(), Serdes::i64());
+        input.pipe_at(s("a"), 1, 0).unwrap();
+        input.pipe_at(s("a"), 7, 10_000).unwrap();
+        input.pipe_at(s("a"), 3, 5_000).unwrap();
+        let last = |topic: &str| {
+            d.output_topic(
+                topic,
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+            .read_key_values()
+            .pop()
+            .unwrap()
+        };
+        assert_eq!(last("sums"), (w("a", 0, 10_000), Some(111)));
+        assert_eq!(last("maxima"), (w("a", 0, 10_000), Some(7)));
+    }
+
+    #[test]
+    fn records_for_sessions_closed_beyond_grace_are_late() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(2)),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "b", 7_000); // [0,0] closes after 0 + gap + grace = 7 s: still open
+        assert_eq!(pipe(&d, "a", 1_000), Outcome::Processed);
+        pipe(&d, "b", 8_001); // [0,1000] is now closed
+        pipe(&d, "a", 900); // its own session [900,900] would be closed already: late
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("b", 7_000, 7_000), Some(1), 7_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 0, 1_000), Some(2), 1_000),
+                (w("b", 7_000, 7_000), None, 7_000),
+                (w("b", 7_000, 8_001), Some(2), 8_001),
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 1);
+    }
+
+    #[test]
+    fn late_session_records_can_go_to_the_error_policy() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).late_records(LateRecords::ErrorPolicy),
+            Some(ErrorPolicy::dead_letter("late")),
+        );
+        pipe(&d, "a", 20_000);
+        assert_eq!(pipe(&d, "a", 1_000), Outcome::DeadLettered);
+        let dead = d.read_raw("late").unwrap();
+        assert_eq!(
+            dead.headers.last_str("engine.error.field"),
+            Some("timestamp")
+        );
+    }
+
+    #[test]
+    fn emit_on_window_close_emits_each_final_session_once() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).emit(Emit::OnWindowClose),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 3_000);
+        pipe(&d, "b", 1_000);
+        pipe(&d, "c", 8_000); // a's [0,3000] closes only after 3 s + gap = 8 s
+        assert_eq!(read(&d), vec![(w("b", 1_000, 1_000), Some(1), 1_000)]);
+        pipe(&d, "c", 8_001);
+        assert_eq!(read(&d), vec![(w("a", 0, 3_000), Some(2), 3_000)]);
+        assert_eq!(
+            d.store_entries::<Vec<u8>, i64>("sessions").unwrap().len(),
+            1,
+            "only c's open session is left"
+        );
+    }
+}
+
 #[test]
 fn stream_table_joins_see_the_table_as_of_each_record() {
     let b = TopologyBuilder::new("enrich");

@@ -24,8 +24,8 @@ pub use error::{
 };
 pub use node::TaskStore;
 pub use operators::{
-    Branch, Emit, Grouped, KGroupedStream, KTable, LateRecords, TimeWindowedKStream, TimeWindows,
-    Windowed, WindowedSerde,
+    Branch, Emit, Grouped, KGroupedStream, KTable, LateRecords, SessionWindowedKStream,
+    SessionWindows, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde, Windowing,
 };
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Processor, ProcessorContext, PunctuationType, ScheduleId};

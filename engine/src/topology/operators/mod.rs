@@ -12,11 +12,15 @@ mod merge;
 mod peek;
 mod process;
 mod select_key;
+mod sessionize;
 mod table;
 mod to;
 mod window;
 
 pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
+pub use sessionize::{SessionWindowedKStream, SessionWindows};
 pub use table::KTable;
-pub use window::{Emit, LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};
+pub use window::{
+    Emit, LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde, Windowing,
+};
