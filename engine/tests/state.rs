@@ -683,6 +683,212 @@ mod sessions {
     }
 }
 
+mod table_joins {
+    use super::*;
+    use engine::topology::{Problem, TopologyError};
+    use std::collections::HashMap;
+
+    fn nullable() -> Consumed<String, Option<String>> {
+        Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()))
+    }
+
+    fn show(v: Option<&String>) -> String {
+        v.map_or_else(|| s("null"), Clone::clone)
+    }
+
+    fn result_store(name: &str) -> StoreBuilder<String, Option<String>> {
+        StoreBuilder::persistent(name, Serdes::string(), Serdes::nullable(Serdes::string()))
+    }
+
+    fn joins() -> engine::topology::Topology {
+        let b = TopologyBuilder::new("tables");
+        let left = b.table("left", "left", nullable(), "left-store");
+        let right = b.table("right", "right", nullable(), "right-store");
+        let produced = || Produced::with(Serdes::string(), Serdes::nullable(Serdes::string()));
+        left.join(
+            "inner",
+            &right,
+            |l: &String, r: &String| format!("[{l},{r}]"),
+            result_store("inner-store"),
+        )
+        .to_stream("inner-updates")
+        .to("inner-out", "inner", produced());
+        left.left_join(
+            "left-join",
+            &right,
+            |l: &String, r: Option<&String>| format!("[{l},{}]", show(r)),
+            result_store("left-join-store"),
+        )
+        .to_stream("left-updates")
+        .to("left-out", "left-join", produced());
+        left.outer_join(
+            "outer",
+            &right,
+            |l: Option<&String>, r: Option<&String>| format!("[{},{}]", show(l), show(r)),
+            result_store("outer-store"),
+        )
+        .to_stream("outer-updates")
+        .to("outer-out", "outer", produced());
+        b.build().unwrap()
+    }
+
+    /// The update sequence of Kafka Streams' table-table join documentation: one key,
+    /// timestamps 1..15, `None` for tombstones.
+    fn run(topic: &str) -> Vec<(Option<String>, i64)> {
+        let d = TestDriver::new(joins());
+        let left = d.input_topic("left", Serdes::string(), Serdes::nullable(Serdes::string()));
+        let right = d.input_topic(
+            "right",
+            Serdes::string(),
+            Serdes::nullable(Serdes::string()),
+        );
+        let updates: [(&TestInput, Option<&str>); 15] = [
+            (&left, None),
+            (&right, None),
+            (&left, Some("A")),
+            (&right, Some("a")),
+            (&left, Some("B")),
+            (&right, Some("b")),
+            (&left, None),
+            (&right, None),
+            (&left, Some("C")),
+            (&right, Some("c")),
+            (&right, None),
+            (&left, None),
+            (&right, None),
+            (&right, Some("d")),
+            (&left, Some("D")),
+        ];
+        for (t, (side, value)) in updates.into_iter().enumerate() {
+            side.pipe_at(s("k"), value.map(s), t as i64 + 1).unwrap();
+        }
+        d.output_topic(topic, Serdes::string(), Serdes::nullable(Serdes::string()))
+            .read_records()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.key, "k");
+                (r.value, r.timestamp)
+            })
+            .collect()
+    }
+
+    type TestInput = engine::testing::TestInputTopic<String, Option<String>>;
+
+    fn v(text: &str, at: i64) -> (Option<String>, i64) {
+        (Some(s(text)), at)
+    }
+
+    #[test]
+    fn inner_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("inner"),
+            vec![
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                (None, 7),
+                v("[C,c]", 10),
+                (None, 11),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn left_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("left-join"),
+            vec![
+                v("[A,null]", 3),
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                (None, 7),
+                v("[C,null]", 9),
+                v("[C,c]", 10),
+                v("[C,null]", 11),
+                (None, 12),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("outer"),
+            vec![
+                v("[A,null]", 3),
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                v("[null,b]", 7),
+                (None, 8),
+                v("[C,null]", 9),
+                v("[C,c]", 10),
+                v("[C,null]", 11),
+                (None, 12),
+                v("[null,d]", 14),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_joined_table_is_materialized_and_changelogged() {
+        let topology = joins();
+        assert!(
+            topology
+                .changelog_topics()
+                .contains(&s("tables-outer-store-changelog"))
+        );
+        let d = TestDriver::new(topology);
+        let left = d.input_topic("left", Serdes::string(), Serdes::nullable(Serdes::string()));
+        let right = d.input_topic(
+            "right",
+            Serdes::string(),
+            Serdes::nullable(Serdes::string()),
+        );
+        left.pipe(s("k1"), Some(s("A"))).unwrap();
+        right.pipe(s("k1"), Some(s("a"))).unwrap();
+        right.pipe(s("k2"), Some(s("b"))).unwrap();
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("outer-store")
+                .unwrap(),
+            vec![(s("k1"), Some(s("[A,a]"))), (s("k2"), Some(s("[null,b]")))]
+        );
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("inner-store")
+                .unwrap(),
+            vec![(s("k1"), Some(s("[A,a]")))]
+        );
+        right.pipe(s("k1"), None).unwrap();
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("inner-store")
+                .unwrap(),
+            vec![],
+            "a tombstone deletes the joined entry"
+        );
+    }
+
+    #[test]
+    fn tables_read_from_topics_with_different_partition_counts_cannot_be_joined() {
+        let topology = joins();
+        let counts = HashMap::from([(s("left"), 4), (s("right"), 4)]);
+        assert!(topology.check_copartitioning(&counts).is_ok());
+        let counts = HashMap::from([(s("left"), 4), (s("right"), 6)]);
+        let Err(TopologyError::Invalid { problems, .. }) = topology.check_copartitioning(&counts)
+        else {
+            panic!("left has 4 partitions and right 6: the joins must be refused");
+        };
+        assert_eq!(problems.len(), 3, "one problem per join: {problems:?}");
+        assert!(problems.contains(&Problem::NotCoPartitioned {
+            join: s("outer"),
+            topics: vec![(s("left"), 4), (s("right"), 6)],
+        }));
+    }
+}
+
 #[test]
 fn stream_table_joins_see_the_table_as_of_each_record() {
     let b = TopologyBuilder::new("enrich");

@@ -6,6 +6,7 @@ pub(crate) mod branch;
 mod filter;
 mod flat_map;
 mod join;
+mod join_tables;
 mod map;
 mod map_values;
 mod merge;
