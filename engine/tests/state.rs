@@ -889,6 +889,203 @@ mod table_joins {
     }
 }
 
+mod stream_joins {
+    use super::*;
+    use engine::topology::{JoinWindows, StreamJoined};
+
+    fn show(v: Option<&String>) -> String {
+        v.map_or_else(|| s("null"), Clone::clone)
+    }
+
+    fn joined() -> StreamJoined<String, String, String> {
+        StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string())
+    }
+
+    /// Inner, left and outer joins of `left` and `right` in one topology, writing to the
+    /// topics `inner`, `left-join` and `outer`.
+    fn joins(windows: JoinWindows, policy: Option<ErrorPolicy>) -> TestDriver {
+        let b = TopologyBuilder::new("streams");
+        if let Some(p) = policy {
+            b.error_policy(p);
+        }
+        let left = b.stream("left", ["left"], strings());
+        let right = b.stream("right", ["right"], strings());
+        let produced = || Produced::with(Serdes::string(), Serdes::string());
+        left.join(
+            "inner",
+            &right,
+            |l: &String, r: &String| format!("[{l},{r}]"),
+            windows,
+            joined(),
+        )
+        .to("inner-out", "inner", produced());
+        left.left_join(
+            "left-join",
+            &right,
+            |l: &String, r: Option<&String>| format!("[{l},{}]", show(r)),
+            windows,
+            joined(),
+        )
+        .to("left-out", "left-join", produced());
+        left.outer_join(
+            "outer",
+            &right,
+            |l: Option<&String>, r: Option<&String>| format!("[{},{}]", show(l), show(r)),
+            windows,
+            joined(),
+        )
+        .to("outer-out", "outer", produced());
+        TestDriver::new(b.build().unwrap())
+    }
+
+    fn pipe(d: &TestDriver, topic: &str, value: &str, at: i64) -> Outcome {
+        d.input_topic(topic, Serdes::string(), Serdes::string())
+            .pipe_at(s("k"), s(value), at)
+            .unwrap()
+    }
+
+    fn read(d: &TestDriver, topic: &str) -> Vec<(String, i64)> {
+        d.output_topic(topic, Serdes::string(), Serdes::string())
+            .read_records()
+            .into_iter()
+            .map(|r| (r.value, r.timestamp))
+            .collect()
+    }
+
+    /// One key, a window of 10 ms either way, no grace.
+    fn run_results_table() -> TestDriver {
+        let d = joins(JoinWindows::of(Duration::from_millis(10)), None);
+        pipe(&d, "left", "A", 0);
+        pipe(&d, "right", "a", 5); // joins A
+        pipe(&d, "left", "B", 20); // nothing within [10, 30]
+        pipe(&d, "right", "b", 40); // B's window closed at 30: left and outer emit [B,null]
+        pipe(&d, "right", "c", 45);
+        pipe(&d, "left", "C", 50); // joins b and c
+        pipe(&d, "left", "D", 70);
+        pipe(&d, "right", "d", 100); // D's window closed at 80: [D,null]
+        pipe(&d, "left", "E", 200); // d's window closed at 110: outer emits [null,d]
+        d
+    }
+
+    fn r(text: &str, at: i64) -> (String, i64) {
+        (s(text), at)
+    }
+
+    #[test]
+    fn inner_stream_join_emits_each_pair_within_the_window() {
+        let d = run_results_table();
+        assert_eq!(
+            read(&d, "inner"),
+            vec![r("[A,a]", 5), r("[C,b]", 50), r("[C,c]", 50)]
+        );
+    }
+
+    #[test]
+    fn left_stream_join_emits_unmatched_records_only_once_their_window_closes() {
+        let d = run_results_table();
+        // No [A,null] before a arrived (no spurious result), and E's window is still open.
+        assert_eq!(
+            read(&d, "left-join"),
+            vec![
+                r("[A,a]", 5),
+                r("[B,null]", 20),
+                r("[C,b]", 50),
+                r("[C,c]", 50),
+                r("[D,null]", 70),
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_stream_join_emits_unmatched_records_of_both_sides_once_their_window_closes() {
+        let d = run_results_table();
+        assert_eq!(
+            read(&d, "outer"),
+            vec![
+                r("[A,a]", 5),
+                r("[B,null]", 20),
+                r("[C,b]", 50),
+                r("[C,c]", 50),
+                r("[D,null]", 70),
+                r("[null,d]", 100),
+            ]
+        );
+    }
+
+    #[test]
+    fn out_of_order_records_join_within_grace_and_later_ones_are_late() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10)).grace(Duration::from_millis(5)),
+            None,
+        );
+        pipe(&d, "left", "A", 0);
+        pipe(&d, "right", "z", 14); // too far from A
+        pipe(&d, "right", "a", 8); // out of order, joins A
+        pipe(&d, "left", "X", 40); // A's and z's windows closed long ago
+        // 9 + 10 + 10 + 5 < 40: past the window and grace of anything it could join.
+        assert_eq!(pipe(&d, "right", "b", 9), Outcome::Processed);
+        assert_eq!(d.metrics().skipped, 3, "each of the three joins dropped it");
+        assert_eq!(read(&d, "inner"), vec![r("[A,a]", 8)]);
+        assert_eq!(read(&d, "left-join"), vec![r("[A,a]", 8)]);
+        assert_eq!(read(&d, "outer"), vec![r("[A,a]", 8), r("[null,z]", 14)]);
+        // Buffered records expire after before + after + grace (25 ms) of stream time.
+        assert_eq!(
+            d.store_entries::<Vec<u8>, String>("inner-this-store")
+                .unwrap()
+                .len(),
+            1,
+            "only X is still buffered on the left"
+        );
+        assert_eq!(
+            d.store_entries::<Vec<u8>, String>("inner-other-store")
+                .unwrap()
+                .len(),
+            0,
+            "z and a expired on the right"
+        );
+    }
+
+    #[test]
+    fn a_record_whose_window_is_already_past_is_emitted_unmatched_at_once() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10)).grace(Duration::from_millis(20)),
+            None,
+        );
+        pipe(&d, "left", "A", 50);
+        pipe(&d, "left", "B", 30); // 30 + 10 < 50, no match: emitted now, as in Kafka Streams
+        assert_eq!(read(&d, "left-join"), vec![r("[B,null]", 30)]);
+        pipe(&d, "right", "b", 35); // within grace: B still joins
+        assert_eq!(read(&d, "left-join"), vec![r("[B,b]", 35)]);
+    }
+
+    #[test]
+    fn asymmetric_windows_bound_each_side() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(0))
+                .after(Duration::from_millis(10))
+                .grace(Duration::from_millis(100)),
+            None,
+        );
+        pipe(&d, "left", "A", 100);
+        pipe(&d, "right", "early", 99); // before A: outside [100, 110]
+        pipe(&d, "right", "late", 110); // the end of A's window, inclusive
+        pipe(&d, "right", "later", 111);
+        assert_eq!(read(&d, "inner"), vec![r("[A,late]", 110)]);
+    }
+
+    #[test]
+    fn late_join_records_can_go_to_the_error_policy() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10))
+                .late_records(engine::topology::LateRecords::ErrorPolicy),
+            Some(ErrorPolicy::dead_letter("late")),
+        );
+        pipe(&d, "left", "A", 100);
+        assert_eq!(pipe(&d, "right", "a", 10), Outcome::DeadLettered);
+        assert!(d.read_raw("late").is_some());
+    }
+}
+
 #[test]
 fn stream_table_joins_see_the_table_as_of_each_record() {
     let b = TopologyBuilder::new("enrich");

@@ -6,6 +6,7 @@ pub(crate) mod branch;
 mod filter;
 mod flat_map;
 mod join;
+mod join_streams;
 mod join_tables;
 mod map;
 mod map_values;
@@ -20,6 +21,7 @@ mod window;
 
 pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
+pub use join_streams::{JoinWindows, StreamJoined};
 pub use sessionize::{SessionWindowedKStream, SessionWindows};
 pub use table::KTable;
 pub use window::{
