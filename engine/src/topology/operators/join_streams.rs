@@ -100,6 +100,12 @@ impl JoinWindows {
 
 /// The serdes of a stream-stream join's stores: the key, this stream's values and the
 /// other stream's values (Kafka Streams' `StreamJoined`).
+///
+/// ```
+/// use engine::serde::Serdes;
+/// use engine::topology::StreamJoined;
+/// let serdes = StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::i64());
+/// ```
 pub struct StreamJoined<K, V, VO> {
     key: Arc<dyn Serde<K>>,
     this: Arc<dyn Serde<V>>,

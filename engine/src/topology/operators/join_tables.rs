@@ -57,26 +57,22 @@ impl<K: Data, VMe: Data, VOther: Data, VR: Data> Processor<K, Option<VMe>, K, Op
             .map_err(store_error)?
             .flatten();
         let joined = (self.combine)(record.value.as_ref(), other.as_ref());
-        let mut result = ctx
-            .kv_store::<K, Option<VR>>(&self.result_store)
-            .map_err(store_error)?;
-        match joined {
-            Some(value) => {
-                result
+        {
+            let mut result = ctx
+                .kv_store::<K, Option<VR>>(&self.result_store)
+                .map_err(store_error)?;
+            match &joined {
+                Some(value) => result
                     .put(&record.key, &Some(value.clone()))
-                    .map_err(store_error)?;
-                drop(result);
-                ctx.forward(record.with_value(Some(value)));
-            }
-            None => {
-                if result.get(&record.key).map_err(store_error)?.is_none() {
+                    .map_err(store_error)?,
+                // Nothing joined before either: the result table has nothing to delete.
+                None if result.get(&record.key).map_err(store_error)?.is_none() => {
                     return Ok(());
                 }
-                result.delete(&record.key).map_err(store_error)?;
-                drop(result);
-                ctx.forward(record.with_value(None));
+                None => result.delete(&record.key).map_err(store_error)?,
             }
         }
+        ctx.forward(record.with_value(joined));
         Ok(())
     }
 }

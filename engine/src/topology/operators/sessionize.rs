@@ -84,6 +84,17 @@ impl SessionWindows {
 }
 
 /// A grouped stream with session windows, ready to aggregate.
+///
+/// ```
+/// # use engine::topology::{TopologyBuilder, Consumed, Grouped, SessionWindows};
+/// # use engine::serde::Serdes;
+/// # use std::time::Duration;
+/// let b = TopologyBuilder::new("visits");
+/// let visits = b
+///     .stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(1800)));
+/// ```
 pub struct SessionWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: SessionWindows,

@@ -176,6 +176,17 @@ pub struct TimeWindowedKStream<K, V> {
 
 /// Windows a grouped stream can be aggregated in: [`TimeWindows`] or
 /// [`SessionWindows`](super::SessionWindows); what [`KGroupedStream::windowed_by`] takes.
+///
+/// ```
+/// use engine::topology::{SessionWindowedKStream, SessionWindows, Windowing};
+/// use std::time::Duration;
+/// fn sessions_of<W: Windowing<String, String, Stream = SessionWindowedKStream<String, String>>>(
+///     w: W,
+/// ) -> W {
+///     w
+/// }
+/// sessions_of(SessionWindows::with_inactivity_gap(Duration::from_secs(60)));
+/// ```
 pub trait Windowing<K, V> {
     /// The windowed stream these windows make of a grouped stream.
     type Stream;
