@@ -522,6 +522,19 @@ mod sessions {
     }
 
     #[test]
+    fn session_stores_are_changelogged_with_deletions_for_replaced_sessions() {
+        let d = session_counts(SessionWindows::with_inactivity_gap(GAP), None);
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 1_000);
+        let mut changelog = Vec::new();
+        while let Some(r) = d.read_raw("s-sessions-changelog") {
+            changelog.push(r.value.is_some());
+        }
+        // [0,0] written, [0,0] deleted, [0,1000] written.
+        assert_eq!(changelog, vec![true, false, true]);
+    }
+
+    #[test]
     fn the_inactivity_gap_is_inclusive() {
         let d = session_counts(
             SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60)),
@@ -1071,6 +1084,25 @@ mod stream_joins {
         pipe(&d, "right", "late", 110); // the end of A's window, inclusive
         pipe(&d, "right", "later", 111);
         assert_eq!(read(&d, "inner"), vec![r("[A,late]", 110)]);
+    }
+
+    #[test]
+    fn join_buffers_are_changelogged_stores() {
+        let d = joins(JoinWindows::of(Duration::from_millis(10)), None);
+        pipe(&d, "left", "A", 0);
+        assert!(d.read_raw("streams-outer-this-store-changelog").is_some());
+        assert!(
+            d.read_raw("streams-outer-pending-store-changelog")
+                .is_some(),
+            "A waits for a match in the pending store"
+        );
+        pipe(&d, "right", "a", 5);
+        assert!(d.read_raw("streams-outer-other-store-changelog").is_some());
+        let pending = d.read_raw("streams-outer-pending-store-changelog").unwrap();
+        assert_eq!(
+            pending.value, None,
+            "the match removes A from the pending store"
+        );
     }
 
     #[test]

@@ -305,14 +305,18 @@ impl<K: Data, VMe: Data, VOther: Data, VR: Data> Processor<K, VMe, K, VR>
     ) -> Result<(), ProcessingError> {
         let now = ctx.stream_time();
         let t = record.timestamp;
-        self.emit_closed(now, ctx)?;
-        self.expire(now, ctx)?;
         let retention = self.windows.retention();
         if t.saturating_add(retention) < now {
-            return late_record(self.windows.late, t, now, self.windows.grace, || {
+            // Before any store write: a late record that becomes an error must leave no
+            // trace, since the task drops the output (and changelog) of a failed record.
+            late_record(self.windows.late, t, now, self.windows.grace, || {
                 ctx.count_skipped()
-            });
+            })?;
+            self.emit_closed(now, ctx)?;
+            return self.expire(now, ctx);
         }
+        self.emit_closed(now, ctx)?;
+        self.expire(now, ctx)?;
 
         let mut key_bytes = Vec::new();
         match self
