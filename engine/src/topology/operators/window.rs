@@ -19,14 +19,15 @@ use crate::topology::processor::{Processor, ProcessorContext, PunctuationType};
 use super::aggregate::KGroupedStream;
 use super::table::KTable;
 
-/// A key and the window it was aggregated in: `[start, end)` in ms.
+/// A key and the window it was aggregated in, in ms: `[start, end)` for time windows,
+/// `[start, end]` (both inclusive: the first and last record) for sessions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Windowed<K> {
     /// The record key.
     pub key: K,
     /// Window start (inclusive).
     pub start: Timestamp,
-    /// Window end (exclusive).
+    /// Window end (exclusive for time windows, inclusive for sessions).
     pub end: Timestamp,
 }
 
