@@ -442,6 +442,682 @@ mod windows {
     }
 }
 
+mod sessions {
+    use super::*;
+    use engine::topology::{Emit, LateRecords, SessionWindows, Windowed, WindowedSerde};
+
+    const GAP: Duration = Duration::from_secs(5);
+
+    fn session_counts(windows: SessionWindows, policy: Option<ErrorPolicy>) -> TestDriver {
+        let b = TopologyBuilder::new("s");
+        if let Some(p) = policy {
+            b.error_policy(p);
+        }
+        b.stream("in", ["in"], strings())
+            .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+            .windowed_by(windows)
+            .count("count", "sessions")
+            .to_stream("updates")
+            .to(
+                "out",
+                "out",
+                Produced::with(
+                    WindowedSerde::new(Serdes::string()),
+                    Serdes::nullable(Serdes::i64()),
+                ),
+            );
+        TestDriver::new(b.build().unwrap())
+    }
+
+    fn w(key: &str, start: i64, end: i64) -> Windowed<String> {
+        Windowed {
+            key: s(key),
+            start,
+            end,
+        }
+    }
+
+    /// Key, value and timestamp of everything written to `out`.
+    fn read(driver: &TestDriver) -> Vec<(Windowed<String>, Option<i64>, i64)> {
+        driver
+            .output_topic(
+                "out",
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+            .read_records()
+            .into_iter()
+            .map(|r| (r.key, r.value, r.timestamp))
+            .collect()
+    }
+
+    fn pipe(driver: &TestDriver, key: &str, at: i64) -> Outcome {
+        driver
+            .input_topic("in", Serdes::string(), Serdes::string())
+            .pipe_at(s(key), s("x"), at)
+            .unwrap()
+    }
+
+    #[test]
+    fn records_within_the_gap_merge_and_replaced_sessions_get_tombstones() {
+        let d = session_counts(SessionWindows::with_inactivity_gap(GAP), None);
+        pipe(&d, "a", 0);
+        pipe(&d, "b", 1_000);
+        pipe(&d, "a", 3_000);
+        pipe(&d, "a", 3_000); // same session again: [0,3000] grows by nothing
+        pipe(&d, "a", 9_000); // 6 s after the session's end: a new session
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("b", 1_000, 1_000), Some(1), 1_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 0, 3_000), Some(2), 3_000),
+                (w("a", 0, 3_000), None, 3_000),
+                (w("a", 0, 3_000), Some(3), 3_000),
+                (w("a", 9_000, 9_000), Some(1), 9_000),
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 0);
+    }
+
+    #[test]
+    fn session_stores_are_changelogged_with_deletions_for_replaced_sessions() {
+        let d = session_counts(SessionWindows::with_inactivity_gap(GAP), None);
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 1_000);
+        let mut changelog = Vec::new();
+        while let Some(r) = d.read_raw("s-sessions-changelog") {
+            changelog.push(r.value.is_some());
+        }
+        // [0,0] written, [0,0] deleted, [0,1000] written.
+        assert_eq!(changelog, vec![true, false, true]);
+    }
+
+    #[test]
+    fn the_inactivity_gap_is_inclusive() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60)),
+            None,
+        );
+        pipe(&d, "a", 10_000);
+        pipe(&d, "a", 15_000); // exactly gap after: same session
+        pipe(&d, "a", 5_000); // exactly gap before its start: same session
+        pipe(&d, "a", 20_001); // 1 ms more than the gap: a new session
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 10_000, 10_000), Some(1), 10_000),
+                (w("a", 10_000, 10_000), None, 10_000),
+                (w("a", 10_000, 15_000), Some(2), 15_000),
+                (w("a", 10_000, 15_000), None, 15_000),
+                (w("a", 5_000, 15_000), Some(3), 15_000),
+                (w("a", 20_001, 20_001), Some(1), 20_001),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_between_two_sessions_bridges_them_into_one() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60)),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 10_000);
+        pipe(&d, "a", 5_000); // within gap of both
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("a", 10_000, 10_000), Some(1), 10_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 10_000, 10_000), None, 10_000),
+                (w("a", 0, 10_000), Some(3), 10_000),
+            ]
+        );
+        assert_eq!(
+            d.store_entries::<Vec<u8>, i64>("sessions").unwrap().len(),
+            1,
+            "the bridged sessions are replaced by one"
+        );
+    }
+
+    #[test]
+    fn session_aggregates_merge_with_the_merger_and_reduce_with_the_reducer() {
+        let b = TopologyBuilder::new("s");
+        let views = b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::i64()),
+        );
+        let grouped = views.group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
+        let sessions = SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60));
+        let nullable_i64 = || {
+            Produced::with(
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+        };
+        grouped
+            .windowed_by(sessions)
+            .aggregate(
+                "sum",
+                "sums",
+                Serdes::i64(),
+                || 100, // the initializer is merged in once per merge, as in Kafka Streams
+                |_k: &String, v: i64, total: i64| total + v,
+                |_k: &String, a: i64, b: i64| a + b - 100,
+            )
+            .to_stream("sum-updates")
+            .to("sum-out", "sums", nullable_i64());
+        grouped
+            .windowed_by(sessions)
+            .reduce("max", "maxima", Serdes::i64(), |a: i64, b: i64| a.max(b))
+            .to_stream("max-updates")
+            .to("max-out", "maxima", nullable_i64());
+        let d = TestDriver::new(b.build().unwrap());
+        let input = d.input_topic("in", Serdes::string(), Serdes::i64());
+        input.pipe_at(s("a"), 1, 0).unwrap();
+        input.pipe_at(s("a"), 7, 10_000).unwrap();
+        input.pipe_at(s("a"), 3, 5_000).unwrap();
+        let last = |topic: &str| {
+            d.output_topic(
+                topic,
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            )
+            .read_key_values()
+            .pop()
+            .unwrap()
+        };
+        assert_eq!(last("sums"), (w("a", 0, 10_000), Some(111)));
+        assert_eq!(last("maxima"), (w("a", 0, 10_000), Some(7)));
+    }
+
+    #[test]
+    fn records_for_sessions_closed_beyond_grace_are_late() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(2)),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "b", 7_000); // [0,0] closes after 0 + gap + grace = 7 s: still open
+        assert_eq!(pipe(&d, "a", 1_000), Outcome::Processed);
+        pipe(&d, "b", 8_001); // [0,1000] is now closed
+        pipe(&d, "a", 900); // its own session [900,900] would be closed already: late
+        assert_eq!(
+            read(&d),
+            vec![
+                (w("a", 0, 0), Some(1), 0),
+                (w("b", 7_000, 7_000), Some(1), 7_000),
+                (w("a", 0, 0), None, 0),
+                (w("a", 0, 1_000), Some(2), 1_000),
+                (w("b", 7_000, 7_000), None, 7_000),
+                (w("b", 7_000, 8_001), Some(2), 8_001),
+            ]
+        );
+        assert_eq!(d.metrics().skipped, 1);
+    }
+
+    #[test]
+    fn late_session_records_can_go_to_the_error_policy() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).late_records(LateRecords::ErrorPolicy),
+            Some(ErrorPolicy::dead_letter("late")),
+        );
+        pipe(&d, "a", 20_000);
+        assert_eq!(pipe(&d, "a", 1_000), Outcome::DeadLettered);
+        let dead = d.read_raw("late").unwrap();
+        assert_eq!(
+            dead.headers.last_str("engine.error.field"),
+            Some("timestamp")
+        );
+    }
+
+    #[test]
+    fn emit_on_window_close_emits_each_final_session_once() {
+        let d = session_counts(
+            SessionWindows::with_inactivity_gap(GAP).emit(Emit::OnWindowClose),
+            None,
+        );
+        pipe(&d, "a", 0);
+        pipe(&d, "a", 3_000);
+        pipe(&d, "b", 1_000);
+        pipe(&d, "c", 8_000); // a's [0,3000] closes only after 3 s + gap = 8 s
+        assert_eq!(read(&d), vec![(w("b", 1_000, 1_000), Some(1), 1_000)]);
+        pipe(&d, "c", 8_001);
+        assert_eq!(read(&d), vec![(w("a", 0, 3_000), Some(2), 3_000)]);
+        assert_eq!(
+            d.store_entries::<Vec<u8>, i64>("sessions").unwrap().len(),
+            1,
+            "only c's open session is left"
+        );
+    }
+}
+
+mod table_joins {
+    use super::*;
+    use engine::topology::{Problem, TopologyError};
+    use std::collections::HashMap;
+
+    fn nullable() -> Consumed<String, Option<String>> {
+        Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()))
+    }
+
+    fn show(v: Option<&String>) -> String {
+        v.map_or_else(|| s("null"), Clone::clone)
+    }
+
+    fn result_store(name: &str) -> StoreBuilder<String, Option<String>> {
+        StoreBuilder::persistent(name, Serdes::string(), Serdes::nullable(Serdes::string()))
+    }
+
+    fn joins() -> engine::topology::Topology {
+        let b = TopologyBuilder::new("tables");
+        let left = b.table("left", "left", nullable(), "left-store");
+        let right = b.table("right", "right", nullable(), "right-store");
+        let produced = || Produced::with(Serdes::string(), Serdes::nullable(Serdes::string()));
+        left.join(
+            "inner",
+            &right,
+            |l: &String, r: &String| format!("[{l},{r}]"),
+            result_store("inner-store"),
+        )
+        .to_stream("inner-updates")
+        .to("inner-out", "inner", produced());
+        left.left_join(
+            "left-join",
+            &right,
+            |l: &String, r: Option<&String>| format!("[{l},{}]", show(r)),
+            result_store("left-join-store"),
+        )
+        .to_stream("left-updates")
+        .to("left-out", "left-join", produced());
+        left.outer_join(
+            "outer",
+            &right,
+            |l: Option<&String>, r: Option<&String>| format!("[{},{}]", show(l), show(r)),
+            result_store("outer-store"),
+        )
+        .to_stream("outer-updates")
+        .to("outer-out", "outer", produced());
+        b.build().unwrap()
+    }
+
+    /// The update sequence of Kafka Streams' table-table join documentation: one key,
+    /// timestamps 1..15, `None` for tombstones.
+    fn run(topic: &str) -> Vec<(Option<String>, i64)> {
+        let d = TestDriver::new(joins());
+        let left = d.input_topic("left", Serdes::string(), Serdes::nullable(Serdes::string()));
+        let right = d.input_topic(
+            "right",
+            Serdes::string(),
+            Serdes::nullable(Serdes::string()),
+        );
+        let updates: [(&TestInput, Option<&str>); 15] = [
+            (&left, None),
+            (&right, None),
+            (&left, Some("A")),
+            (&right, Some("a")),
+            (&left, Some("B")),
+            (&right, Some("b")),
+            (&left, None),
+            (&right, None),
+            (&left, Some("C")),
+            (&right, Some("c")),
+            (&right, None),
+            (&left, None),
+            (&right, None),
+            (&right, Some("d")),
+            (&left, Some("D")),
+        ];
+        for (t, (side, value)) in updates.into_iter().enumerate() {
+            side.pipe_at(s("k"), value.map(s), t as i64 + 1).unwrap();
+        }
+        d.output_topic(topic, Serdes::string(), Serdes::nullable(Serdes::string()))
+            .read_records()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.key, "k");
+                (r.value, r.timestamp)
+            })
+            .collect()
+    }
+
+    type TestInput = engine::testing::TestInputTopic<String, Option<String>>;
+
+    fn v(text: &str, at: i64) -> (Option<String>, i64) {
+        (Some(s(text)), at)
+    }
+
+    #[test]
+    fn inner_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("inner"),
+            vec![
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                (None, 7),
+                v("[C,c]", 10),
+                (None, 11),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn left_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("left-join"),
+            vec![
+                v("[A,null]", 3),
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                (None, 7),
+                v("[C,null]", 9),
+                v("[C,c]", 10),
+                v("[C,null]", 11),
+                (None, 12),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_join_of_tables_follows_the_kafka_streams_results_table() {
+        assert_eq!(
+            run("outer"),
+            vec![
+                v("[A,null]", 3),
+                v("[A,a]", 4),
+                v("[B,a]", 5),
+                v("[B,b]", 6),
+                v("[null,b]", 7),
+                (None, 8),
+                v("[C,null]", 9),
+                v("[C,c]", 10),
+                v("[C,null]", 11),
+                (None, 12),
+                v("[null,d]", 14),
+                v("[D,d]", 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_joined_table_is_materialized_and_changelogged() {
+        let topology = joins();
+        assert!(
+            topology
+                .changelog_topics()
+                .contains(&s("tables-outer-store-changelog"))
+        );
+        let d = TestDriver::new(topology);
+        let left = d.input_topic("left", Serdes::string(), Serdes::nullable(Serdes::string()));
+        let right = d.input_topic(
+            "right",
+            Serdes::string(),
+            Serdes::nullable(Serdes::string()),
+        );
+        left.pipe(s("k1"), Some(s("A"))).unwrap();
+        right.pipe(s("k1"), Some(s("a"))).unwrap();
+        right.pipe(s("k2"), Some(s("b"))).unwrap();
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("outer-store")
+                .unwrap(),
+            vec![(s("k1"), Some(s("[A,a]"))), (s("k2"), Some(s("[null,b]")))]
+        );
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("inner-store")
+                .unwrap(),
+            vec![(s("k1"), Some(s("[A,a]")))]
+        );
+        right.pipe(s("k1"), None).unwrap();
+        assert_eq!(
+            d.store_entries::<String, Option<String>>("inner-store")
+                .unwrap(),
+            vec![],
+            "a tombstone deletes the joined entry"
+        );
+    }
+
+    #[test]
+    fn tables_read_from_topics_with_different_partition_counts_cannot_be_joined() {
+        let topology = joins();
+        let counts = HashMap::from([(s("left"), 4), (s("right"), 4)]);
+        assert!(topology.check_copartitioning(&counts).is_ok());
+        let counts = HashMap::from([(s("left"), 4), (s("right"), 6)]);
+        let Err(TopologyError::Invalid { problems, .. }) = topology.check_copartitioning(&counts)
+        else {
+            panic!("left has 4 partitions and right 6: the joins must be refused");
+        };
+        assert_eq!(problems.len(), 3, "one problem per join: {problems:?}");
+        assert!(problems.contains(&Problem::NotCoPartitioned {
+            join: s("outer"),
+            topics: vec![(s("left"), 4), (s("right"), 6)],
+        }));
+    }
+}
+
+mod stream_joins {
+    use super::*;
+    use engine::topology::{JoinWindows, StreamJoined};
+
+    fn show(v: Option<&String>) -> String {
+        v.map_or_else(|| s("null"), Clone::clone)
+    }
+
+    fn joined() -> StreamJoined<String, String, String> {
+        StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string())
+    }
+
+    /// Inner, left and outer joins of `left` and `right` in one topology, writing to the
+    /// topics `inner`, `left-join` and `outer`.
+    fn joins(windows: JoinWindows, policy: Option<ErrorPolicy>) -> TestDriver {
+        let b = TopologyBuilder::new("streams");
+        if let Some(p) = policy {
+            b.error_policy(p);
+        }
+        let left = b.stream("left", ["left"], strings());
+        let right = b.stream("right", ["right"], strings());
+        let produced = || Produced::with(Serdes::string(), Serdes::string());
+        left.join(
+            "inner",
+            &right,
+            |l: &String, r: &String| format!("[{l},{r}]"),
+            windows,
+            joined(),
+        )
+        .to("inner-out", "inner", produced());
+        left.left_join(
+            "left-join",
+            &right,
+            |l: &String, r: Option<&String>| format!("[{l},{}]", show(r)),
+            windows,
+            joined(),
+        )
+        .to("left-out", "left-join", produced());
+        left.outer_join(
+            "outer",
+            &right,
+            |l: Option<&String>, r: Option<&String>| format!("[{},{}]", show(l), show(r)),
+            windows,
+            joined(),
+        )
+        .to("outer-out", "outer", produced());
+        TestDriver::new(b.build().unwrap())
+    }
+
+    fn pipe(d: &TestDriver, topic: &str, value: &str, at: i64) -> Outcome {
+        d.input_topic(topic, Serdes::string(), Serdes::string())
+            .pipe_at(s("k"), s(value), at)
+            .unwrap()
+    }
+
+    fn read(d: &TestDriver, topic: &str) -> Vec<(String, i64)> {
+        d.output_topic(topic, Serdes::string(), Serdes::string())
+            .read_records()
+            .into_iter()
+            .map(|r| (r.value, r.timestamp))
+            .collect()
+    }
+
+    /// One key, a window of 10 ms either way, no grace.
+    fn run_results_table() -> TestDriver {
+        let d = joins(JoinWindows::of(Duration::from_millis(10)), None);
+        pipe(&d, "left", "A", 0);
+        pipe(&d, "right", "a", 5); // joins A
+        pipe(&d, "left", "B", 20); // nothing within [10, 30]
+        pipe(&d, "right", "b", 40); // B's window closed at 30: left and outer emit [B,null]
+        pipe(&d, "right", "c", 45);
+        pipe(&d, "left", "C", 50); // joins b and c
+        pipe(&d, "left", "D", 70);
+        pipe(&d, "right", "d", 100); // D's window closed at 80: [D,null]
+        pipe(&d, "left", "E", 200); // d's window closed at 110: outer emits [null,d]
+        d
+    }
+
+    fn r(text: &str, at: i64) -> (String, i64) {
+        (s(text), at)
+    }
+
+    #[test]
+    fn inner_stream_join_emits_each_pair_within_the_window() {
+        let d = run_results_table();
+        assert_eq!(
+            read(&d, "inner"),
+            vec![r("[A,a]", 5), r("[C,b]", 50), r("[C,c]", 50)]
+        );
+    }
+
+    #[test]
+    fn left_stream_join_emits_unmatched_records_only_once_their_window_closes() {
+        let d = run_results_table();
+        // No [A,null] before a arrived (no spurious result), and E's window is still open.
+        assert_eq!(
+            read(&d, "left-join"),
+            vec![
+                r("[A,a]", 5),
+                r("[B,null]", 20),
+                r("[C,b]", 50),
+                r("[C,c]", 50),
+                r("[D,null]", 70),
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_stream_join_emits_unmatched_records_of_both_sides_once_their_window_closes() {
+        let d = run_results_table();
+        assert_eq!(
+            read(&d, "outer"),
+            vec![
+                r("[A,a]", 5),
+                r("[B,null]", 20),
+                r("[C,b]", 50),
+                r("[C,c]", 50),
+                r("[D,null]", 70),
+                r("[null,d]", 100),
+            ]
+        );
+    }
+
+    #[test]
+    fn out_of_order_records_join_within_grace_and_later_ones_are_late() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10)).grace(Duration::from_millis(5)),
+            None,
+        );
+        pipe(&d, "left", "A", 0);
+        pipe(&d, "right", "z", 14); // too far from A
+        pipe(&d, "right", "a", 8); // out of order, joins A
+        pipe(&d, "left", "X", 40); // A's and z's windows closed long ago
+        // 9 + 10 + 10 + 5 < 40: past the window and grace of anything it could join.
+        assert_eq!(pipe(&d, "right", "b", 9), Outcome::Processed);
+        assert_eq!(d.metrics().skipped, 3, "each of the three joins dropped it");
+        assert_eq!(read(&d, "inner"), vec![r("[A,a]", 8)]);
+        assert_eq!(read(&d, "left-join"), vec![r("[A,a]", 8)]);
+        assert_eq!(read(&d, "outer"), vec![r("[A,a]", 8), r("[null,z]", 14)]);
+        // Buffered records expire after before + after + grace (25 ms) of stream time.
+        assert_eq!(
+            d.store_entries::<Vec<u8>, String>("inner-this-store")
+                .unwrap()
+                .len(),
+            1,
+            "only X is still buffered on the left"
+        );
+        assert_eq!(
+            d.store_entries::<Vec<u8>, String>("inner-other-store")
+                .unwrap()
+                .len(),
+            0,
+            "z and a expired on the right"
+        );
+    }
+
+    #[test]
+    fn a_record_whose_window_is_already_past_is_emitted_unmatched_at_once() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10)).grace(Duration::from_millis(20)),
+            None,
+        );
+        pipe(&d, "left", "A", 50);
+        pipe(&d, "left", "B", 30); // 30 + 10 < 50, no match: emitted now, as in Kafka Streams
+        assert_eq!(read(&d, "left-join"), vec![r("[B,null]", 30)]);
+        pipe(&d, "right", "b", 35); // within grace: B still joins
+        assert_eq!(read(&d, "left-join"), vec![r("[B,b]", 35)]);
+    }
+
+    #[test]
+    fn asymmetric_windows_bound_each_side() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(0))
+                .after(Duration::from_millis(10))
+                .grace(Duration::from_millis(100)),
+            None,
+        );
+        pipe(&d, "left", "A", 100);
+        pipe(&d, "right", "early", 99); // before A: outside [100, 110]
+        pipe(&d, "right", "late", 110); // the end of A's window, inclusive
+        pipe(&d, "right", "later", 111);
+        assert_eq!(read(&d, "inner"), vec![r("[A,late]", 110)]);
+    }
+
+    #[test]
+    fn join_buffers_are_changelogged_stores() {
+        let d = joins(JoinWindows::of(Duration::from_millis(10)), None);
+        pipe(&d, "left", "A", 0);
+        assert!(d.read_raw("streams-outer-this-store-changelog").is_some());
+        assert!(
+            d.read_raw("streams-outer-pending-store-changelog")
+                .is_some(),
+            "A waits for a match in the pending store"
+        );
+        pipe(&d, "right", "a", 5);
+        assert!(d.read_raw("streams-outer-other-store-changelog").is_some());
+        let pending = d.read_raw("streams-outer-pending-store-changelog").unwrap();
+        assert_eq!(
+            pending.value, None,
+            "the match removes A from the pending store"
+        );
+    }
+
+    #[test]
+    fn late_join_records_can_go_to_the_error_policy() {
+        let d = joins(
+            JoinWindows::of(Duration::from_millis(10))
+                .late_records(engine::topology::LateRecords::ErrorPolicy),
+            Some(ErrorPolicy::dead_letter("late")),
+        );
+        pipe(&d, "left", "A", 100);
+        assert_eq!(pipe(&d, "right", "a", 10), Outcome::DeadLettered);
+        assert!(d.read_raw("late").is_some());
+    }
+}
+
 #[test]
 fn stream_table_joins_see_the_table_as_of_each_record() {
     let b = TopologyBuilder::new("enrich");

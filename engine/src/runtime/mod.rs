@@ -101,6 +101,9 @@ pub enum RuntimeError {
         /// Every failure.
         problems: Vec<String>,
     },
+    /// The topics do not fit the topology (e.g. a join's inputs are not co-partitioned).
+    #[error("{0}")]
+    Topology(crate::topology::TopologyError),
     /// A record failed and the error policy says `fail`; its offset was not committed.
     #[error(
         "stopped by the error policy (its offset is not committed; fix the cause or change the policy, then restart): {0}"

@@ -466,6 +466,9 @@ impl TopologyRunner {
                 topics: missing,
             });
         }
+        self.topology
+            .check_copartitioning(&metadata)
+            .map_err(RuntimeError::Topology)?;
         Ok(metadata)
     }
 }

@@ -68,8 +68,8 @@ impl TestDriver {
     /// A driver with the given options.
     ///
     /// # Panics
-    /// If a serde cannot get ready or a processor's `init` fails: the topology cannot
-    /// start.
+    /// If a serde cannot get ready, a join's input topics have different partition counts
+    /// in `options`, or a processor's `init` fails: the topology cannot start.
     pub fn with_options(topology: Topology, options: TestDriverOptions) -> Self {
         if let Err(problems) = topology.prepare() {
             panic!(
@@ -82,6 +82,9 @@ impl TestDriver {
         let mut counts = options.partition_counts;
         for t in topology.topics() {
             counts.entry(t).or_insert(1);
+        }
+        if let Err(e) = topology.check_copartitioning(&counts) {
+            panic!("{e}");
         }
         let stores = match Task::open_stores(&topology, 0, &InMemorySupplier) {
             Ok(stores) => stores,

@@ -154,6 +154,8 @@ pub(crate) struct BuilderState {
     pub stores: Vec<StoreDef>,
     pub routes: Vec<(String, String)>,
     pub error_policy: ErrorPolicy,
+    /// Joins whose inputs must be co-partitioned: (join name, the input nodes).
+    pub copartitioned: Vec<(String, Vec<String>)>,
 }
 
 /// A store as declared: its spec and its serdes (`StoreSerdes<K, V>`, type-erased).
@@ -212,6 +214,11 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
         self
     }
 
+    /// The store's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.spec.name
+    }
+
     /// No changelog: the store is lost with its instance (for caches only).
     pub fn without_changelog(mut self) -> Self {
         self.spec.changelog = false;
@@ -247,6 +254,7 @@ impl TopologyBuilder {
                 stores: Vec::new(),
                 routes: Vec::new(),
                 error_policy: ErrorPolicy::default(),
+                copartitioned: Vec::new(),
             })),
         }
     }
@@ -527,6 +535,31 @@ pub(crate) struct TopologyInner {
     pub stores: Vec<StoreDef>,
     pub routes: Vec<(String, String)>,
     pub error_policy: ErrorPolicy,
+    /// Joins and the source topics of their inputs, which must be co-partitioned.
+    pub copartitioned: Vec<(String, Vec<String>)>,
+}
+
+/// The topics of the sources a node reads from, through any number of operators, sorted.
+fn source_topics_of(node: &str, nodes: &[NodeSpec]) -> Vec<String> {
+    let by_name: HashMap<&str, &NodeSpec> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut topics = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut queue = vec![node];
+    while let Some(name) = queue.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(spec) = by_name.get(name) else {
+            continue;
+        };
+        if let NodeKind::Source { topics: t, .. } = &spec.kind {
+            topics.extend(t.iter().cloned());
+        }
+        queue.extend(spec.parents.iter().map(String::as_str));
+    }
+    topics.sort();
+    topics.dedup();
+    topics
 }
 
 impl Topology {
@@ -572,6 +605,19 @@ impl Topology {
                 stores: state.stores.clone(),
                 routes: state.routes.clone(),
                 error_policy: state.error_policy.clone(),
+                copartitioned: state
+                    .copartitioned
+                    .iter()
+                    .map(|(join, inputs)| {
+                        let mut topics: Vec<String> = inputs
+                            .iter()
+                            .flat_map(|i| source_topics_of(i, &state.nodes))
+                            .collect();
+                        topics.sort();
+                        topics.dedup();
+                        (join.clone(), topics)
+                    })
+                    .collect(),
             }),
         }
     }
@@ -653,6 +699,56 @@ impl Topology {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// Checks that the inputs of every join read topics with the same partition count
+    /// (given by `partition_counts`; topics it lacks are not checked). The runtime calls
+    /// this once it knows the topics' partition counts, before processing anything.
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Consumed, StoreBuilder};
+    /// # use engine::serde::Serdes;
+    /// # use std::collections::HashMap;
+    /// let b = TopologyBuilder::new("joined");
+    /// let nullable = || Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()));
+    /// let left = b.table("left", "left", nullable(), "left-store");
+    /// let right = b.table("right", "right", nullable(), "right-store");
+    /// left.join("both", &right, |l: &String, r: &String| format!("{l}{r}"),
+    ///     StoreBuilder::persistent("both", Serdes::string(), Serdes::nullable(Serdes::string())))
+    ///     .to_stream("updates")
+    ///     .for_each("ignore", |_k: &String, _v: &Option<String>| {});
+    /// let topology = b.build().unwrap();
+    /// let counts = HashMap::from([("left".to_string(), 3), ("right".to_string(), 4)]);
+    /// assert!(topology.check_copartitioning(&counts).is_err());
+    /// ```
+    pub fn check_copartitioning(
+        &self,
+        partition_counts: &HashMap<String, i32>,
+    ) -> Result<(), TopologyError> {
+        let problems: Vec<Problem> = self
+            .inner
+            .copartitioned
+            .iter()
+            .filter_map(|(join, topics)| {
+                let counts: Vec<(String, i32)> = topics
+                    .iter()
+                    .filter_map(|t| partition_counts.get(t).map(|n| (t.clone(), *n)))
+                    .collect();
+                let differ = counts.windows(2).any(|w| w[0].1 != w[1].1);
+                differ.then(|| Problem::NotCoPartitioned {
+                    join: join.clone(),
+                    topics: counts,
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TopologyError::Invalid {
+                topology: self.inner.application_id.clone(),
+                problems,
+            })
         }
     }
 

@@ -114,6 +114,14 @@ pub enum Problem {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The inputs of a join read topics with different partition counts, so records of
+    /// one key would meet in different tasks.
+    NotCoPartitioned {
+        /// The join node.
+        join: String,
+        /// Each input topic with its partition count.
+        topics: Vec<(String, i32)>,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -171,6 +179,15 @@ impl fmt::Display for Problem {
                 "node name `{name}` must be non-empty and use only ASCII letters, digits, '.', '_' and '-'"
             ),
             Problem::BadOption { message } => write!(f, "configuration option: {message}"),
+            Problem::NotCoPartitioned { join, topics } => write!(
+                f,
+                "join `{join}` reads topics with different partition counts ({}): both sides must be co-partitioned; repartition one side to the other's partition count",
+                topics
+                    .iter()
+                    .map(|(t, n)| format!("`{t}`: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }

@@ -24,8 +24,9 @@ pub use error::{
 };
 pub use node::TaskStore;
 pub use operators::{
-    Branch, Emit, Grouped, KGroupedStream, KTable, LateRecords, TimeWindowedKStream, TimeWindows,
-    Windowed, WindowedSerde,
+    Branch, Emit, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
+    SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,
+    Windowed, WindowedSerde, Windowing,
 };
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Deferred, Processor, ProcessorContext, PunctuationType, ScheduleId};

@@ -22,6 +22,9 @@ const PURE_OPERATORS: &[&str] = &[
     "to_stream",
     "join_table",
     "left_join_table",
+    "join_tables",
+    "left_join_tables",
+    "outer_join_tables",
 ];
 
 pub(crate) fn problems(

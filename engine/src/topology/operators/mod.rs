@@ -6,17 +6,24 @@ pub(crate) mod branch;
 mod filter;
 mod flat_map;
 mod join;
+mod join_streams;
+mod join_tables;
 mod map;
 mod map_values;
 mod merge;
 mod peek;
 mod process;
 mod select_key;
+mod sessionize;
 mod table;
 mod to;
 mod window;
 
 pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
+pub use join_streams::{JoinWindows, StreamJoined};
+pub use sessionize::{SessionWindowedKStream, SessionWindows};
 pub use table::KTable;
-pub use window::{Emit, LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde};
+pub use window::{
+    Emit, LateRecords, TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde, Windowing,
+};

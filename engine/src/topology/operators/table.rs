@@ -27,6 +27,11 @@ impl<K: Data, V: Data> KTable<K, V> {
         }
     }
 
+    /// The stream of the table's updates, for operators that attach to it.
+    pub(crate) fn updates(&self) -> &KStream<K, V> {
+        &self.updates
+    }
+
     /// The store holding the table (for interactive queries and processors).
     pub fn store_name(&self) -> &str {
         &self.store

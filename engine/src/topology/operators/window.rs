@@ -19,14 +19,15 @@ use crate::topology::processor::{Processor, ProcessorContext, PunctuationType};
 use super::aggregate::KGroupedStream;
 use super::table::KTable;
 
-/// A key and the window it was aggregated in: `[start, end)` in ms.
+/// A key and the window it was aggregated in, in ms: `[start, end)` for time windows,
+/// `[start, end]` (both inclusive: the first and last record) for sessions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Windowed<K> {
     /// The record key.
     pub key: K,
     /// Window start (inclusive).
     pub start: Timestamp,
-    /// Window end (exclusive).
+    /// Window end (exclusive for time windows, inclusive for sessions).
     pub end: Timestamp,
 }
 
@@ -115,7 +116,7 @@ pub struct TimeWindows {
     wall_clock: bool,
 }
 
-fn ms(d: Duration) -> i64 {
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
@@ -174,12 +175,101 @@ pub struct TimeWindowedKStream<K, V> {
     windows: TimeWindows,
 }
 
-impl<K: Data, V: Data> KGroupedStream<K, V> {
-    /// Aggregates per key and time window.
-    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+/// Windows a grouped stream can be aggregated in: [`TimeWindows`] or
+/// [`SessionWindows`](super::SessionWindows); what [`KGroupedStream::windowed_by`] takes.
+///
+/// ```
+/// use engine::topology::{SessionWindowedKStream, SessionWindows, Windowing};
+/// use std::time::Duration;
+/// fn sessions_of<W: Windowing<String, String, Stream = SessionWindowedKStream<String, String>>>(
+///     w: W,
+/// ) -> W {
+///     w
+/// }
+/// sessions_of(SessionWindows::with_inactivity_gap(Duration::from_secs(60)));
+/// ```
+pub trait Windowing<K, V> {
+    /// The windowed stream these windows make of a grouped stream.
+    type Stream;
+    /// Windows `grouped`.
+    fn window(self, grouped: &KGroupedStream<K, V>) -> Self::Stream;
+}
+
+impl<K: Data, V: Data> Windowing<K, V> for TimeWindows {
+    type Stream = TimeWindowedKStream<K, V>;
+    fn window(self, grouped: &KGroupedStream<K, V>) -> TimeWindowedKStream<K, V> {
         TimeWindowedKStream {
-            grouped: self.clone(),
-            windows,
+            grouped: grouped.clone(),
+            windows: self,
+        }
+    }
+}
+
+impl<K: Data, V: Data> KGroupedStream<K, V> {
+    /// Aggregates per key and window: time windows ([`TimeWindows`]) or sessions
+    /// ([`SessionWindows`](super::SessionWindows)).
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, TimeWindows};
+    /// # use engine::serde::Serdes;
+    /// # use std::time::Duration;
+    /// let b = TopologyBuilder::new("per-minute");
+    /// let per_minute = b
+    ///     .stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+    ///     .windowed_by(TimeWindows::of(Duration::from_secs(60)))
+    ///     .count("count", "clicks-per-minute");
+    /// ```
+    pub fn windowed_by<W: Windowing<K, V>>(&self, windows: W) -> W::Stream {
+        windows.window(self)
+    }
+}
+
+/// A key's bytes framed with their length, so one key's entries are a prefix no other
+/// key's entries share (`"a"` must not find `"ab"`).
+pub(crate) fn key_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 4);
+    // Keys longer than 4 GiB cannot reach a store; saturate rather than wrap.
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// A timestamp as 8 bytes that sort bytewise in time order, negative times included.
+pub(crate) fn time_bytes(t: Timestamp) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The inverse of [`time_bytes`]; `None` when fewer than 8 bytes are given.
+pub(crate) fn time_from_bytes(bytes: &[u8]) -> Option<Timestamp> {
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(raw) ^ (1 << 63)) as i64)
+}
+
+/// Handles a record that arrived after the window it belongs to closed: counted as
+/// skipped, or an error for the error policy, as `late` says.
+pub(crate) fn late_record(
+    late: LateRecords,
+    timestamp: Timestamp,
+    stream_time: Timestamp,
+    grace: i64,
+    count_skipped: impl FnOnce(),
+) -> Result<(), ProcessingError> {
+    match late {
+        LateRecords::ErrorPolicy => Err(ProcessingError::field(
+            "timestamp",
+            format!(
+                "record at {timestamp} is late: its window closed (stream time {stream_time}, grace {grace} ms)"
+            ),
+        )),
+        LateRecords::Count => {
+            tracing::debug!(
+                timestamp,
+                stream_time,
+                "late record dropped from closed windows"
+            );
+            count_skipped();
+            Ok(())
         }
     }
 }
@@ -319,25 +409,9 @@ impl<K: Data, V: Data, A: Data> Processor<K, V, Windowed<K>, A> for WindowAggreg
             }
         }
         if late > 0 {
-            match self.windows.late {
-                LateRecords::ErrorPolicy => {
-                    return Err(ProcessingError::field(
-                        "timestamp",
-                        format!(
-                            "record at {t} is late: its window closed (stream time {now}, grace {} ms)",
-                            self.windows.grace
-                        ),
-                    ));
-                }
-                LateRecords::Count => {
-                    tracing::debug!(
-                        timestamp = t,
-                        stream_time = now,
-                        "late record dropped from closed windows"
-                    );
-                    ctx.count_skipped();
-                }
-            }
+            late_record(self.windows.late, t, now, self.windows.grace, || {
+                ctx.count_skipped()
+            })?;
         }
         self.close_until(ctx.stream_time().max(self.closed_up_to), ctx)
     }
