@@ -760,3 +760,236 @@ fn the_ticket_service_answers_its_api_from_the_store() {
     let (status, _) = http_get(&addr, "/api/v1/tickets/no-such-ticket");
     assert_eq!(status, 404);
 }
+
+const DECISION_SCHEMA_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/consolidated-decision/consolidated-decision.avsc"
+);
+
+/// Reads a whole topic: every record until `idle_ms` pass without one.
+fn engine_consume_all(bootstrap: &str, registry: &str, topic: &str, idle_ms: u64) -> Vec<Value> {
+    let (code, out, err) = output(
+        engine()
+            .args(["consume", topic, "--from-beginning", "--idle-timeout-ms"])
+            .arg(idle_ms.to_string())
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", registry),
+    );
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The final status of a ticket through the ticket API, once it is final.
+fn final_status(addr: &str, ticket_id: &str, deadline: Instant) -> String {
+    loop {
+        let (status, body) = if std::net::TcpStream::connect(addr).is_ok() {
+            http_get(addr, &format!("/api/v1/tickets/{ticket_id}"))
+        } else {
+            (0, String::new())
+        };
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let s = v["value"]["status"].as_str().unwrap_or("").to_string();
+            if s == "COMPLETED" || s == "FAILED" {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ticket {ticket_id} never finished: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_three_services_run_as_three_processes_against_engine_dev() {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use topologies::decisions::{CognitivePlan, GeneratorSettings, generate_decisions};
+
+    let (_dev, bootstrap, registry) = engine_dev(&[
+        "--topology",
+        "orchestrator-dynamic",
+        "--topology",
+        "execution-ticket-service",
+        "--topology",
+        "worker-agents",
+        "--topic",
+        "plans.consensus",
+        "--topic",
+        "orchestration.incidents",
+        "--topic",
+        "sla.violations",
+        "--partitions",
+        "2",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        "[topologies.worker-agents]\ntime_scale = 0.01\nretry_backoff_ms = 20\nretry_backoff_max_ms = 100\n",
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let service = |name: &str, http: Option<&str>| {
+        let mut c = engine();
+        c.args(["run", name, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join(name))
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(http) = http {
+            c.args(["--http", http]);
+        }
+        Running(c.spawn().expect("engine run starts"))
+    };
+    let _orchestrator = service("orchestrator-dynamic", None);
+    let _tickets = service("execution-ticket-service", Some(&addr));
+    let _workers = service("worker-agents", None);
+
+    let decisions = generate_decisions(
+        20,
+        &GeneratorSettings {
+            seed: 7,
+            failure_rate: 0.15,
+            duplicate_share: 0.1,
+            now: 1_760_000_000_000,
+            ..Default::default()
+        },
+    );
+    let mut expected: HashMap<String, HashSet<String>> = HashMap::new();
+    for d in decisions
+        .iter()
+        .filter(|d| topologies::orchestrator::is_actionable(d))
+    {
+        let plan: CognitivePlan =
+            serde_json::from_str(d.cognitive_plan.as_deref().unwrap()).unwrap();
+        expected.insert(
+            d.plan_id.clone(),
+            plan.tasks.into_iter().map(|t| t.task_id).collect(),
+        );
+    }
+    let expected_tickets: usize = expected.values().map(HashSet::len).sum();
+    assert!(
+        expected_tickets > 0 && decisions.len() > 20,
+        "the seed gives approvals and duplicates"
+    );
+    let lines: Vec<String> = decisions
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect();
+    engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "plans.consensus",
+            "--schema",
+            DECISION_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &lines,
+    );
+
+    // Every original ticket finishes, as the ticket API reports it.
+    let originals = engine_consume(&bootstrap, &registry, "execution.tickets", expected_tickets);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for t in &originals {
+        final_status(&addr, t["value"]["ticket_id"].as_str().unwrap(), deadline);
+    }
+    // Then the whole topic: originals once each, per approved plan task, and
+    // compensations, which finish too.
+    let all = engine_consume_all(&bootstrap, &registry, "execution.tickets", 5000);
+    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut compensations = Vec::new();
+    for t in &all {
+        let v = &t["value"];
+        let id = v["ticket_id"].as_str().unwrap().to_string();
+        assert!(ids.insert(id.clone()), "ticket {id} written twice");
+        if v["task_type"] == "COMPENSATE" {
+            compensations.push(id);
+        } else {
+            assert!(
+                seen.entry(v["plan_id"].as_str().unwrap().into())
+                    .or_default()
+                    .insert(v["task_id"].as_str().unwrap().into()),
+                "a plan task got two tickets"
+            );
+            assert_eq!(t["key"], v["plan_id"], "tickets are keyed by plan");
+        }
+    }
+    assert_eq!(
+        seen, expected,
+        "one ticket per task of each approved decision"
+    );
+    let mut finals: BTreeMap<String, String> = BTreeMap::new();
+    for id in &ids {
+        finals.insert(id.clone(), final_status(&addr, id, deadline));
+    }
+    let failed = finals.values().filter(|s| *s == "FAILED").count();
+    assert!(failed > 0, "the seed makes some tasks fail");
+    assert!(!compensations.is_empty(), "failures are compensated");
+
+    // One final result per ticket on execution.results, agreeing with the API.
+    let results = engine_consume_all(&bootstrap, &registry, "execution.results", 5000);
+    let mut final_results: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &results {
+        assert_eq!(r["format"], "avro", "results are Avro");
+        let v = &r["value"];
+        if v["status"] != "RUNNING" {
+            final_results
+                .entry(v["ticket_id"].as_str().unwrap().into())
+                .or_default()
+                .push(v["status"].as_str().unwrap().into());
+        }
+    }
+    for (id, status) in &finals {
+        assert_eq!(
+            final_results.get(id),
+            Some(&vec![status.clone()]),
+            "ticket {id}: one final result, the one the API shows"
+        );
+    }
+    let incidents = engine_consume(&bootstrap, &registry, "orchestration.incidents", 1);
+    assert_eq!(incidents.len(), 1, "failures raise incidents");
+    assert_eq!(incidents[0]["value"]["incident_type"], "TICKET_FAILED");
+}
+
+#[test]
+fn engine_demo_reconciles_and_says_so_in_json() {
+    let (code, out, err) = output(engine().args([
+        "demo",
+        "--decisions",
+        "60",
+        "--failure-rate",
+        "0.2",
+        "--json",
+        "--log",
+        "warn",
+    ]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["passed"], true);
+    assert_eq!(summary["decisions_generated"], 60);
+    assert!(summary["approved"].as_u64().unwrap() > 0);
+    assert!(
+        summary["compensation_tickets"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let checks = summary["checks"].as_array().unwrap();
+    assert!(checks.len() >= 9 && checks.iter().all(|c| c["passed"] == true));
+    assert!(err.contains("tickets"), "a live view on stderr: {err}");
+
+    let (code, _, err) = output(engine().args(["demo", "--failure-rate", "2"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--failure-rate must be between 0 and 1"),
+        "{err}"
+    );
+}
