@@ -81,6 +81,8 @@ pub fn extension() -> Extension {
     ));
     Extension {
         command,
+        // The live view is the output; per-ticket logs would drown it.
+        default_log: "warn",
         run: Box::new(|matches, config, out| {
             let args = match DemoArgs::from_arg_matches(matches) {
                 Ok(args) => args,

@@ -497,7 +497,7 @@ impl Processor<String, ConsolidatedDecision, String, PlanTickets> for GenerateTi
         ctx: &mut ProcessorContext<'_, String, PlanTickets>,
     ) -> Result<(), ProcessingError> {
         let plan = generate_tickets(&record.value, ctx.wall_clock_time())?;
-        tracing::info!(plan_id = %plan.plan_id, decision_id = %plan.decision_id, tickets = plan.tickets.len(), "plan approved: tickets generated");
+        tracing::debug!(plan_id = %plan.plan_id, decision_id = %plan.decision_id, tickets = plan.tickets.len(), "plan approved: tickets generated");
         ctx.forward(Record::new(plan.plan_id.clone(), plan, record.timestamp));
         Ok(())
     }
@@ -684,7 +684,7 @@ impl TrackPlans {
             }
             plan.compensations
                 .insert(comp_id.clone(), TicketStatus::Pending);
-            tracing::info!(plan_id = %plan.plan_id, original = %id, compensation = %comp_id, "compensation ticket emitted");
+            tracing::debug!(plan_id = %plan.plan_id, original = %id, compensation = %comp_id, "compensation ticket emitted");
             ctx.forward(Record::new(
                 plan.plan_id.clone(),
                 PlanOutput::Ticket(ticket),
@@ -720,7 +720,7 @@ impl TrackPlans {
             compensation_ticket_ids: compensations,
             timestamp: ctx.wall_clock_time(),
         };
-        tracing::warn!(plan_id = %plan.plan_id, ticket_id = %ticket.ticket_id, incident_type = kind, "incident raised");
+        tracing::info!(plan_id = %plan.plan_id, ticket_id = %ticket.ticket_id, incident_type = kind, "incident raised");
         ctx.forward(Record::new(
             plan.plan_id.clone(),
             PlanOutput::Incident(incident),

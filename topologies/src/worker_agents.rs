@@ -320,7 +320,7 @@ async fn run_attempts(settings: WorkerSettings, ticket: ExecutionTicket) -> Fini
                 error_type = "Timeout";
             }
         }
-        tracing::info!(ticket_id = %ticket.ticket_id, attempt = attempt + 1, attempts, error = %last_error, "attempt failed");
+        tracing::debug!(ticket_id = %ticket.ticket_id, attempt = attempt + 1, attempts, error = %last_error, "attempt failed");
         if attempt + 1 < attempts {
             tokio::time::sleep(settings.backoff(attempt)).await;
         }
@@ -485,7 +485,7 @@ impl Execute {
         let Some(job) = self.jobs.remove(id) else {
             return Ok(());
         };
-        tracing::info!(ticket_id = %id, failure, %message, "ticket failed without running");
+        tracing::debug!(ticket_id = %id, failure, %message, "ticket failed without running");
         let payload = ExecutionResultPayload {
             success: false,
             metadata: self.metadata(&job.ticket, &[("failure", failure.to_string())]),
@@ -577,7 +577,7 @@ impl Execute {
                     Some(duration),
                 );
                 let now = ctx.wall_clock_time();
-                tracing::warn!(ticket_id = %job.ticket.ticket_id, attempts = f.attempts, %error, "ticket exhausted its attempts: dead-lettered");
+                tracing::info!(ticket_id = %job.ticket.ticket_id, attempts = f.attempts, %error, "ticket exhausted its attempts: dead-lettered");
                 ctx.forward(Record::new(
                     job.ticket.ticket_id.clone(),
                     WorkerOutput::DeadLetter(DeadLetterTicket {

@@ -149,6 +149,9 @@ enum Format {
 pub struct Extension {
     /// Its name, help and arguments.
     pub command: clap::Command,
+    /// Log filter when `--log` is not given (a command with its own live output may want
+    /// `warn`).
+    pub default_log: &'static str,
     /// Runs it with its arguments, the configuration and stdout; returns the exit code.
     #[allow(clippy::type_complexity)]
     pub run: Box<dyn Fn(&clap::ArgMatches, &EngineConfig, &mut dyn Write) -> u8>,
@@ -228,10 +231,13 @@ where
     let cli = match parsed {
         Ok(Ok(cli)) => cli,
         Ok(Err((extension, sub, matches))) => {
+            let explicit =
+                matches.value_source("log") != Some(clap::parser::ValueSource::DefaultValue);
             let log = matches
                 .get_one::<String>("log")
+                .filter(|_| explicit)
                 .cloned()
-                .unwrap_or_else(|| "info".into());
+                .unwrap_or_else(|| extension.default_log.into());
             init_logging(&log);
             let overrides = Overrides {
                 config_file: matches.get_one::<PathBuf>("config").cloned(),
