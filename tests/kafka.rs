@@ -510,3 +510,123 @@ fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
         );
     });
 }
+
+/// Holds records in processing until opened (or a minute passed, so a failing test
+/// cannot hang its runtime).
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let guard = open.lock().unwrap();
+        let _ = changed
+            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+            .unwrap();
+    }
+
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+/// `shout`, with every record waiting for `gate`.
+fn gated(app: &str, gate: Gate) -> Topology {
+    let b = TopologyBuilder::new(app);
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .map_values("wait", move |v: String| {
+        gate.wait();
+        format!("{v}!")
+    })
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
+    b.build().expect("valid")
+}
+
+#[test]
+fn consumer_lag_shows_the_backlog_and_drops_to_zero_once_processed() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let gate = Gate::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let input = keyed_inputs(8, 25, 0);
+        produce_keyed(&bootstrap, "in", &input).await;
+        let ops = std::sync::Arc::new(engine::ops::OpsState::default());
+        let mut s = settings(&broker);
+        s.ops = Some(ops.clone());
+        let runner = TopologyRunner::new(gated("lag", gate.clone()), s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(runner.run(shutdown));
+
+        // The first record is stuck in processing: the whole backlog but at most that
+        // record (already taken from the consumer) is lag, on both partitions.
+        wait_for(Duration::from_secs(30), || {
+            let lag = metrics.consumer_lag();
+            lag.len() == 2 && lag.iter().map(|l| l.lag).sum::<i64>() >= input.len() as i64 - 1
+        })
+        .await;
+        let lag = metrics.consumer_lag();
+        assert!(
+            lag.iter().map(|l| l.lag).sum::<i64>() <= input.len() as i64,
+            "{lag:?}"
+        );
+        assert_eq!(
+            lag.iter()
+                .map(|l| (l.topic.as_str(), l.partition))
+                .collect::<Vec<_>>(),
+            [("in", 0), ("in", 1)]
+        );
+        let text = ops.prometheus();
+        for l in &lag {
+            let line = format!(
+                "engine_consumer_lag{{application=\"lag\",topic=\"in\",partition=\"{}\"}} {}",
+                l.partition, l.lag
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+
+        gate.open();
+        wait_for(Duration::from_secs(30), || {
+            let lag = metrics.consumer_lag();
+            metrics.snapshot().records_in == input.len() as u64
+                && lag.len() == 2
+                && lag.iter().all(|l| l.lag == 0)
+        })
+        .await;
+        let text = ops.prometheus();
+        assert!(
+            text.contains(
+                "engine_consumer_lag{application=\"lag\",topic=\"in\",partition=\"1\"} 0"
+            ),
+            "{text}"
+        );
+        // Every processed record was timed, from the consumer and from its timestamp.
+        let n = input.len() as u64;
+        assert_eq!(metrics.processing_latency.snapshot().count, n);
+        assert_eq!(metrics.e2e_latency.snapshot().count, n);
+        assert!(
+            text.contains(&format!(
+                "engine_processing_latency_seconds_count{{application=\"lag\"}} {n}"
+            )),
+            "{text}"
+        );
+
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert!(
+            metrics.consumer_lag().is_empty(),
+            "no lag is reported for partitions no longer held"
+        );
+    });
+}

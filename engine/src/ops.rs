@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::metrics::TopologyMetrics;
+use crate::metrics::{HistogramSnapshot, TopologyMetrics};
 use crate::serde::RegistryHealth;
 use crate::state::{BytesStore, ScanRequest, StoreQuery};
 
@@ -182,6 +182,43 @@ impl OpsState {
                 );
             }
         }
+        type Histo = fn(&TopologyMetrics) -> HistogramSnapshot;
+        let histograms: [(&str, &str, Histo); 2] = [
+            (
+                "engine_processing_latency_seconds",
+                "Time from taking a record from the consumer to the end of its processing.",
+                |m| m.processing_latency.snapshot(),
+            ),
+            (
+                "engine_record_e2e_latency_seconds",
+                "Time from a record's timestamp to the end of its processing.",
+                |m| m.e2e_latency.snapshot(),
+            ),
+        ];
+        for (name, help, pick) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (app, metrics) in topologies.iter() {
+                write_histogram(
+                    &mut out,
+                    name,
+                    &format!("application=\"{app}\""),
+                    &pick(metrics),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP engine_consumer_lag Records between this instance's position and the end of each assigned partition.\n# TYPE engine_consumer_lag gauge"
+        );
+        for (app, metrics) in topologies.iter() {
+            for lag in metrics.consumer_lag() {
+                let _ = writeln!(
+                    out,
+                    "engine_consumer_lag{{application=\"{app}\",topic=\"{}\",partition=\"{}\"}} {}",
+                    lag.topic, lag.partition, lag.lag
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP engine_store_entries Approximate entries per store and partition.\n# TYPE engine_store_entries gauge"
@@ -208,6 +245,16 @@ impl OpsState {
         }
         out
     }
+}
+
+/// One histogram's `_bucket` (cumulative, ending with `+Inf`), `_sum` and `_count` lines.
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (bound, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
 fn now_ms() -> i64 {
@@ -391,4 +438,108 @@ pub fn serve(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         axum::serve(listener, app).await
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// `name{labels} value` lines of one metric family, in order: (series name, labels,
+    /// value).
+    fn samples<'a>(text: &'a str, family: &str) -> Vec<(&'a str, &'a str, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(family))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let (name, labels) = series.split_once('{').unwrap();
+                (name, labels.trim_end_matches('}'), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latency_histograms_render_as_valid_prometheus_histograms() {
+        let ops = OpsState::default();
+        let metrics = Arc::new(TopologyMetrics::default());
+        for micros in [20, 150, 150, 900, 4_000, 30_000, 2_000_000, 20_000_000] {
+            metrics
+                .processing_latency
+                .observe(Duration::from_micros(micros));
+        }
+        ops.add_topology("app", metrics);
+        let text = ops.prometheus();
+        let name = "engine_processing_latency_seconds";
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} histogram\n")).count(),
+            1,
+            "{text}"
+        );
+        let lines = samples(&text, name);
+        let buckets: Vec<(f64, f64)> = lines
+            .iter()
+            .filter(|(n, _, _)| n.ends_with("_bucket"))
+            .map(|(_, labels, v)| {
+                assert!(labels.starts_with("application=\"app\",le=\""), "{labels}");
+                let le = labels.split("le=\"").nth(1).unwrap().trim_end_matches('"');
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, *v)
+            })
+            .collect();
+        assert_eq!(
+            buckets.len(),
+            crate::metrics::PROCESSING_LATENCY_BOUNDS.len() + 1
+        );
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "bounds increase and counts are cumulative: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().unwrap().0,
+            f64::INFINITY,
+            "the last bucket is +Inf"
+        );
+        let count = lines
+            .iter()
+            .find(|(n, _, _)| n.ends_with("_count"))
+            .unwrap()
+            .2;
+        let sum = lines
+            .iter()
+            .find(|(n, _, _)| n.ends_with("_sum"))
+            .unwrap()
+            .2;
+        assert_eq!(buckets.last().unwrap().1, count, "+Inf equals _count");
+        assert_eq!(count, 8.0);
+        assert_eq!(
+            buckets[0],
+            (0.0001, 1.0),
+            "only the 20 µs record is <= 100 µs"
+        );
+        assert_eq!(
+            buckets.iter().find(|(le, _)| *le == 10.0).unwrap().1,
+            7.0,
+            "20 s is above the last finite bound"
+        );
+        assert!((sum - 22.035_22).abs() < 1e-6, "sum in seconds: {sum}");
+        // The end-to-end histogram is rendered too, empty but complete.
+        let e2e = samples(&text, "engine_record_e2e_latency_seconds");
+        assert!(
+            e2e.iter()
+                .any(|(n, l, v)| n.ends_with("_bucket") && l.contains("+Inf") && *v == 0.0)
+        );
+        assert!(
+            e2e.iter()
+                .any(|(n, _, v)| n.ends_with("_count") && *v == 0.0)
+        );
+    }
 }
