@@ -630,3 +630,103 @@ fn consumer_lag_shows_the_backlog_and_drops_to_zero_once_processed() {
         );
     });
 }
+
+/// Serves `ops` on a free local port; returns the address.
+fn serve_ops(ops: &std::sync::Arc<engine::ops::OpsState>) -> String {
+    let (addr, server) =
+        engine::ops::serve(ops.clone(), &[], "127.0.0.1:0".parse().unwrap()).unwrap();
+    tokio::spawn(server);
+    addr.to_string()
+}
+
+#[test]
+fn a_query_for_a_key_the_other_instance_holds_names_that_instance() {
+    let broker = broker(4);
+    broker.create_topic("owners-per-key-changelog", 4).unwrap();
+    broker
+        .create_topic(&engine::runtime::instances_topic("owners"), 1)
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (ops_a, ops_b) = (
+            std::sync::Arc::new(engine::ops::OpsState::default()),
+            std::sync::Arc::new(engine::ops::OpsState::default()),
+        );
+        let (addr_a, addr_b) = (serve_ops(&ops_a), serve_ops(&ops_b));
+        let instance = |dir: &std::path::Path, ops: &std::sync::Arc<_>, addr: &str| {
+            let mut s = settings(&broker);
+            s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+            s.ops = Some(std::sync::Arc::clone(ops));
+            s.advertised_http = Some(addr.to_string());
+            TopologyRunner::new(counter("owners"), s)
+        };
+        let a = instance(dir_a.path(), &ops_a, &addr_a);
+        let b = instance(dir_b.path(), &ops_b, &addr_b);
+        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+        let (stop_a, shutdown_a) = Shutdown::new();
+        let (stop_b, shutdown_b) = Shutdown::new();
+        let handle_a = tokio::spawn(a.run(shutdown_a));
+        let handle_b = tokio::spawn(b.run(shutdown_b));
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+            a.assigned_partitions > 0
+                && b.assigned_partitions > 0
+                && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+        let input = keyed_inputs(16, 3, 0);
+        produce_keyed(&bootstrap, "in", &input).await;
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().records_out + metrics_b.snapshot().records_out
+                >= input.len() as u64
+        })
+        .await;
+
+        // Each key is answered by the instance holding it and, once the announcements
+        // are read, redirected by the other to it.
+        let keys: Vec<String> = (0..16).map(|k| format!("key-{k}")).collect();
+        let answers =
+            |from: &str, key: &str| support::http_get_full(from, &format!("/stores/per-key/{key}"));
+        let settled = || {
+            keys.iter().all(|key| {
+                let (a, b) = (answers(&addr_a, key).0, answers(&addr_b, key).0);
+                (a, b) == (200, 421) || (a, b) == (421, 200)
+            })
+        };
+        wait_for(Duration::from_secs(30), settled).await;
+        let mut redirected = [0, 0];
+        for key in &keys {
+            for (i, (here, there)) in [(&addr_a, &addr_b), (&addr_b, &addr_a)].iter().enumerate() {
+                let (status, head, body) = answers(here, key);
+                if status != 421 {
+                    continue;
+                }
+                redirected[i] += 1;
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(json["error"], "not local", "{body}");
+                assert_eq!(json["owner"], format!("http://{there}"), "{body}");
+                let location = format!("location: http://{there}/stores/per-key/{key}");
+                assert!(
+                    head.to_lowercase().contains(&location),
+                    "{location} in {head}"
+                );
+                // The named instance has the key, in the partition the answer gave.
+                let (status, _, found) = answers(there, key);
+                assert_eq!(status, 200, "{found}");
+                let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+                assert_eq!(found["partition"], json["partition"], "{found} vs {body}");
+                assert_eq!(found["value"], 3, "{found}");
+            }
+        }
+        assert!(
+            redirected[0] > 0 && redirected[1] > 0,
+            "both instances hold keys the other redirects to: {redirected:?}"
+        );
+        stop_a.trigger();
+        stop_b.trigger();
+        handle_a.await.unwrap().unwrap();
+        handle_b.await.unwrap().unwrap();
+    });
+}

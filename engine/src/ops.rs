@@ -2,8 +2,13 @@
 //! registry and fallback state), Prometheus metrics, and interactive queries of the
 //! stores this instance holds.
 //!
-//! The runtime registers each topology's metrics and each task's stores here; the HTTP
-//! handlers only read. May depend on `metrics`, `state` and `serde`.
+//! A key whose partition another instance holds is answered with `421 Misdirected
+//! Request` naming that instance (from the announcements the runtime reads), like Kafka
+//! Streams' `queryMetadataForKey`.
+//!
+//! The runtime registers each topology's metrics, each task's stores and the other
+//! instances' announcements here; the HTTP handlers only read. May depend on `metrics`,
+//! `state`, `serde` and Kafka's default partitioner in `kafka`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,10 +47,31 @@ impl std::fmt::Debug for QueryableStore {
     }
 }
 
+/// How to find the partition of a key of a store, wherever it is held.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreRoute {
+    pub application: String,
+    /// Partitions of the topology's source topics.
+    pub partitions: i32,
+    pub query: Arc<StoreQuery>,
+}
+
+/// Announcements of the instances of one application.
+#[derive(Debug, Default)]
+struct Instances {
+    /// This instance's advertised address.
+    local: Option<String>,
+    /// Per advertised address: the partitions announced last, and that announcement's
+    /// offset in the instances topic.
+    announced: BTreeMap<String, (Vec<i32>, i64)>,
+}
+
 /// What the operations endpoint reports; shared by the runtime and the HTTP server.
 #[derive(Debug, Default)]
 pub struct OpsState {
     topologies: RwLock<BTreeMap<String, Arc<TopologyMetrics>>>,
+    routes: RwLock<BTreeMap<String, StoreRoute>>,
+    instances: RwLock<BTreeMap<String, Instances>>,
     running: RwLock<BTreeMap<String, bool>>,
     stores: RwLock<BTreeMap<(String, i32), QueryableStore>>,
     registry: RwLock<Option<Arc<RegistryHealth>>>,
@@ -87,6 +113,46 @@ impl OpsState {
 
     pub(crate) fn remove_store(&self, name: &str, partition: i32) {
         write(&self.stores).remove(&(name.to_string(), partition));
+    }
+
+    pub(crate) fn put_route(&self, store: &str, route: StoreRoute) {
+        write(&self.routes).insert(store.to_string(), route);
+    }
+
+    /// Sets the address this instance advertises for `application`.
+    pub(crate) fn set_advertised(&self, application: &str, http: &str) {
+        write(&self.instances)
+            .entry(application.to_string())
+            .or_default()
+            .local = Some(http.to_string());
+    }
+
+    /// Records an announcement read at `offset` of the instances topic.
+    pub(crate) fn announced(
+        &self,
+        application: &str,
+        http: &str,
+        partitions: Vec<i32>,
+        offset: i64,
+    ) {
+        write(&self.instances)
+            .entry(application.to_string())
+            .or_default()
+            .announced
+            .insert(http.to_string(), (partitions, offset));
+    }
+
+    /// The advertised address of the instance that announced `partition` last, unless
+    /// that is this instance (then the partition is arriving or leaving here).
+    fn owner(&self, application: &str, partition: i32) -> Option<String> {
+        let instances = read(&self.instances);
+        let app = instances.get(application)?;
+        let (http, _) = app
+            .announced
+            .iter()
+            .filter(|(_, (partitions, _))| partitions.contains(&partition))
+            .max_by_key(|(_, (_, offset))| *offset)?;
+        (app.local.as_ref() != Some(http)).then(|| http.clone())
     }
 
     fn ready(&self) -> bool {
@@ -311,18 +377,76 @@ fn local_partitions(ops: &OpsState, store: &str) -> Vec<(i32, QueryableStore)> {
 
 async fn store_key(
     State(ops): State<Arc<OpsState>>,
+    uri: axum::http::Uri,
     Path((store, key)): Path<(String, String)>,
 ) -> Response {
-    lookup(&ops, store, key)
+    lookup(&ops, store, key, &uri)
 }
 
-fn lookup(ops: &OpsState, store: String, key: String) -> Response {
+/// Answers for a key held elsewhere (or nowhere known): `421` naming the instance that
+/// announced the key's partition last, with `Location` set to the same request there;
+/// else `404`.
+fn elsewhere(
+    ops: &OpsState,
+    store: &str,
+    key: &str,
+    uri: &axum::http::Uri,
+    local: &[i32],
+) -> Response {
+    let held_here = || {
+        if local.is_empty() {
+            format!("no partition of store `{store}` is held by this instance")
+        } else {
+            format!(
+                "key `{key}` not found in the partitions of `{store}` this instance holds ({local:?})"
+            )
+        }
+    };
+    let Some(route) = read(&ops.routes).get(store).cloned() else {
+        return error(StatusCode::NOT_FOUND, held_here());
+    };
+    let bytes = match route.query.key_bytes(key) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let partition = crate::kafka::default_partition(&bytes, route.partitions);
+    if local.contains(&partition) {
+        return error(StatusCode::NOT_FOUND, held_here());
+    }
+    match ops.owner(&route.application, partition) {
+        Some(owner) => {
+            let owner = format!("http://{owner}");
+            let location = format!(
+                "{owner}{}",
+                uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+            );
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                [(axum::http::header::LOCATION, location.clone())],
+                Json(json!({
+                    "error": "not local",
+                    "store": store,
+                    "key": key,
+                    "partition": partition,
+                    "owner": owner,
+                    "location": location,
+                })),
+            )
+                .into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "key `{key}` belongs to partition {partition} of `{store}`, which this instance does not hold and no other instance has announced"
+            ),
+        ),
+    }
+}
+
+fn lookup(ops: &OpsState, store: String, key: String, uri: &axum::http::Uri) -> Response {
     let partitions = local_partitions(ops, &store);
     if partitions.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no partition of store `{store}` is held by this instance"),
-        );
+        return elsewhere(ops, &store, &key, uri, &[]);
     }
     let now = now_ms();
     for (partition, s) in &partitions {
@@ -341,13 +465,8 @@ fn lookup(ops: &OpsState, store: String, key: String) -> Response {
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
-    error(
-        StatusCode::NOT_FOUND,
-        format!(
-            "key `{key}` not found in the partitions of `{store}` this instance holds ({:?})",
-            partitions.iter().map(|(p, _)| p).collect::<Vec<_>>()
-        ),
-    )
+    let local: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
+    elsewhere(ops, &store, &key, uri, &local)
 }
 
 #[derive(serde::Deserialize)]
@@ -411,9 +530,11 @@ pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
         router = router.route(
             &format!("{path}/{{key}}"),
             get(
-                move |State(ops): State<Arc<OpsState>>, Path(key): Path<String>| {
+                move |State(ops): State<Arc<OpsState>>,
+                      uri: axum::http::Uri,
+                      Path(key): Path<String>| {
                     let store = store.clone();
-                    async move { lookup(&ops, store, key) }
+                    async move { lookup(&ops, store, key, &uri) }
                 },
             ),
         );

@@ -457,8 +457,30 @@ impl TopologyRunner {
             ops.set_running(&app, false);
         }
         let partition_counts = Arc::new(self.check_topics(&producer).await?);
+        let mut announcer = None;
+        let mut _reader = None;
         if let Some(ops) = &settings.ops {
             ops.set_broker_reachable(true);
+            let partitions = self
+                .topology
+                .source_topics()
+                .iter()
+                .filter_map(|t| partition_counts.get(t).copied())
+                .max()
+                .unwrap_or(1);
+            for (store, query) in self.topology.store_queries() {
+                ops.put_route(
+                    &store,
+                    crate::ops::StoreRoute {
+                        application: app.clone(),
+                        partitions,
+                        query,
+                    },
+                );
+            }
+            if let Some(advertised) = &settings.advertised_http {
+                (announcer, _reader) = self.start_announcing(ops, advertised, &partition_counts);
+            }
         }
         let topology = self.topology.clone();
         tokio::task::spawn_blocking(move || topology.prepare())
@@ -514,15 +536,21 @@ impl TopologyRunner {
             paused: false,
             out: Vec::new(),
             slots: Vec::new(),
+            announcer: None,
         };
         self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
             consumer: consumer.clone(),
             tracker: tracker.clone(),
         })));
+        run.announcer = announcer.as_ref();
         let result = run.process_until(&mut shutdown).await;
         // Waits for a scrape in progress; afterwards this function owns the consumer alone.
         self.metrics.set_lag_source(None);
         let closed = run.close().await;
+        if let Some(announcer) = &announcer {
+            // Other instances stop directing queries here.
+            announcer.announce(Vec::new()).await;
+        }
         drop(run);
         drop(consumer);
         tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
@@ -530,6 +558,40 @@ impl TopologyRunner {
             ops.set_running(&app, false);
         }
         result.and(closed)
+    }
+
+    /// Starts announcing this instance's partitions and reading the others', when the
+    /// instances topic exists; without it, queries for keys held elsewhere get a 404.
+    fn start_announcing(
+        &self,
+        ops: &Arc<crate::ops::OpsState>,
+        advertised: &str,
+        partition_counts: &HashMap<String, i32>,
+    ) -> (
+        Option<super::instances::Announcer>,
+        Option<super::instances::AnnouncementReader>,
+    ) {
+        let app = self.topology.application_id();
+        let topic = super::instances_topic(app);
+        if !partition_counts.contains_key(&topic) {
+            tracing::warn!(application = %app, %topic, "topic missing: queries for keys another instance holds get 404 instead of naming it; create the topic (1 partition, cleanup.policy=compact) to enable that");
+            return (None, None);
+        }
+        ops.set_advertised(app, advertised);
+        let client = &self.settings.client;
+        let started = super::instances::Announcer::new(client, app, advertised).and_then(|a| {
+            super::instances::AnnouncementReader::start(client, app, ops.clone()).map(|r| (a, r))
+        });
+        match started {
+            Ok((announcer, reader)) => {
+                tracing::info!(application = %app, %topic, %advertised, "announcing this instance's partitions for interactive queries");
+                (Some(announcer), Some(reader))
+            }
+            Err(error) => {
+                tracing::warn!(application = %app, %topic, %error, "cannot announce this instance; queries for keys held elsewhere get 404");
+                (None, None)
+            }
+        }
     }
 
     /// Checks that the broker answers and every topic exists; returns partition counts.
@@ -593,6 +655,8 @@ struct Loop<'a> {
     paused: bool,
     out: Vec<ProducedRecord>,
     slots: Vec<(String, i32, Slot)>,
+    /// Publishes the partitions held after each rebalance, if instances announce.
+    announcer: Option<&'a super::instances::Announcer>,
 }
 
 impl Loop<'_> {
@@ -666,7 +730,8 @@ impl Loop<'_> {
     /// punctuations run before the first record arrives.
     async fn apply_rebalances(&mut self) -> Result<(), RuntimeError> {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
-        if !events.is_empty() {
+        let rebalanced = !events.is_empty();
+        if rebalanced {
             self.slots.clear();
             self.metrics.assigned_partitions.store(
                 self.assignment().len() as u64,
@@ -703,6 +768,11 @@ impl Loop<'_> {
                     }
                 }
             }
+        }
+        if rebalanced && let Some(announcer) = self.announcer {
+            // After the tasks opened: a query sent here now finds (or waits for) the store.
+            let held = self.assignment().into_iter().map(|(_, p)| p).collect();
+            tokio::spawn(announcer.announce(held));
         }
         Ok(())
     }
