@@ -1,6 +1,7 @@
 //! Kafka behaviour on the embedded broker (librdkafka's mock cluster): per-partition
 //! order, at-least-once across restarts, two instances sharing and taking over
-//! partitions, the in-flight bound, and commits at shutdown.
+//! partitions, the in-flight bound, commits at shutdown, consumer lag, and queries
+//! naming the instance that holds a key.
 
 #![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
 
@@ -667,13 +668,32 @@ fn a_query_for_a_key_the_other_instance_holds_names_that_instance() {
         let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
         let (stop_a, shutdown_a) = Shutdown::new();
         let (stop_b, shutdown_b) = Shutdown::new();
+        // A alone first: it reports lag for all four partitions...
         let handle_a = tokio::spawn(a.run(shutdown_a));
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.consumer_lag().len() == 4
+        })
+        .await;
         let handle_b = tokio::spawn(b.run(shutdown_b));
         wait_for(Duration::from_secs(30), || {
             let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
             a.assigned_partitions > 0
                 && b.assigned_partitions > 0
                 && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+        // ...and once B took some, only for those it kept.
+        let partitions = |lag: Vec<engine::metrics::PartitionLag>| -> BTreeSet<i32> {
+            lag.into_iter().map(|l| l.partition).collect()
+        };
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (
+                partitions(metrics_a.consumer_lag()),
+                partitions(metrics_b.consumer_lag()),
+            );
+            a.len() as u64 == metrics_a.snapshot().assigned_partitions
+                && a.len() + b.len() == 4
+                && a.is_disjoint(&b)
         })
         .await;
         let input = keyed_inputs(16, 3, 0);
