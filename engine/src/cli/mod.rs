@@ -341,6 +341,10 @@ fn execute(
             http,
             advertised_http,
         } => {
+            if let Some(advertised) = &advertised_http {
+                crate::config::check_advertised_http(advertised)
+                    .map_err(|e| usage(format!("--advertised-http: {e}")))?;
+            }
             let config = load()?;
             let avro = avro_context(&config, &mocks, embedded.then_some("embedded"))?;
             let topologies = build_all(catalog, &names, &config, &avro)?;
@@ -416,11 +420,11 @@ fn execute(
                         tracing::error!(%error, "operations endpoint stopped");
                     }
                 });
+                // Flag and file values are checked above and at load; the bound address
+                // is a socket address.
                 let advertised = advertised_http
                     .or(config.advertised_http.clone())
                     .unwrap_or_else(|| bound.to_string());
-                crate::config::check_advertised_http(&advertised)
-                    .map_err(|e| usage(format!("--advertised-http: {e}")))?;
                 if bound.ip().is_unspecified() && advertised == bound.to_string() {
                     tracing::warn!(%bound, "--http listens on every interface but other instances are told {advertised}; set --advertised-http to an address they can reach");
                 }
