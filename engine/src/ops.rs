@@ -583,6 +583,32 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_announcement_of_a_partition_names_its_owner() {
+        let ops = OpsState::default();
+        ops.set_advertised("app", "c:3");
+        ops.announced("app", "a:1", vec![0, 1], 10);
+        ops.announced("app", "b:2", vec![2, 3], 11);
+        assert_eq!(ops.owner("app", 0).as_deref(), Some("a:1"));
+        assert_eq!(ops.owner("app", 3).as_deref(), Some("b:2"));
+        assert_eq!(
+            ops.owner("other-app", 0),
+            None,
+            "announcements are per application"
+        );
+        // A stopped without a word (it crashed); B announced everything after the
+        // rebalance: B's later claim wins over A's stale one.
+        ops.announced("app", "b:2", vec![0, 1, 2, 3], 15);
+        assert_eq!(ops.owner("app", 0).as_deref(), Some("b:2"));
+        // This instance took partition 1 over: not redirected to B, nor to itself.
+        ops.announced("app", "c:3", vec![1], 16);
+        assert_eq!(ops.owner("app", 1), None);
+        assert_eq!(ops.owner("app", 2).as_deref(), Some("b:2"));
+        // B leaves cleanly: nobody is named for its partitions any more.
+        ops.announced("app", "b:2", vec![], 17);
+        assert_eq!(ops.owner("app", 2), None);
+    }
+
+    #[test]
     fn latency_histograms_render_as_valid_prometheus_histograms() {
         let ops = OpsState::default();
         let metrics = Arc::new(TopologyMetrics::default());

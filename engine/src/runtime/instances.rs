@@ -67,7 +67,8 @@ impl Announcer {
     }
 
     /// Announces that this instance holds `partitions` (empty: none, it is leaving).
-    /// The returned future completes when the broker acknowledged (or refused) it.
+    /// The record is queued before this returns, so announcements keep the order of the
+    /// calls; the returned future completes when the broker acknowledged (or refused) it.
     pub(crate) fn announce(
         &self,
         mut partitions: Vec<i32>,
@@ -78,21 +79,31 @@ impl Announcer {
             http: self.advertised.clone(),
             partitions,
         };
-        // Serializing two strings and integers cannot fail.
+        // Serializing a string and integers cannot fail.
         let value = serde_json::to_vec(&announcement).unwrap_or_default();
-        let producer = self.producer.clone();
+        let record = FutureRecord::to(&self.topic)
+            .key(self.advertised.as_bytes())
+            .payload(&value)
+            .partition(0);
+        let queued = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _)| error);
         let (topic, application) = (self.topic.clone(), self.application.clone());
-        let key = self.advertised.clone();
         async move {
-            let record = FutureRecord::to(&topic)
-                .key(key.as_bytes())
-                .payload(&value)
-                .partition(0);
-            match producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
+            let delivered = match queued {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(error.to_string()),
+                    Err(_) => Err("the producer was dropped".to_string()),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            match delivered {
+                Ok(()) => {
                     tracing::debug!(%application, %topic, partitions = ?announcement.partitions, "partitions announced")
                 }
-                Err((error, _)) => {
+                Err(error) => {
                     tracing::warn!(%application, %topic, %error, "could not announce this instance's partitions; other instances cannot direct queries here until the next rebalance")
                 }
             }

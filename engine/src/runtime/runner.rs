@@ -458,7 +458,7 @@ impl TopologyRunner {
         }
         let partition_counts = Arc::new(self.check_topics(&producer).await?);
         let mut announcer = None;
-        let mut _reader = None;
+        let mut reader = None;
         if let Some(ops) = &settings.ops {
             ops.set_broker_reachable(true);
             let partitions = self
@@ -479,7 +479,7 @@ impl TopologyRunner {
                 );
             }
             if let Some(advertised) = &settings.advertised_http {
-                (announcer, _reader) = self.start_announcing(ops, advertised, &partition_counts);
+                (announcer, reader) = self.start_announcing(ops, advertised, &partition_counts);
             }
         }
         let topology = self.topology.clone();
@@ -550,6 +550,10 @@ impl TopologyRunner {
         if let Some(announcer) = &announcer {
             // Other instances stop directing queries here.
             announcer.announce(Vec::new()).await;
+        }
+        if let Some(reader) = reader.take() {
+            // Dropping joins its thread, which polls in 200 ms steps.
+            let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
         }
         drop(run);
         drop(consumer);
