@@ -536,13 +536,12 @@ impl TopologyRunner {
             paused: false,
             out: Vec::new(),
             slots: Vec::new(),
-            announcer: None,
+            announcer: announcer.as_ref(),
         };
         self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
             consumer: consumer.clone(),
             tracker: tracker.clone(),
         })));
-        run.announcer = announcer.as_ref();
         let result = run.process_until(&mut shutdown).await;
         // Waits for a scrape in progress; afterwards this function owns the consumer alone.
         self.metrics.set_lag_source(None);
@@ -880,11 +879,14 @@ impl Loop<'_> {
             .await;
         }
         self.out = produced;
-        self.metrics.processing_latency.observe(taken.elapsed());
-        let waited_ms = now_ms().saturating_sub(raw.timestamp).max(0);
+        // One more monotonic clock read per record; the wall clock is derived from it.
+        let took = taken.elapsed();
+        self.metrics.processing_latency.observe(took);
+        let finished_ms = now.saturating_add(i64::try_from(took.as_millis()).unwrap_or(0));
+        let waited_ms = u64::try_from(finished_ms.saturating_sub(raw.timestamp)).unwrap_or(0);
         self.metrics
             .e2e_latency
-            .observe(Duration::from_millis(u64::try_from(waited_ms).unwrap_or(0)));
+            .observe(Duration::from_millis(waited_ms));
         Ok(())
     }
 
