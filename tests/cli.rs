@@ -157,6 +157,20 @@ fn bad_configuration_is_refused_with_how_to_fix_it() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("unknown field `bootstrap`"), "{err}");
+
+    let (code, _, err) = output(engine().args([
+        "run",
+        "ticket-pipeline",
+        "--http",
+        "127.0.0.1:0",
+        "--advertised-http",
+        "http://engine-0:8080",
+    ]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--advertised-http") && err.contains("HOST:PORT"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -653,6 +667,24 @@ fn a_stateful_topology_answers_queries_health_and_metrics_over_http() {
     assert!(
         metrics.contains(
             "engine_store_entries{application=\"ticket-counts\",store=\"tickets-per-plan\""
+        ),
+        "{metrics}"
+    );
+    // Everything consumed was processed: no lag on either partition, 30 records timed.
+    for partition in 0..2 {
+        let line = format!(
+            "engine_consumer_lag{{application=\"ticket-counts\",topic=\"bench.tickets.in\",partition=\"{partition}\"}} 0"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics
+            .contains("engine_processing_latency_seconds_count{application=\"ticket-counts\"} 30"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "engine_record_e2e_latency_seconds_bucket{application=\"ticket-counts\",le=\"+Inf\"} 30"
         ),
         "{metrics}"
     );

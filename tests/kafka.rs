@@ -1,6 +1,7 @@
 //! Kafka behaviour on the embedded broker (librdkafka's mock cluster): per-partition
 //! order, at-least-once across restarts, two instances sharing and taking over
-//! partitions, the in-flight bound, and commits at shutdown.
+//! partitions, the in-flight bound, commits at shutdown, consumer lag, and queries
+//! naming the instance that holds a key.
 
 #![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
 
@@ -624,5 +625,244 @@ fn a_deferred_record_is_committed_only_after_its_release_is_acknowledged() {
         }
         trigger.trigger();
         handle.await.unwrap().unwrap();
+    });
+}
+
+/// Holds records in processing until opened (or a minute passed, so a failing test
+/// cannot hang its runtime).
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let guard = open.lock().unwrap();
+        let _ = changed
+            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+            .unwrap();
+    }
+
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+/// `shout`, with every record waiting for `gate`.
+fn gated(app: &str, gate: Gate) -> Topology {
+    let b = TopologyBuilder::new(app);
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .map_values("wait", move |v: String| {
+        gate.wait();
+        format!("{v}!")
+    })
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
+    b.build().expect("valid")
+}
+
+#[test]
+fn consumer_lag_shows_the_backlog_and_drops_to_zero_once_processed() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let gate = Gate::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let input = keyed_inputs(8, 25, 0);
+        produce_keyed(&bootstrap, "in", &input).await;
+        let ops = std::sync::Arc::new(engine::ops::OpsState::default());
+        let mut s = settings(&broker);
+        s.ops = Some(ops.clone());
+        let runner = TopologyRunner::new(gated("lag", gate.clone()), s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(runner.run(shutdown));
+
+        // The first record is stuck in processing: the whole backlog but at most that
+        // record (already taken from the consumer) is lag, on both partitions.
+        wait_for(Duration::from_secs(30), || {
+            let lag = metrics.consumer_lag();
+            lag.len() == 2 && lag.iter().map(|l| l.lag).sum::<i64>() >= input.len() as i64 - 1
+        })
+        .await;
+        let lag = metrics.consumer_lag();
+        assert!(
+            lag.iter().map(|l| l.lag).sum::<i64>() <= input.len() as i64,
+            "{lag:?}"
+        );
+        assert_eq!(
+            lag.iter()
+                .map(|l| (l.topic.as_str(), l.partition))
+                .collect::<Vec<_>>(),
+            [("in", 0), ("in", 1)]
+        );
+        let text = ops.prometheus();
+        for l in &lag {
+            let line = format!(
+                "engine_consumer_lag{{application=\"lag\",topic=\"in\",partition=\"{}\"}} {}",
+                l.partition, l.lag
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+
+        gate.open();
+        wait_for(Duration::from_secs(30), || {
+            let lag = metrics.consumer_lag();
+            metrics.snapshot().records_in == input.len() as u64
+                && lag.len() == 2
+                && lag.iter().all(|l| l.lag == 0)
+        })
+        .await;
+        let text = ops.prometheus();
+        assert!(
+            text.contains(
+                "engine_consumer_lag{application=\"lag\",topic=\"in\",partition=\"1\"} 0"
+            ),
+            "{text}"
+        );
+        // Every processed record was timed, from the consumer and from its timestamp.
+        let n = input.len() as u64;
+        assert_eq!(metrics.processing_latency.snapshot().count, n);
+        assert_eq!(metrics.e2e_latency.snapshot().count, n);
+        assert!(
+            text.contains(&format!(
+                "engine_processing_latency_seconds_count{{application=\"lag\"}} {n}"
+            )),
+            "{text}"
+        );
+
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert!(
+            metrics.consumer_lag().is_empty(),
+            "no lag is reported for partitions no longer held"
+        );
+    });
+}
+
+/// Serves `ops` on a free local port; returns the address.
+fn serve_ops(ops: &std::sync::Arc<engine::ops::OpsState>) -> String {
+    let (addr, server) =
+        engine::ops::serve(ops.clone(), &[], "127.0.0.1:0".parse().unwrap()).unwrap();
+    tokio::spawn(server);
+    addr.to_string()
+}
+
+#[test]
+fn a_query_for_a_key_the_other_instance_holds_names_that_instance() {
+    let broker = broker(4);
+    broker.create_topic("owners-per-key-changelog", 4).unwrap();
+    broker
+        .create_topic(&engine::runtime::instances_topic("owners"), 1)
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (ops_a, ops_b) = (
+            std::sync::Arc::new(engine::ops::OpsState::default()),
+            std::sync::Arc::new(engine::ops::OpsState::default()),
+        );
+        let (addr_a, addr_b) = (serve_ops(&ops_a), serve_ops(&ops_b));
+        let instance = |dir: &std::path::Path, ops: &std::sync::Arc<_>, addr: &str| {
+            let mut s = settings(&broker);
+            s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+            s.ops = Some(std::sync::Arc::clone(ops));
+            s.advertised_http = Some(addr.to_string());
+            TopologyRunner::new(counter("owners"), s)
+        };
+        let a = instance(dir_a.path(), &ops_a, &addr_a);
+        let b = instance(dir_b.path(), &ops_b, &addr_b);
+        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+        let (stop_a, shutdown_a) = Shutdown::new();
+        let (stop_b, shutdown_b) = Shutdown::new();
+        // A alone first: it reports lag for all four partitions...
+        let handle_a = tokio::spawn(a.run(shutdown_a));
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.consumer_lag().len() == 4
+        })
+        .await;
+        let handle_b = tokio::spawn(b.run(shutdown_b));
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+            a.assigned_partitions > 0
+                && b.assigned_partitions > 0
+                && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+        // ...and once B took some, only for those it kept.
+        let partitions = |lag: Vec<engine::metrics::PartitionLag>| -> BTreeSet<i32> {
+            lag.into_iter().map(|l| l.partition).collect()
+        };
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (
+                partitions(metrics_a.consumer_lag()),
+                partitions(metrics_b.consumer_lag()),
+            );
+            a.len() as u64 == metrics_a.snapshot().assigned_partitions
+                && a.len() + b.len() == 4
+                && a.is_disjoint(&b)
+        })
+        .await;
+        let input = keyed_inputs(16, 3, 0);
+        produce_keyed(&bootstrap, "in", &input).await;
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().records_out + metrics_b.snapshot().records_out
+                >= input.len() as u64
+        })
+        .await;
+
+        // Each key is answered by the instance holding it and, once the announcements
+        // are read, redirected by the other to it.
+        let keys: Vec<String> = (0..16).map(|k| format!("key-{k}")).collect();
+        let answers =
+            |from: &str, key: &str| support::http_get_full(from, &format!("/stores/per-key/{key}"));
+        let settled = || {
+            keys.iter().all(|key| {
+                let (a, b) = (answers(&addr_a, key).0, answers(&addr_b, key).0);
+                (a, b) == (200, 421) || (a, b) == (421, 200)
+            })
+        };
+        wait_for(Duration::from_secs(30), settled).await;
+        let mut redirected = [0, 0];
+        for key in &keys {
+            for (i, (here, there)) in [(&addr_a, &addr_b), (&addr_b, &addr_a)].iter().enumerate() {
+                let (status, head, body) = answers(here, key);
+                if status != 421 {
+                    continue;
+                }
+                redirected[i] += 1;
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(json["error"], "not local", "{body}");
+                assert_eq!(json["owner"], format!("http://{there}"), "{body}");
+                let location = format!("location: http://{there}/stores/per-key/{key}");
+                assert!(
+                    head.to_lowercase().contains(&location),
+                    "{location} in {head}"
+                );
+                // The named instance has the key, in the partition the answer gave.
+                let (status, _, found) = answers(there, key);
+                assert_eq!(status, 200, "{found}");
+                let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+                assert_eq!(found["partition"], json["partition"], "{found} vs {body}");
+                assert_eq!(found["value"], 3, "{found}");
+            }
+        }
+        assert!(
+            redirected[0] > 0 && redirected[1] > 0,
+            "both instances hold keys the other redirects to: {redirected:?}"
+        );
+        stop_a.trigger();
+        stop_b.trigger();
+        handle_a.await.unwrap().unwrap();
+        handle_b.await.unwrap().unwrap();
     });
 }

@@ -97,6 +97,9 @@ pub struct RuntimeSection {
     pub block_cache_bytes: Option<usize>,
     /// RocksDB write buffer per store, bytes.
     pub write_buffer_bytes: Option<usize>,
+    /// `host:port` other instances use to reach this one's operations endpoint (default:
+    /// the `--http` address); also `--advertised-http`.
+    pub advertised_http: Option<String>,
 }
 
 /// Values from flags and the environment (flags win; clap merges the two).
@@ -166,6 +169,8 @@ pub struct EngineConfig {
     pub block_cache_bytes: usize,
     /// RocksDB write buffer per store, bytes.
     pub write_buffer_bytes: usize,
+    /// Address other instances reach this one's operations endpoint at, if configured.
+    pub advertised_http: Option<String>,
 }
 
 impl EngineConfig {
@@ -244,6 +249,7 @@ impl EngineConfig {
                 .runtime
                 .write_buffer_bytes
                 .unwrap_or(defaults::WRITE_BUFFER_BYTES),
+            advertised_http: non_empty(file.runtime.advertised_http.clone()),
             avro: {
                 let d = AvroSettings::default();
                 let r = &file.schema_registry;
@@ -283,6 +289,13 @@ impl EngineConfig {
             properties: config.kafka_properties.clone(),
         };
         problems.extend(client.validate().into_iter().map(|e| e.to_string()));
+        if let Some(problem) = config
+            .advertised_http
+            .as_deref()
+            .and_then(|a| check_advertised_http(a).err())
+        {
+            problems.push(format!("runtime.advertised_http: {problem}"));
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -307,9 +320,45 @@ impl EngineConfig {
     }
 }
 
+/// Checks an advertised address is `host:port`, as other instances will put it in URLs.
+pub fn check_advertised_http(address: &str) -> Result<(), String> {
+    match address.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains('/')
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "`{address}` is not HOST:PORT (for example engine-0.engine:8080; no scheme or path)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_http_must_be_host_and_port() {
+        assert!(check_advertised_http("engine-0.engine:8080").is_ok());
+        assert!(check_advertised_http("[::1]:8080").is_ok());
+        for bad in [
+            "engine-0",
+            "http://engine-0:8080",
+            ":8080",
+            "host:0",
+            "host:http",
+        ] {
+            assert!(check_advertised_http(bad).is_err(), "{bad}");
+        }
+        let file: FileConfig = toml::from_str("[runtime]\nadvertised_http = \"no-port\"").unwrap();
+        let problem = EngineConfig::resolve(file, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(problem.contains("advertised_http"), "{problem}");
+    }
 
     #[test]
     fn flags_override_the_file() {

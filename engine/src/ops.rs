@@ -2,8 +2,13 @@
 //! registry and fallback state), Prometheus metrics, and interactive queries of the
 //! stores this instance holds.
 //!
-//! The runtime registers each topology's metrics and each task's stores here; the HTTP
-//! handlers only read. May depend on `metrics`, `state` and `serde`.
+//! A key whose partition another instance holds is answered with `421 Misdirected
+//! Request` naming that instance (from the announcements the runtime reads), like Kafka
+//! Streams' `queryMetadataForKey`.
+//!
+//! The runtime registers each topology's metrics, each task's stores and the other
+//! instances' announcements here; the HTTP handlers only read. May depend on `metrics`,
+//! `state`, `serde` and Kafka's default partitioner in `kafka`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::metrics::TopologyMetrics;
+use crate::metrics::{HistogramSnapshot, TopologyMetrics};
 use crate::serde::RegistryHealth;
 use crate::state::{BytesStore, ScanRequest, StoreQuery};
 
@@ -42,10 +47,31 @@ impl std::fmt::Debug for QueryableStore {
     }
 }
 
+/// How to find the partition of a key of a store, wherever it is held.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreRoute {
+    pub application: String,
+    /// Partitions of the topology's source topics.
+    pub partitions: i32,
+    pub query: Arc<StoreQuery>,
+}
+
+/// Announcements of the instances of one application.
+#[derive(Debug, Default)]
+struct Instances {
+    /// This instance's advertised address.
+    local: Option<String>,
+    /// Per advertised address: the partitions announced last, and that announcement's
+    /// offset in the instances topic.
+    announced: BTreeMap<String, (Vec<i32>, i64)>,
+}
+
 /// What the operations endpoint reports; shared by the runtime and the HTTP server.
 #[derive(Debug, Default)]
 pub struct OpsState {
     topologies: RwLock<BTreeMap<String, Arc<TopologyMetrics>>>,
+    routes: RwLock<BTreeMap<String, StoreRoute>>,
+    instances: RwLock<BTreeMap<String, Instances>>,
     running: RwLock<BTreeMap<String, bool>>,
     stores: RwLock<BTreeMap<(String, i32), QueryableStore>>,
     registry: RwLock<Option<Arc<RegistryHealth>>>,
@@ -87,6 +113,46 @@ impl OpsState {
 
     pub(crate) fn remove_store(&self, name: &str, partition: i32) {
         write(&self.stores).remove(&(name.to_string(), partition));
+    }
+
+    pub(crate) fn put_route(&self, store: &str, route: StoreRoute) {
+        write(&self.routes).insert(store.to_string(), route);
+    }
+
+    /// Sets the address this instance advertises for `application`.
+    pub(crate) fn set_advertised(&self, application: &str, http: &str) {
+        write(&self.instances)
+            .entry(application.to_string())
+            .or_default()
+            .local = Some(http.to_string());
+    }
+
+    /// Records an announcement read at `offset` of the instances topic.
+    pub(crate) fn announced(
+        &self,
+        application: &str,
+        http: &str,
+        partitions: Vec<i32>,
+        offset: i64,
+    ) {
+        write(&self.instances)
+            .entry(application.to_string())
+            .or_default()
+            .announced
+            .insert(http.to_string(), (partitions, offset));
+    }
+
+    /// The advertised address of the instance that announced `partition` last, unless
+    /// that is this instance (then the partition is arriving or leaving here).
+    fn owner(&self, application: &str, partition: i32) -> Option<String> {
+        let instances = read(&self.instances);
+        let app = instances.get(application)?;
+        let (http, _) = app
+            .announced
+            .iter()
+            .filter(|(_, (partitions, _))| partitions.contains(&partition))
+            .max_by_key(|(_, (_, offset))| *offset)?;
+        (app.local.as_ref() != Some(http)).then(|| http.clone())
     }
 
     fn ready(&self) -> bool {
@@ -182,6 +248,43 @@ impl OpsState {
                 );
             }
         }
+        type Histo = fn(&TopologyMetrics) -> HistogramSnapshot;
+        let histograms: [(&str, &str, Histo); 2] = [
+            (
+                "engine_processing_latency_seconds",
+                "Time from taking a record from the consumer to the end of its processing.",
+                |m| m.processing_latency.snapshot(),
+            ),
+            (
+                "engine_record_e2e_latency_seconds",
+                "Time from a record's timestamp to the end of its processing.",
+                |m| m.e2e_latency.snapshot(),
+            ),
+        ];
+        for (name, help, pick) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (app, metrics) in topologies.iter() {
+                write_histogram(
+                    &mut out,
+                    name,
+                    &format!("application=\"{app}\""),
+                    &pick(metrics),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP engine_consumer_lag Records between this instance's position and the end of each assigned partition.\n# TYPE engine_consumer_lag gauge"
+        );
+        for (app, metrics) in topologies.iter() {
+            for lag in metrics.consumer_lag() {
+                let _ = writeln!(
+                    out,
+                    "engine_consumer_lag{{application=\"{app}\",topic=\"{}\",partition=\"{}\"}} {}",
+                    lag.topic, lag.partition, lag.lag
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP engine_store_entries Approximate entries per store and partition.\n# TYPE engine_store_entries gauge"
@@ -208,6 +311,16 @@ impl OpsState {
         }
         out
     }
+}
+
+/// One histogram's `_bucket` (cumulative, ending with `+Inf`), `_sum` and `_count` lines.
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (bound, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
 fn now_ms() -> i64 {
@@ -264,18 +377,76 @@ fn local_partitions(ops: &OpsState, store: &str) -> Vec<(i32, QueryableStore)> {
 
 async fn store_key(
     State(ops): State<Arc<OpsState>>,
+    uri: axum::http::Uri,
     Path((store, key)): Path<(String, String)>,
 ) -> Response {
-    lookup(&ops, store, key)
+    lookup(&ops, store, key, &uri)
 }
 
-fn lookup(ops: &OpsState, store: String, key: String) -> Response {
+/// Answers for a key held elsewhere (or nowhere known): `421` naming the instance that
+/// announced the key's partition last, with `Location` set to the same request there;
+/// else `404`.
+fn elsewhere(
+    ops: &OpsState,
+    store: &str,
+    key: &str,
+    uri: &axum::http::Uri,
+    local: &[i32],
+) -> Response {
+    let held_here = || {
+        if local.is_empty() {
+            format!("no partition of store `{store}` is held by this instance")
+        } else {
+            format!(
+                "key `{key}` not found in the partitions of `{store}` this instance holds ({local:?})"
+            )
+        }
+    };
+    let Some(route) = read(&ops.routes).get(store).cloned() else {
+        return error(StatusCode::NOT_FOUND, held_here());
+    };
+    let bytes = match route.query.key_bytes(key) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let partition = crate::kafka::default_partition(&bytes, route.partitions);
+    if local.contains(&partition) {
+        return error(StatusCode::NOT_FOUND, held_here());
+    }
+    match ops.owner(&route.application, partition) {
+        Some(owner) => {
+            let owner = format!("http://{owner}");
+            let location = format!(
+                "{owner}{}",
+                uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+            );
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                [(axum::http::header::LOCATION, location.clone())],
+                Json(json!({
+                    "error": "not local",
+                    "store": store,
+                    "key": key,
+                    "partition": partition,
+                    "owner": owner,
+                    "location": location,
+                })),
+            )
+                .into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "key `{key}` belongs to partition {partition} of `{store}`, which this instance does not hold and no other instance has announced"
+            ),
+        ),
+    }
+}
+
+fn lookup(ops: &OpsState, store: String, key: String, uri: &axum::http::Uri) -> Response {
     let partitions = local_partitions(ops, &store);
     if partitions.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no partition of store `{store}` is held by this instance"),
-        );
+        return elsewhere(ops, &store, &key, uri, &[]);
     }
     let now = now_ms();
     for (partition, s) in &partitions {
@@ -294,13 +465,8 @@ fn lookup(ops: &OpsState, store: String, key: String) -> Response {
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
-    error(
-        StatusCode::NOT_FOUND,
-        format!(
-            "key `{key}` not found in the partitions of `{store}` this instance holds ({:?})",
-            partitions.iter().map(|(p, _)| p).collect::<Vec<_>>()
-        ),
-    )
+    let local: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
+    elsewhere(ops, &store, &key, uri, &local)
 }
 
 #[derive(serde::Deserialize)]
@@ -364,9 +530,11 @@ pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
         router = router.route(
             &format!("{path}/{{key}}"),
             get(
-                move |State(ops): State<Arc<OpsState>>, Path(key): Path<String>| {
+                move |State(ops): State<Arc<OpsState>>,
+                      uri: axum::http::Uri,
+                      Path(key): Path<String>| {
                     let store = store.clone();
-                    async move { lookup(&ops, store, key) }
+                    async move { lookup(&ops, store, key, &uri) }
                 },
             ),
         );
@@ -391,4 +559,134 @@ pub fn serve(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         axum::serve(listener, app).await
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// `name{labels} value` lines of one metric family, in order: (series name, labels,
+    /// value).
+    fn samples<'a>(text: &'a str, family: &str) -> Vec<(&'a str, &'a str, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(family))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let (name, labels) = series.split_once('{').unwrap();
+                (name, labels.trim_end_matches('}'), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_latest_announcement_of_a_partition_names_its_owner() {
+        let ops = OpsState::default();
+        ops.set_advertised("app", "c:3");
+        ops.announced("app", "a:1", vec![0, 1], 10);
+        ops.announced("app", "b:2", vec![2, 3], 11);
+        assert_eq!(ops.owner("app", 0).as_deref(), Some("a:1"));
+        assert_eq!(ops.owner("app", 3).as_deref(), Some("b:2"));
+        assert_eq!(
+            ops.owner("other-app", 0),
+            None,
+            "announcements are per application"
+        );
+        // A stopped without a word (it crashed); B announced everything after the
+        // rebalance: B's later claim wins over A's stale one.
+        ops.announced("app", "b:2", vec![0, 1, 2, 3], 15);
+        assert_eq!(ops.owner("app", 0).as_deref(), Some("b:2"));
+        // This instance took partition 1 over: not redirected to B, nor to itself.
+        ops.announced("app", "c:3", vec![1], 16);
+        assert_eq!(ops.owner("app", 1), None);
+        assert_eq!(ops.owner("app", 2).as_deref(), Some("b:2"));
+        // B leaves cleanly: nobody is named for its partitions any more.
+        ops.announced("app", "b:2", vec![], 17);
+        assert_eq!(ops.owner("app", 2), None);
+    }
+
+    #[test]
+    fn latency_histograms_render_as_valid_prometheus_histograms() {
+        let ops = OpsState::default();
+        let metrics = Arc::new(TopologyMetrics::default());
+        for micros in [20, 150, 150, 900, 4_000, 30_000, 2_000_000, 20_000_000] {
+            metrics
+                .processing_latency
+                .observe(Duration::from_micros(micros));
+        }
+        ops.add_topology("app", metrics);
+        let text = ops.prometheus();
+        let name = "engine_processing_latency_seconds";
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} histogram\n")).count(),
+            1,
+            "{text}"
+        );
+        let lines = samples(&text, name);
+        let buckets: Vec<(f64, f64)> = lines
+            .iter()
+            .filter(|(n, _, _)| n.ends_with("_bucket"))
+            .map(|(_, labels, v)| {
+                assert!(labels.starts_with("application=\"app\",le=\""), "{labels}");
+                let le = labels.split("le=\"").nth(1).unwrap().trim_end_matches('"');
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, *v)
+            })
+            .collect();
+        assert_eq!(
+            buckets.len(),
+            crate::metrics::PROCESSING_LATENCY_BOUNDS.len() + 1
+        );
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "bounds increase and counts are cumulative: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().unwrap().0,
+            f64::INFINITY,
+            "the last bucket is +Inf"
+        );
+        let count = lines
+            .iter()
+            .find(|(n, _, _)| n.ends_with("_count"))
+            .unwrap()
+            .2;
+        let sum = lines
+            .iter()
+            .find(|(n, _, _)| n.ends_with("_sum"))
+            .unwrap()
+            .2;
+        assert_eq!(buckets.last().unwrap().1, count, "+Inf equals _count");
+        assert_eq!(count, 8.0);
+        assert_eq!(
+            buckets[0],
+            (0.0001, 1.0),
+            "only the 20 µs record is <= 100 µs"
+        );
+        assert_eq!(
+            buckets.iter().find(|(le, _)| *le == 10.0).unwrap().1,
+            7.0,
+            "20 s is above the last finite bound"
+        );
+        assert!((sum - 22.035_22).abs() < 1e-6, "sum in seconds: {sum}");
+        // The end-to-end histogram is rendered too, empty but complete.
+        let e2e = samples(&text, "engine_record_e2e_latency_seconds");
+        assert!(
+            e2e.iter()
+                .any(|(n, l, v)| n.ends_with("_bucket") && l.contains("+Inf") && *v == 0.0)
+        );
+        assert!(
+            e2e.iter()
+                .any(|(n, _, v)| n.ends_with("_count") && *v == 0.0)
+        );
+    }
 }

@@ -106,6 +106,11 @@ enum Command {
         /// address, e.g. 127.0.0.1:8080 (bind to localhost unless you mean otherwise).
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
+        /// HOST:PORT at which other instances reach this one's --http endpoint (default:
+        /// the --http address). Instances announce it on `<application>-instances`, so a
+        /// query for a key another instance holds answers 421 naming that instance.
+        #[arg(long, value_name = "HOST:PORT", requires = "http")]
+        advertised_http: Option<String>,
     },
     /// Host a local broker (librdkafka's mock cluster) for other processes until Ctrl-C.
     /// Prints KAFKA_BOOTSTRAP_SERVERS=<addr> as its first line on stdout.
@@ -422,7 +427,12 @@ fn execute(
             embedded,
             partitions,
             http,
+            advertised_http,
         } => {
+            if let Some(advertised) = &advertised_http {
+                crate::config::check_advertised_http(advertised)
+                    .map_err(|e| usage(format!("--advertised-http: {e}")))?;
+            }
             let config = load()?;
             let avro = avro_context(&config, &mocks, embedded.then_some("embedded"))?;
             let topologies = build_all(catalog, &names, &config, &avro)?;
@@ -435,7 +445,15 @@ fn execute(
                 }
                 let broker = EmbeddedBroker::start(1)
                     .map_err(|e| runtime(format!("cannot start the embedded broker: {e}")))?;
-                for topic in topologies.iter().flat_map(Topology::topics) {
+                let instance_topics = topologies
+                    .iter()
+                    .map(|t| (crate::runtime::instances_topic(t.application_id()), 1));
+                for (topic, partitions) in topologies
+                    .iter()
+                    .flat_map(Topology::topics)
+                    .map(|t| (t, partitions))
+                    .chain(instance_topics)
+                {
                     broker.create_topic(&topic, partitions).map_err(|e| {
                         runtime(format!(
                             "cannot create topic `{topic}` on the embedded broker: {e}"
@@ -490,8 +508,17 @@ fn execute(
                         tracing::error!(%error, "operations endpoint stopped");
                     }
                 });
-                tracing::info!(addr = %bound, "operations endpoint: /health, /metrics, /stores/{{store}}/{{key}}");
+                // Flag and file values are checked above and at load; the bound address
+                // is a socket address.
+                let advertised = advertised_http
+                    .or(config.advertised_http.clone())
+                    .unwrap_or_else(|| bound.to_string());
+                if bound.ip().is_unspecified() && advertised == bound.to_string() {
+                    tracing::warn!(%bound, "--http listens on every interface but other instances are told {advertised}; set --advertised-http to an address they can reach");
+                }
+                tracing::info!(addr = %bound, %advertised, "operations endpoint: /health, /metrics, /stores/{{store}}/{{key}}");
                 settings.ops = Some(ops);
+                settings.advertised_http = Some(advertised);
             }
             let result = executor.block_on(async move {
                 run_topologies(topologies, settings, Shutdown::on_signals()).await
@@ -519,6 +546,11 @@ fn execute(
             };
             for topology in build_all(catalog, &topologies, &config, &avro)? {
                 wanted.extend(topology.topics().into_iter().map(|t| (t, partitions)));
+                // Where instances with --http announce their partitions: one partition.
+                wanted.push((
+                    crate::runtime::instances_topic(topology.application_id()),
+                    1,
+                ));
             }
             let broker = EmbeddedBroker::start(brokers)
                 .map_err(|e| runtime(format!("cannot start the embedded broker: {e}")))?;

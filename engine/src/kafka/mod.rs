@@ -206,6 +206,44 @@ pub(crate) fn forward_stats(client: &str, stats: &Statistics) {
     );
 }
 
+/// The partition Kafka's default partitioner (Java's, and librdkafka's `murmur2` and
+/// `murmur2_random`) picks for a non-empty `key` among `partitions`.
+pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
+    // Java's `Utils.toPositive` masks the sign bit rather than taking an absolute value.
+    ((murmur2(key) & 0x7fff_ffff) as i32) % partitions.max(1)
+}
+
+/// Kafka's 32-bit murmur2 (seed 0x9747b28c), as `org.apache.kafka.common.utils.Utils`.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 /// A client context that only forwards logs, for auxiliary clients (admin checks,
 /// the CLI's own produce and consume).
 #[derive(Clone, Debug, Default)]
@@ -213,6 +251,8 @@ pub struct TracingContext {
     /// A label for log lines.
     pub client: &'static str,
 }
+
+impl rdkafka::consumer::ConsumerContext for TracingContext {}
 
 impl ClientContext for TracingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -229,6 +269,30 @@ impl ClientContext for TracingContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_java_partitioner() {
+        // From Kafka's UtilsTest.testMurmur2 (signed Java ints).
+        let cases: [(&str, i32); 6] = [
+            ("21", -973932308),
+            ("foobar", -790332482),
+            ("a-little-bit-long-string", -985981536),
+            ("a-little-bit-longer-string", -1486304829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            ("abc", 479470107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key.as_bytes()) as i32, expected, "{key}");
+        }
+        // toPositive(-790332482) % 4 == (0x7fffffff & -790332482) % 4
+        assert_eq!(
+            default_partition(b"foobar", 4),
+            ((-790332482_i32 & 0x7fff_ffff) % 4)
+        );
+    }
 
     #[test]
     fn owned_and_unknown_properties_are_refused_with_a_hint() {

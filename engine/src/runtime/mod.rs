@@ -5,6 +5,7 @@
 //! At-least-once: an input offset is committed only after everything it caused has been
 //! acknowledged by the broker.
 
+mod instances;
 mod restore;
 mod runner;
 mod tracker;
@@ -17,6 +18,7 @@ use crate::kafka::ClientSettings;
 use crate::state::RocksSettings;
 use crate::topology::{RecordError, Topology};
 
+pub use instances::instances_topic;
 pub use runner::TopologyRunner;
 
 /// How topologies run.
@@ -38,6 +40,11 @@ pub struct RunSettings {
     pub state: RocksSettings,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
+    /// `host:port` at which other instances reach this one's operations endpoint. With
+    /// `ops`, each topology announces its partitions under this address on
+    /// [`instances_topic`] and reads the other instances' announcements, so a query for
+    /// a key held elsewhere names its owner.
+    pub advertised_http: Option<String>,
 }
 
 impl RunSettings {
@@ -59,6 +66,7 @@ impl RunSettings {
                 crate::config::defaults::WRITE_BUFFER_BYTES,
             ),
             ops: None,
+            advertised_http: None,
         }
     }
 }

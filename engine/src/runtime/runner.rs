@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use rdkafka::client::ClientContext;
@@ -26,7 +26,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{ClientRole, forward_error, forward_log, forward_stats, kafka_reason};
-use crate::metrics::TopologyMetrics;
+use crate::metrics::{LagSource, PartitionLag, TopologyMetrics};
 use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
 use crate::topology::{ErrorClass, OnError, RecordError, Task, Topology, dead_letter_record};
 
@@ -92,6 +92,9 @@ pub(crate) struct ConsumeContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Where revoked partitions stood, for resuming them if they come back.
     resume: Mutex<HashMap<(String, i32), i64>>,
+    /// Committed offsets of the assigned partitions when they were assigned (-1: none):
+    /// the position for lag until a partition delivers its first record.
+    committed_at_assignment: Mutex<HashMap<(String, i32), i64>>,
     flush_timeout: Duration,
 }
 
@@ -148,8 +151,12 @@ impl ConsumerContext for ConsumeContext {
                         }
                     }
                 }
-                for (topic, partition) in &partitions {
-                    self.tracker.deactivate(topic, *partition);
+                {
+                    let mut committed = lock(&self.committed_at_assignment);
+                    for (topic, partition) in &partitions {
+                        self.tracker.deactivate(topic, *partition);
+                        committed.remove(&(topic.clone(), *partition));
+                    }
                 }
                 lock(&self.events).push(RebalanceEvent::Revoked(partitions));
             }
@@ -177,7 +184,13 @@ impl ConsumerContext for ConsumeContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
-            self.resume_where_we_stopped(consumer, &partitions);
+            let committed = self.committed_offsets(consumer, &partitions);
+            self.resume_where_we_stopped(consumer, &partitions, &committed);
+            lock(&self.committed_at_assignment).extend(
+                committed
+                    .into_iter()
+                    .map(|(topic, partition, offset)| ((topic, partition), offset)),
+            );
             tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
             lock(&self.events).push(RebalanceEvent::Assigned(partitions));
         }
@@ -185,9 +198,37 @@ impl ConsumerContext for ConsumeContext {
 }
 
 impl ConsumeContext {
+    /// The group's committed offsets of `partitions` (-1: none); one broker round trip
+    /// per assignment.
+    fn committed_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[(String, i32)],
+    ) -> Vec<(String, i32, i64)> {
+        if partitions.is_empty() {
+            return Vec::new();
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        match consumer.committed_offsets(tpl, self.flush_timeout) {
+            Ok(c) => partitions_of_offsets(&c),
+            Err(error) => {
+                tracing::warn!(application = %self.application_id, %error, "could not read the committed offsets of the assigned partitions");
+                Vec::new()
+            }
+        }
+    }
+
     /// Seeks partitions this instance had before to where it stopped, when that is past
     /// their committed offset.
-    fn resume_where_we_stopped(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+    fn resume_where_we_stopped(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[(String, i32)],
+        committed: &[(String, i32, i64)],
+    ) {
         let remembered: Vec<(String, i32, i64)> = {
             let mut resume = lock(&self.resume);
             let found = partitions
@@ -197,17 +238,6 @@ impl ConsumeContext {
             resume.clear();
             found
         };
-        if remembered.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (t, p, _) in &remembered {
-            tpl.add_partition(t, *p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, self.flush_timeout)
-            .map(|c| partitions_of_offsets(&c))
-            .unwrap_or_default();
         for (topic, partition, position) in remembered {
             let committed = committed
                 .iter()
@@ -298,6 +328,79 @@ fn now_ms() -> Timestamp {
         .unwrap_or(0)
 }
 
+/// Consumer lag from librdkafka's local state: the high watermark its last fetch saw and
+/// this instance's position, so a scrape costs no broker round trip.
+struct ConsumerLag {
+    consumer: Arc<StreamConsumer<ConsumeContext>>,
+    tracker: Arc<OffsetTracker>,
+}
+
+impl LagSource for ConsumerLag {
+    fn consumer_lag(&self) -> Vec<PartitionLag> {
+        // The assignment, with the offset after the last record handed to the engine.
+        let Ok(delivered) = self.consumer.position() else {
+            return Vec::new();
+        };
+        let committed = lock(&self.consumer.context().committed_at_assignment);
+        delivered
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (topic, partition) = (e.topic(), e.partition());
+                let (low, high) = cached_watermarks(&self.consumer, topic, partition)?;
+                // Processed beats delivered: a record being processed still counts as lag.
+                let position = self
+                    .tracker
+                    .processed_position(topic, partition)
+                    .or(match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        committed
+                            .get(&(topic.to_string(), partition))
+                            .copied()
+                            .filter(|o| *o >= 0)
+                    })
+                    .or((low >= 0).then_some(low))?;
+                Some(PartitionLag {
+                    topic: topic.to_string(),
+                    partition,
+                    lag: (high - position).max(0),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The low and high watermarks librdkafka last saw for a partition (the high one comes
+/// with every fetch response; the low one only with statistics enabled), or `None` while
+/// unknown. A local read: no request is sent.
+fn cached_watermarks<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // rust-rdkafka wraps only the querying `fetch_watermarks` (a broker round trip).
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a
+    // NUL-terminated string alive for the call; librdkafka writes only the two
+    // out-parameters, which live on this stack frame.
+    #[allow(unsafe_code)]
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
+}
+
 /// Runs one topology on Kafka until shutdown or a fatal error.
 pub struct TopologyRunner {
     topology: Topology,
@@ -354,8 +457,30 @@ impl TopologyRunner {
             ops.set_running(&app, false);
         }
         let partition_counts = Arc::new(self.check_topics(&producer).await?);
+        let mut announcer = None;
+        let mut reader = None;
         if let Some(ops) = &settings.ops {
             ops.set_broker_reachable(true);
+            let partitions = self
+                .topology
+                .source_topics()
+                .iter()
+                .filter_map(|t| partition_counts.get(t).copied())
+                .max()
+                .unwrap_or(1);
+            for (store, query) in self.topology.store_queries() {
+                ops.put_route(
+                    &store,
+                    crate::ops::StoreRoute {
+                        application: app.clone(),
+                        partitions,
+                        query,
+                    },
+                );
+            }
+            if let Some(advertised) = &settings.advertised_http {
+                (announcer, reader) = self.start_announcing(ops, advertised, &partition_counts);
+            }
         }
         let topology = self.topology.clone();
         tokio::task::spawn_blocking(move || topology.prepare())
@@ -368,7 +493,7 @@ impl TopologyRunner {
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
-        let consumer: StreamConsumer<ConsumeContext> = consumer_config
+        let consumer: Arc<StreamConsumer<ConsumeContext>> = consumer_config
             .create_with_context(ConsumeContext {
                 application_id: app.clone(),
                 tracker: tracker.clone(),
@@ -376,8 +501,10 @@ impl TopologyRunner {
                 producer: OnceLock::new(),
                 events: Mutex::new(Vec::new()),
                 resume: Mutex::new(HashMap::new()),
+                committed_at_assignment: Mutex::new(HashMap::new()),
                 flush_timeout: settings.shutdown_timeout,
             })
+            .map(Arc::new)
             .map_err(|source| RuntimeError::Client {
                 what: "consumer",
                 reason: kafka_reason(&source),
@@ -410,9 +537,24 @@ impl TopologyRunner {
             task_paused: Default::default(),
             out: Vec::new(),
             slots: Vec::new(),
+            announcer: announcer.as_ref(),
         };
+        self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
+            consumer: consumer.clone(),
+            tracker: tracker.clone(),
+        })));
         let result = run.process_until(&mut shutdown).await;
+        // Waits for a scrape in progress; afterwards this function owns the consumer alone.
+        self.metrics.set_lag_source(None);
         let closed = run.close().await;
+        if let Some(announcer) = &announcer {
+            // Other instances stop directing queries here.
+            announcer.announce(Vec::new()).await;
+        }
+        if let Some(reader) = reader.take() {
+            // Dropping joins its thread, which polls in 200 ms steps.
+            let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
+        }
         drop(run);
         drop(consumer);
         tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
@@ -420,6 +562,40 @@ impl TopologyRunner {
             ops.set_running(&app, false);
         }
         result.and(closed)
+    }
+
+    /// Starts announcing this instance's partitions and reading the others', when the
+    /// instances topic exists; without it, queries for keys held elsewhere get a 404.
+    fn start_announcing(
+        &self,
+        ops: &Arc<crate::ops::OpsState>,
+        advertised: &str,
+        partition_counts: &HashMap<String, i32>,
+    ) -> (
+        Option<super::instances::Announcer>,
+        Option<super::instances::AnnouncementReader>,
+    ) {
+        let app = self.topology.application_id();
+        let topic = super::instances_topic(app);
+        if !partition_counts.contains_key(&topic) {
+            tracing::warn!(application = %app, %topic, "topic missing: queries for keys another instance holds get 404 instead of naming it; create the topic (1 partition, cleanup.policy=compact) to enable that");
+            return (None, None);
+        }
+        ops.set_advertised(app, advertised);
+        let client = &self.settings.client;
+        let started = super::instances::Announcer::new(client, app, advertised).and_then(|a| {
+            super::instances::AnnouncementReader::start(client, app, ops.clone()).map(|r| (a, r))
+        });
+        match started {
+            Ok((announcer, reader)) => {
+                tracing::info!(application = %app, %topic, %advertised, "announcing this instance's partitions for interactive queries");
+                (Some(announcer), Some(reader))
+            }
+            Err(error) => {
+                tracing::warn!(application = %app, %topic, %error, "cannot announce this instance; queries for keys held elsewhere get 404");
+                (None, None)
+            }
+        }
     }
 
     /// Checks that the broker answers and every topic exists; returns partition counts.
@@ -488,6 +664,8 @@ struct Loop<'a> {
     task_paused: std::collections::HashSet<i32>,
     out: Vec<ProducedRecord>,
     slots: Vec<(String, i32, Slot)>,
+    /// Publishes the partitions held after each rebalance, if instances announce.
+    announcer: Option<&'a super::instances::Announcer>,
 }
 
 impl Loop<'_> {
@@ -561,7 +739,8 @@ impl Loop<'_> {
     /// punctuations run before the first record arrives.
     async fn apply_rebalances(&mut self) -> Result<(), RuntimeError> {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
-        if !events.is_empty() {
+        let rebalanced = !events.is_empty();
+        if rebalanced {
             self.slots.clear();
             self.metrics.assigned_partitions.store(
                 self.assignment().len() as u64,
@@ -599,6 +778,11 @@ impl Loop<'_> {
                     }
                 }
             }
+        }
+        if rebalanced && let Some(announcer) = self.announcer {
+            // After the tasks opened: a query sent here now finds (or waits for) the store.
+            let held = self.assignment().into_iter().map(|(_, p)| p).collect();
+            tokio::spawn(announcer.announce(held));
         }
         Ok(())
     }
@@ -707,6 +891,7 @@ impl Loop<'_> {
     }
 
     async fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        let taken = Instant::now();
         let now = now_ms();
         let partition = message.partition();
         let raw = RawRecord {
@@ -746,6 +931,14 @@ impl Loop<'_> {
             .await;
         self.out = produced;
         self.set_task_paused(partition, pause);
+        // One more monotonic clock read per record; the wall clock is derived from it.
+        let took = taken.elapsed();
+        self.metrics.processing_latency.observe(took);
+        let finished_ms = now.saturating_add(i64::try_from(took.as_millis()).unwrap_or(0));
+        let waited_ms = u64::try_from(finished_ms.saturating_sub(raw.timestamp)).unwrap_or(0);
+        self.metrics
+            .e2e_latency
+            .observe(Duration::from_millis(waited_ms));
         Ok(())
     }
 

@@ -318,6 +318,15 @@ impl OffsetTracker {
             .filter(|_| p.active)
     }
 
+    /// The offset after the last record processed from an assigned partition (`None`
+    /// before its first record).
+    pub fn processed_position(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.lock();
+        let index = *state.slots.get(&(topic.to_string(), partition))?;
+        let p = &state.partitions[index as usize];
+        (p.active && p.next_offset >= 0).then_some(p.next_offset)
+    }
+
     /// Forgets revoked partitions; later deliveries for them are ignored.
     pub fn deactivate(&self, topic: &str, partition: i32) {
         let mut state = self.lock();

@@ -45,8 +45,11 @@ type ScanFn = dyn Fn(&dyn BytesStore, &ScanRequest, Timestamp) -> Result<Vec<Jso
     + Send
     + Sync;
 
+type KeyFn = dyn Fn(&str) -> Result<Vec<u8>, QueryError> + Send + Sync;
+
 /// Reads one store's entries as JSON.
 pub struct StoreQuery {
+    key: Box<KeyFn>,
     get: Box<GetFn>,
     scan: Box<ScanFn>,
 }
@@ -62,6 +65,7 @@ impl StoreQuery {
         let name: Arc<str> = Arc::from(store);
         let key_format = serdes.key.info().to_string();
         let (s1, n1, f1) = (serdes.clone(), name.clone(), key_format.clone());
+        let (s2, n2, f2) = (serdes.clone(), name.clone(), key_format.clone());
         let key_bytes = move |s: &StoreSerdes<K, V>,
                               n: &str,
                               f: &str,
@@ -97,6 +101,7 @@ impl StoreQuery {
                 ))
             };
         StoreQuery {
+            key: Box::new(move |text| key_bytes(&s2, &n2, &f2, text)),
             get: Box::new(move |store, text, now| {
                 let k = key_bytes(&s1, &n1, &f1, text)?;
                 match store.get(&k)? {
@@ -136,6 +141,11 @@ impl StoreQuery {
                 Ok(out)
             }),
         }
+    }
+
+    /// The key written as `text`, serialized as the store stores it.
+    pub fn key_bytes(&self, text: &str) -> Result<Vec<u8>, QueryError> {
+        (self.key)(text)
     }
 
     /// The entry of the key written as `text`.

@@ -644,6 +644,15 @@ impl Topology {
         self.inner.stores.iter().map(|s| s.spec.clone()).collect()
     }
 
+    /// Each store's name and interactive-query reader.
+    pub(crate) fn store_queries(&self) -> Vec<(String, Arc<crate::state::StoreQuery>)> {
+        self.inner
+            .stores
+            .iter()
+            .map(|s| (s.spec.name.clone(), s.query.clone()))
+            .collect()
+    }
+
     /// Paths under which stores are served, with their store: `(path, store)`.
     pub fn exposed_stores(&self) -> &[(String, String)] {
         &self.inner.routes
