@@ -130,6 +130,7 @@ pub struct TopologyMetrics {
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
     pub(crate) restored_records: AtomicU64,
+    pub(crate) replayed_skipped: AtomicU64,
     /// From taking a record from the consumer to the end of its processing (its outputs
     /// handed to the producer).
     pub processing_latency: Histogram,
@@ -155,6 +156,7 @@ impl Default for TopologyMetrics {
             punctuations: AtomicU64::new(0),
             assigned_partitions: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
+            replayed_skipped: AtomicU64::new(0),
             processing_latency: Histogram::new(PROCESSING_LATENCY_BOUNDS),
             e2e_latency: Histogram::new(E2E_LATENCY_BOUNDS),
             lag: LagSlot::default(),
@@ -193,6 +195,9 @@ pub struct MetricsSnapshot {
     pub assigned_partitions: u64,
     /// Changelog records applied while restoring stores.
     pub restored_records: u64,
+    /// Records skipped because the restored stores already held their effect (their
+    /// offset was not committed before the previous owner stopped).
+    pub replayed_skipped: u64,
 }
 
 impl TopologyMetrics {
@@ -214,6 +219,7 @@ impl TopologyMetrics {
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),
             restored_records: r(&self.restored_records),
+            replayed_skipped: r(&self.replayed_skipped),
         }
     }
 

@@ -167,7 +167,7 @@ impl OpsState {
         let mut out = String::new();
         let topologies = read(&self.topologies);
         type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
-        let series: [(&str, &str, &str, Pick); 12] = [
+        let series: [(&str, &str, &str, Pick); 13] = [
             (
                 "engine_records_in_total",
                 "counter",
@@ -236,6 +236,12 @@ impl OpsState {
                 "counter",
                 "Changelog records applied while restoring.",
                 |m| m.restored_records,
+            ),
+            (
+                "engine_replayed_skipped_total",
+                "counter",
+                "Reprocessed records skipped because the restored stores already held them.",
+                |m| m.replayed_skipped,
             ),
         ];
         for (name, kind, help, pick) in series {

@@ -7,6 +7,7 @@
 //! crash) is wiped and rebuilt from the whole changelog: local data that may hold writes
 //! the changelog never got is never trusted.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,44 @@ pub(crate) struct Restored {
     pub store: String,
     pub records: u64,
     pub from_checkpoint: bool,
+    /// Per source topic, the last input offset whose store writes were all restored.
+    pub applied: HashMap<String, i64>,
+    /// Changelog records of an input cut short by a crash, left out.
+    pub incomplete: u64,
+}
+
+/// The store writes of one input record, applied once all of them are read.
+#[derive(Default)]
+struct Group {
+    source: Option<(String, i64)>,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn apply(
+    store: &Arc<dyn BytesStore>,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<u64, RuntimeError> {
+    let n = writes.len() as u64;
+    for (key, value) in writes {
+        match value {
+            Some(v) => store.put(&key, &v),
+            None => store.delete(&key),
+        }
+        .map_err(|e| RuntimeError::Client {
+            what: "store restore",
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(n)
 }
 
 /// Where a store's checkpoint lives (persistent stores only).
@@ -117,6 +156,8 @@ pub(crate) fn restore(
         store: spec.name.clone(),
         records: 0,
         from_checkpoint: checkpointed.is_some_and(|c| c == start),
+        applied: HashMap::new(),
+        incomplete: 0,
     };
     if start >= high {
         return Ok(restored);
@@ -129,6 +170,7 @@ pub(crate) fn restore(
         .map_err(client_error("changelog assignment"))?;
     let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
     let mut next = start;
+    let mut group = Group::default();
     while next < high {
         if Instant::now() > deadline {
             return Err(RuntimeError::Client {
@@ -142,17 +184,37 @@ pub(crate) fn restore(
             Some(Ok(m)) => {
                 next = m.offset() + 1;
                 let Some(key) = m.key() else { continue };
-                let result = match m.payload() {
-                    Some(value) => store.put(key, value),
-                    None => store.delete(key),
-                };
-                result.map_err(|e| RuntimeError::Client {
-                    what: "store restore",
-                    reason: e.to_string(),
-                })?;
-                restored.records += 1;
+                let source = header_text(&m, crate::topology::dead_letter_headers::SOURCE_TOPIC)
+                    .zip(
+                        header_text(&m, crate::topology::dead_letter_headers::SOURCE_OFFSET)
+                            .and_then(|o| o.parse::<i64>().ok()),
+                    )
+                    .map(|(t, o)| (t.to_string(), o));
+                let write = (key.to_vec(), m.payload().map(<[u8]>::to_vec));
+                if source.is_none() {
+                    // Written by a punctuation: not tied to an input record.
+                    restored.records += apply(store, vec![write])?;
+                    continue;
+                }
+                if group.source != source {
+                    // The previous input's writes were cut short, then superseded by
+                    // what followed: apply them, as the log says.
+                    restored.records += apply(store, std::mem::take(&mut group.writes))?;
+                    group.source = source;
+                }
+                group.writes.push(write);
+                if header_text(&m, crate::topology::CHANGELOG_LAST).is_some() {
+                    restored.records += apply(store, std::mem::take(&mut group.writes))?;
+                    if let Some((topic, offset)) = group.source.take() {
+                        let applied = restored.applied.entry(topic).or_insert(offset);
+                        *applied = (*applied).max(offset);
+                    }
+                }
             }
         }
     }
+    // An input whose writes end the log without their last one was cut short by a crash;
+    // it is processed again, so none of its writes may be applied.
+    restored.incomplete = group.writes.len() as u64;
     Ok(restored)
 }

@@ -64,9 +64,11 @@ impl ProducerContext for ProduceContext {
             Ok(_) => {
                 TopologyMetrics::add(&self.metrics.records_out, 1);
                 self.tracker.acknowledged_all(&token.sources);
+                self.tracker.settled(token.seq);
             }
             Err((error, message)) => self.tracker.failed(DeliveryFailure {
                 sources: token.sources,
+                seq: token.seq,
                 error: error.clone(),
                 topic: message.topic().to_string(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -123,10 +125,18 @@ impl ConsumerContext for ConsumeContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(application = %self.application_id, ?partitions, "partitions revoked: finishing their work");
-                if let Some(producer) = self.producer.get()
-                    && let Err(error) = producer.flush(self.flush_timeout)
-                {
-                    tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
+                if let Some(producer) = self.producer.get() {
+                    let mut flushed = producer.flush(self.flush_timeout);
+                    if flushed.is_ok() {
+                        // Every output is acknowledged: the changelog records may follow.
+                        for queued in self.tracker.drain_changelog() {
+                            send_now(producer, &self.tracker, &queued.record, queued.sources);
+                        }
+                        flushed = producer.flush(self.flush_timeout);
+                    }
+                    if let Err(error) = flushed {
+                        tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
+                    }
                 }
                 let commits = self
                     .tracker
@@ -677,12 +687,15 @@ impl Loop<'_> {
         loop {
             self.apply_rebalances().await?;
             self.handle_failures().await?;
+            self.send_ready_changelog().await;
             self.apply_backpressure();
             self.metrics.set_in_flight(self.tracker.in_flight() as u64);
+            let changelog_waits = self.tracker.queued_changelog() > 0;
+            self.tracker.set_waiting(self.paused || changelog_waits);
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
-                _ = self.tracker.changed(), if self.paused => {}
+                _ = self.tracker.changed(), if self.paused || changelog_waits => {}
                 message = self.consumer.recv(), if !self.paused => {
                     match message {
                         Ok(message) => self.process(&message).await?,
@@ -859,6 +872,7 @@ impl Loop<'_> {
         &mut self,
         source: Option<(Slot, i64)>,
         produced: &[ProducedRecord],
+        changelog: Vec<ProducedRecord>,
         released: Vec<crate::topology::Deferred>,
     ) {
         let mut sources = Sources::of(source);
@@ -866,12 +880,20 @@ impl Loop<'_> {
             let slot = self.slot(&deferred.topic, deferred.partition);
             sources.released.push((slot, deferred.offset));
         }
-        let outputs = u32::try_from(produced.len()).unwrap_or(u32::MAX);
+        let outputs = u32::try_from(produced.len() + changelog.len()).unwrap_or(u32::MAX);
         for &released in &sources.released {
             self.tracker.release(released, outputs);
         }
         for record in produced {
             send(self.producer, self.tracker, record, sources.clone()).await;
+        }
+        self.tracker.queue_changelog(changelog, &sources);
+    }
+
+    /// Sends the changelog records whose predecessors are all acknowledged.
+    async fn send_ready_changelog(&mut self) {
+        for queued in self.tracker.ready_changelog() {
+            send(self.producer, self.tracker, &queued.record, queued.sources).await;
         }
     }
 
@@ -924,10 +946,11 @@ impl Loop<'_> {
             .map_err(RuntimeError::Record)?;
         let (deferred, released) = task.take_deferrals();
         let pause = task.input_paused();
-        let outputs = u32::try_from(self.out.len()).unwrap_or(u32::MAX);
+        let changelog = task.take_changelog();
+        let outputs = u32::try_from(self.out.len() + changelog.len()).unwrap_or(u32::MAX);
         self.tracker.processed(slot, raw.offset, outputs, deferred);
         let produced = std::mem::take(&mut self.out);
-        self.send_produced(Some((slot, raw.offset)), &produced, released)
+        self.send_produced(Some((slot, raw.offset)), &produced, changelog, released)
             .await;
         self.out = produced;
         self.set_task_paused(partition, pause);
@@ -987,10 +1010,18 @@ impl Loop<'_> {
             task.punctuate_wall_clock(now, &mut produced)
                 .map_err(RuntimeError::Record)?;
             let (_, released) = task.take_deferrals();
-            calls.push((partition, produced, released, task.input_paused()));
+            let changelog = task.take_changelog();
+            calls.push((
+                partition,
+                produced,
+                changelog,
+                released,
+                task.input_paused(),
+            ));
         }
-        for (partition, produced, released, pause) in calls {
-            self.send_produced(None, &produced, released).await;
+        for (partition, produced, changelog, released, pause) in calls {
+            self.send_produced(None, &produced, changelog, released)
+                .await;
             self.set_task_paused(partition, pause);
         }
         Ok(())
@@ -1028,6 +1059,11 @@ async fn open_task(
                 );
             }
         };
+        let changelogged = stores
+            .iter()
+            .filter(|s| s.changelog_topic().is_some())
+            .count();
+        let mut applied = HashMap::new();
         for store in &stores {
             publish(store, true);
             let Some(topic) = store.changelog_topic() else {
@@ -1060,10 +1096,14 @@ async fn open_task(
                 reason: e.to_string(),
             })??;
             TopologyMetrics::add(&metrics.restored_records, restored.records);
+            if restored.incomplete > 0 {
+                tracing::info!(application = %app, store = %restored.store, partition, records = restored.incomplete, "changelog ends inside an input's writes (the previous owner crashed): they are left out and the input processed again");
+            }
+            applied = restored.applied;
             tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
             publish(store, false);
         }
-        Task::new(
+        let mut task = Task::new(
             topology,
             partition,
             stores,
@@ -1071,7 +1111,69 @@ async fn open_task(
             now,
             metrics.clone(),
         )
-        .map_err(RuntimeError::Record)
+        .map_err(RuntimeError::Record)?;
+        // One changelog partition is written in processing order, so what it holds is a
+        // prefix of the task's inputs; across several there is no such order, and those
+        // tasks stay at-least-once (an input may be applied twice after a crash).
+        if changelogged == 1 {
+            task.set_applied(applied);
+        }
+        Ok(task)
+    }
+}
+
+/// [`send`] from a blocking context (a rebalance callback).
+fn send_now(
+    producer: &EngineProducer,
+    tracker: &OffsetTracker,
+    record: &ProducedRecord,
+    sources: Sources,
+) {
+    let seq = tracker.next_seq();
+    let mut token = Box::new(DeliveryToken { sources, seq });
+    loop {
+        let mut base =
+            BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
+                .timestamp(record.timestamp);
+        if let Some(key) = &record.key {
+            base = base.key(key.as_slice());
+        }
+        if let Some(value) = &record.value {
+            base = base.payload(value.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            base = base.partition(partition);
+        }
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for h in record.headers.iter() {
+                headers = headers.insert(Header {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                });
+            }
+            base = base.headers(headers);
+        }
+        match producer.send(base) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                token = back.delivery_opaque;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((error, back)) => {
+                tracker.failed(DeliveryFailure {
+                    sources: back.delivery_opaque.sources,
+                    seq,
+                    error,
+                    topic: record.topic.to_string(),
+                    key: record.key.clone(),
+                    value: record.value.clone(),
+                    timestamp: record.timestamp,
+                    headers: record.headers.clone(),
+                });
+                return;
+            }
+        }
     }
 }
 
@@ -1085,7 +1187,8 @@ async fn send(
     sources: Sources,
 ) {
     {
-        let mut token = Box::new(DeliveryToken { sources });
+        let seq = tracker.next_seq();
+        let mut token = Box::new(DeliveryToken { sources, seq });
         loop {
             let mut base =
                 BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
@@ -1118,6 +1221,7 @@ async fn send(
                 Err((error, back)) => {
                     tracker.failed(DeliveryFailure {
                         sources: back.delivery_opaque.sources,
+                        seq,
                         error,
                         topic: record.topic.to_string(),
                         key: record.key.clone(),
@@ -1160,6 +1264,7 @@ impl Loop<'_> {
                     TopologyMetrics::add(&self.metrics.skipped, 1);
                     tracing::warn!(application = %self.topology.application_id(), %error, "output skipped by the error policy");
                     self.tracker.acknowledged_all(&failure.sources);
+                    self.tracker.settled(failure.seq);
                 }
                 OnError::DeadLetter(topic) if *topic == failure.topic => {
                     return Err(RuntimeError::Record(RecordError {
@@ -1185,6 +1290,7 @@ impl Loop<'_> {
                     // The dead-letter write replaces the failed output.
                     self.tracker.add_output_all(&failure.sources);
                     self.tracker.acknowledged_all(&failure.sources);
+                    self.tracker.settled(failure.seq);
                     send(self.producer, self.tracker, &record, failure.sources).await;
                 }
             }
@@ -1213,11 +1319,15 @@ impl Loop<'_> {
                 result = Err(e);
                 break;
             }
+            self.send_ready_changelog().await;
             let producer = self.producer.clone();
             let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_millis(200)))
                 .await;
             // Deferred records stay uncommitted: their processors stop with the tasks.
-            if self.tracker.awaiting_acknowledgement() == 0 && !self.tracker.has_failures() {
+            if self.tracker.awaiting_acknowledgement() == 0
+                && !self.tracker.has_failures()
+                && self.tracker.queued_changelog() == 0
+            {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -48,12 +48,59 @@ impl Sources {
 #[derive(Debug)]
 pub(crate) struct DeliveryToken {
     pub sources: Sources,
+    /// Position of the record in send order.
+    pub seq: u64,
+}
+
+/// Which sends are settled (acknowledged, or handled by the error policy), in send order:
+/// a changelog record waits until everything sent before it is settled.
+#[derive(Debug, Default)]
+struct SendOrder {
+    /// Sequence number of the oldest unsettled send (every earlier one is settled).
+    base: u64,
+    /// Settled flags from `base` on.
+    settled: VecDeque<bool>,
+}
+
+impl SendOrder {
+    fn next(&mut self) -> u64 {
+        self.settled.push_back(false);
+        self.base + self.settled.len() as u64 - 1
+    }
+
+    fn settle(&mut self, seq: u64) {
+        if let Some(flag) = seq
+            .checked_sub(self.base)
+            .and_then(|i| self.settled.get_mut(i as usize))
+        {
+            *flag = true;
+        }
+        while self.settled.front() == Some(&true) {
+            self.settled.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The sequence number the next send gets.
+    fn upcoming(&self) -> u64 {
+        self.base + self.settled.len() as u64
+    }
+}
+
+/// A changelog record waiting for the sends before it to settle.
+#[derive(Debug)]
+pub(crate) struct QueuedChangelog {
+    /// Everything sent with a smaller sequence number must settle first.
+    pub after: u64,
+    pub record: crate::record::ProducedRecord,
+    pub sources: Sources,
 }
 
 /// A record the broker refused.
 #[derive(Debug)]
 pub(crate) struct DeliveryFailure {
     pub sources: Sources,
+    pub seq: u64,
     pub error: KafkaError,
     pub topic: String,
     pub key: Option<Vec<u8>>,
@@ -93,6 +140,8 @@ struct TrackerState {
     partitions: Vec<PartitionProgress>,
     slots: HashMap<(String, i32), u32>,
     failures: Vec<DeliveryFailure>,
+    order: SendOrder,
+    changelog: VecDeque<QueuedChangelog>,
 }
 
 /// Offsets in flight for one topology instance.
@@ -232,6 +281,61 @@ impl OffsetTracker {
         for source in sources.iter() {
             self.add_output(Some(source));
         }
+    }
+
+    /// A sequence number for the next send.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().order.next()
+    }
+
+    /// A send was acknowledged or dealt with by the error policy.
+    pub fn settled(&self, seq: u64) {
+        self.lock().order.settle(seq);
+        if self.waiting.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues changelog records until every record sent so far has settled: a store
+    /// update reaches its changelog only after the outputs of the same records, so a
+    /// restored store never holds the effect of a record whose outputs were lost.
+    pub fn queue_changelog(&self, records: Vec<crate::record::ProducedRecord>, sources: &Sources) {
+        if records.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let after = state.order.upcoming();
+        for record in records {
+            state.changelog.push_back(QueuedChangelog {
+                after,
+                record,
+                sources: sources.clone(),
+            });
+        }
+    }
+
+    /// Queued changelog records whose predecessors have all settled.
+    pub fn ready_changelog(&self) -> Vec<QueuedChangelog> {
+        let mut state = self.lock();
+        let base = state.order.base;
+        let mut ready = Vec::new();
+        while state.changelog.front().is_some_and(|c| c.after <= base) {
+            if let Some(c) = state.changelog.pop_front() {
+                ready.push(c);
+            }
+        }
+        ready
+    }
+
+    /// Changelog records still queued.
+    pub fn queued_changelog(&self) -> usize {
+        self.lock().changelog.len()
+    }
+
+    /// Every queued changelog record, ready or not (for shutdown and revocation, after
+    /// the producer was flushed).
+    pub fn drain_changelog(&self) -> Vec<QueuedChangelog> {
+        self.lock().changelog.drain(..).collect()
     }
 
     /// One more output for an offset already pending (a dead-letter write replacing a

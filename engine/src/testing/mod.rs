@@ -178,6 +178,7 @@ impl TestDriver {
         let now = state.wall_clock;
         let mut produced = Vec::new();
         state.task.punctuate_wall_clock(now, &mut produced)?;
+        produced.extend(state.task.take_changelog());
         state.track_deferrals(None);
         state.route(produced)
     }
@@ -256,6 +257,7 @@ impl DriverState {
         *offset += 1;
         let mut produced = Vec::new();
         let outcome = self.task.process(&raw, self.wall_clock, &mut produced)?;
+        produced.extend(self.task.take_changelog());
         self.track_deferrals(Some((topic, raw.offset)));
         self.route(produced)?;
         Ok(outcome)
@@ -308,6 +310,7 @@ impl DriverState {
                 let at = *offset;
                 *offset += 1;
                 self.task.process(&raw, self.wall_clock, &mut more)?;
+                more.extend(self.task.take_changelog());
                 self.track_deferrals(Some((&record.topic, at)));
                 queue.extend(more);
             }

@@ -22,6 +22,7 @@ pub use builder::{
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
+pub(crate) use node::CHANGELOG_LAST;
 pub use node::TaskStore;
 pub use operators::{
     Branch, Emit, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,

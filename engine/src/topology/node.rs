@@ -159,12 +159,22 @@ impl TaskStore {
     }
 }
 
-/// Where a node's output goes: sink records and store changelog records.
+/// Header on the last changelog record an input record caused: a restore applies an
+/// input's store writes only when it sees all of them.
+pub(crate) const CHANGELOG_LAST: &str = "engine.source.last";
+
+/// Where a node's output goes: sink records, and store changelog records (kept apart:
+/// the runtime sends a changelog record only after the sink records produced before it
+/// are acknowledged).
 pub(crate) struct Output<'a> {
     pub produced: &'a mut Vec<ProducedRecord>,
+    pub changelog: &'a mut Vec<ProducedRecord>,
     pub partition: i32,
     pub timestamp: Timestamp,
     pub stores: &'a [TaskStore],
+    /// The input record being processed, stamped on changelog records so a restore knows
+    /// which inputs the store already reflects.
+    pub source: Option<&'a RecordMetadata>,
 }
 
 impl ChangelogWriter for Output<'_> {
@@ -177,13 +187,24 @@ impl ChangelogWriter for Output<'_> {
         else {
             return;
         };
-        self.produced.push(ProducedRecord {
+        let mut headers = Headers::new();
+        if let Some(source) = self.source {
+            headers.add(
+                super::policy::headers::SOURCE_TOPIC,
+                Some(source.topic.as_bytes().to_vec()),
+            );
+            headers.add(
+                super::policy::headers::SOURCE_OFFSET,
+                Some(source.offset.to_string().into_bytes()),
+            );
+        }
+        self.changelog.push(ProducedRecord {
             topic,
             partition: Some(self.partition),
             key: Some(key),
             value,
             timestamp: self.timestamp,
-            headers: Headers::new(),
+            headers,
         });
     }
 }

@@ -29,6 +29,8 @@ pub enum Outcome {
     Skipped,
     /// The error policy wrote it to a dead-letter topic.
     DeadLettered,
+    /// The restored stores already reflect it (see [`Task::set_applied`]).
+    AlreadyApplied,
 }
 
 /// One partition's instance of a topology.
@@ -45,6 +47,11 @@ pub struct Task {
     stores: Vec<TaskStore>,
     metrics: Arc<TopologyMetrics>,
     control: TaskControl,
+    /// Changelog records written since the last `take_changelog`.
+    changelog: Vec<ProducedRecord>,
+    /// Per source topic, the last offset whose store writes the restored stores already
+    /// hold: a record at or before it is not applied again.
+    applied: HashMap<String, i64>,
 }
 
 impl std::fmt::Debug for Task {
@@ -121,6 +128,8 @@ impl Task {
             stores,
             metrics,
             control: TaskControl::default(),
+            changelog: Vec::new(),
+            applied: HashMap::new(),
         };
         let mut produced = Vec::new();
         for i in 0..task.nodes.len() {
@@ -160,6 +169,18 @@ impl Task {
         )
     }
 
+    /// Changelog records the stores got since the last call (sent by the runtime once
+    /// the sink records produced before them are acknowledged).
+    pub fn take_changelog(&mut self) -> Vec<ProducedRecord> {
+        std::mem::take(&mut self.changelog)
+    }
+
+    /// Marks inputs up to these offsets (per source topic) as already reflected in the
+    /// restored stores: such records are skipped instead of applied twice.
+    pub fn set_applied(&mut self, applied: HashMap<String, i64>) {
+        self.applied = applied;
+    }
+
     /// Whether a processor asked to stop fetching this task's partition.
     pub fn input_paused(&self) -> bool {
         self.control.pause
@@ -181,6 +202,16 @@ impl Task {
     ) -> Result<Outcome, RecordError> {
         TopologyMetrics::add(&self.metrics.records_in, 1);
         self.control.deferred = 0;
+        if self
+            .applied
+            .get(raw.topic)
+            .is_some_and(|&applied| raw.offset <= applied)
+        {
+            // Its store writes reached the changelog (and so its outputs the broker)
+            // before the previous owner stopped without committing it.
+            TopologyMetrics::add(&self.metrics.replayed_skipped, 1);
+            return Ok(Outcome::AlreadyApplied);
+        }
         let Some(&source) = self.topology.sources_by_topic.get(raw.topic) else {
             return self.on_error(
                 ErrorClass::Processing,
@@ -226,6 +257,7 @@ impl Task {
             offset: raw.offset,
         };
         let mark = out.len();
+        let changelog_mark = self.changelog.len();
         let children = &self.topology.children[source];
         self.stack.clear();
         if let Some((last, rest)) = children.split_last() {
@@ -240,11 +272,18 @@ impl Task {
         if let Err(failure) = self.drain(Some(&metadata), wall_clock, out) {
             let (node, e) = *failure;
             out.truncate(mark);
+            self.changelog.truncate(changelog_mark);
             // The error policy handles the record: nothing holds it any more.
             self.control.deferred = 0;
             let field = e.field_name().map(String::from);
             let message = format!("node `{node}`: {e}");
             return self.on_error(ErrorClass::Processing, raw, field, message, out);
+        }
+        if self.changelog.len() > changelog_mark
+            && let Some(last) = self.changelog.last_mut()
+        {
+            last.headers
+                .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
         }
         self.fire(
             PunctuationType::StreamTime,
@@ -291,6 +330,7 @@ impl Task {
             let (node, id) = (s.node, s.id);
             TopologyMetrics::add(&self.metrics.punctuations, 1);
             let mark = out.len();
+            let changelog_mark = self.changelog.len();
             let result = self
                 .call(node, None, wall_clock, out, |n, ctx| {
                     n.punctuate(id, now, ctx)
@@ -305,6 +345,7 @@ impl Task {
             if let Err(failure) = result {
                 let (node, e) = *failure;
                 out.truncate(mark);
+                self.changelog.truncate(changelog_mark);
                 TopologyMetrics::add(&self.metrics.processing_errors, 1);
                 let error = RecordError {
                     class: ErrorClass::Processing,
@@ -373,9 +414,11 @@ impl Task {
             forwarded: &mut self.forwarded,
             output: Output {
                 produced: out,
+                changelog: &mut self.changelog,
                 partition: self.info.partition,
                 timestamp,
                 stores: &self.stores,
+                source: metadata,
             },
             allowed_stores: &self.topology.nodes[node].stores,
             schedules: &mut self.schedules,
