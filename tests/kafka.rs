@@ -757,7 +757,8 @@ fn serve_ops(ops: &std::sync::Arc<engine::ops::OpsState>) -> String {
 }
 
 #[test]
-fn a_query_for_a_key_the_other_instance_holds_names_that_instance() {
+fn a_query_for_a_key_the_other_instance_holds_names_that_instance_and_the_new_owner_answers_after_a_hand_over()
+ {
     let broker = broker(4);
     broker.create_topic("owners-per-key-changelog", 4).unwrap();
     broker
@@ -860,9 +861,25 @@ fn a_query_for_a_key_the_other_instance_holds_names_that_instance() {
             redirected[0] > 0 && redirected[1] > 0,
             "both instances hold keys the other redirects to: {redirected:?}"
         );
+
+        // A stops: B takes its partitions over, restores them from the changelog, and
+        // answers every key itself.
         stop_a.trigger();
-        stop_b.trigger();
         handle_a.await.unwrap().unwrap();
+        wait_for(Duration::from_secs(60), || {
+            metrics_b.snapshot().assigned_partitions == 4
+        })
+        .await;
+        wait_for(Duration::from_secs(30), || {
+            keys.iter().all(|key| answers(&addr_b, key).0 == 200)
+        })
+        .await;
+        for key in &keys {
+            let (_, _, found) = answers(&addr_b, key);
+            let found: serde_json::Value = serde_json::from_str(&found).unwrap();
+            assert_eq!(found["value"], 3, "{key} from the new owner: {found}");
+        }
+        stop_b.trigger();
         handle_b.await.unwrap().unwrap();
     });
 }
