@@ -446,6 +446,8 @@ impl TopologyRunner {
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RuntimeError> {
         let app = self.topology.application_id().to_string();
         let tracker = Arc::new(OffsetTracker::default());
+        // Send order matters only where changelog records wait for earlier outputs.
+        tracker.track_send_order(!self.topology.changelog_topics().is_empty());
         let settings = &self.settings;
 
         let producer: Arc<EngineProducer> = Arc::new(

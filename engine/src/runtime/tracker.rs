@@ -148,6 +148,8 @@ struct TrackerState {
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
     state: Mutex<TrackerState>,
+    /// Whether sends get sequence numbers (only topologies with changelogs need them).
+    ordered: AtomicBool,
     in_flight: AtomicUsize,
     waiting: AtomicBool,
     notify: Notify,
@@ -283,13 +285,25 @@ impl OffsetTracker {
         }
     }
 
-    /// A sequence number for the next send.
+    /// Whether to number sends, so changelog records can wait for the outputs before
+    /// them. Off, sends cost no lock and changelog records go out at once.
+    pub fn track_send_order(&self, on: bool) {
+        self.ordered.store(on, Ordering::Relaxed);
+    }
+
+    /// A sequence number for the next send (`u64::MAX`: not tracked).
     pub fn next_seq(&self) -> u64 {
+        if !self.ordered.load(Ordering::Relaxed) {
+            return u64::MAX;
+        }
         self.lock().order.next()
     }
 
     /// A send was acknowledged or dealt with by the error policy.
     pub fn settled(&self, seq: u64) {
+        if seq == u64::MAX {
+            return;
+        }
         self.lock().order.settle(seq);
         if self.waiting.load(Ordering::Relaxed) {
             self.notify.notify_one();
@@ -495,6 +509,35 @@ mod tests {
         t.acknowledged(Some((s, 3)));
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 5)]);
+    }
+
+    #[test]
+    fn changelog_records_wait_for_every_earlier_send_to_settle() {
+        let record = || crate::record::ProducedRecord {
+            topic: "app-store-changelog".into(),
+            partition: Some(0),
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            timestamp: 0,
+            headers: Default::default(),
+        };
+        let t = OffsetTracker::default();
+        t.track_send_order(true);
+        let (first, second) = (t.next_seq(), t.next_seq());
+        t.queue_changelog(vec![record(), record()], &Sources::default());
+        let later = t.next_seq();
+        assert!(t.ready_changelog().is_empty());
+        t.settled(second);
+        assert!(t.ready_changelog().is_empty(), "the first send is not settled");
+        t.settled(first);
+        assert_eq!(t.ready_changelog().len(), 2, "a later send does not hold them");
+        t.settled(later);
+        assert_eq!(t.queued_changelog(), 0);
+
+        let unordered = OffsetTracker::default();
+        let _ = unordered.next_seq();
+        unordered.queue_changelog(vec![record()], &Sources::default());
+        assert_eq!(unordered.ready_changelog().len(), 1, "no order kept: at once");
     }
 
     #[test]
