@@ -130,6 +130,8 @@ pub struct TopologyMetrics {
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
     pub(crate) restored_records: AtomicU64,
+    pub(crate) global_restored_records: AtomicU64,
+    pub(crate) global_records: AtomicU64,
     /// From taking a record from the consumer to the end of its processing (its outputs
     /// handed to the producer).
     pub processing_latency: Histogram,
@@ -155,6 +157,8 @@ impl Default for TopologyMetrics {
             punctuations: AtomicU64::new(0),
             assigned_partitions: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
+            global_restored_records: AtomicU64::new(0),
+            global_records: AtomicU64::new(0),
             processing_latency: Histogram::new(PROCESSING_LATENCY_BOUNDS),
             e2e_latency: Histogram::new(E2E_LATENCY_BOUNDS),
             lag: LagSlot::default(),
@@ -193,6 +197,11 @@ pub struct MetricsSnapshot {
     pub assigned_partitions: u64,
     /// Changelog records applied while restoring stores.
     pub restored_records: u64,
+    /// Records of global tables' topics read while bootstrapping their stores at start
+    /// (only the tail after a checkpoint).
+    pub global_restored_records: u64,
+    /// Records of global tables' topics applied after the bootstrap, while running.
+    pub global_records: u64,
 }
 
 impl TopologyMetrics {
@@ -214,6 +223,8 @@ impl TopologyMetrics {
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),
             restored_records: r(&self.restored_records),
+            global_restored_records: r(&self.global_restored_records),
+            global_records: r(&self.global_records),
         }
     }
 

@@ -5,6 +5,7 @@
 //! At-least-once: an input offset is committed only after everything it caused has been
 //! acknowledged by the broker.
 
+mod global;
 mod instances;
 mod restore;
 mod runner;
