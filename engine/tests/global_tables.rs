@@ -34,17 +34,28 @@ fn orders_with_products() -> TestDriver {
             product_of,
             |order: &String, name: &String| format!("{order} = {name}"),
         )
-        .to("to-named", "named", Produced::with(Serdes::string(), Serdes::string()));
+        .to(
+            "to-named",
+            "named",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
     orders
         .left_join_global(
             "all-orders",
             &products,
             product_of,
             |order: &String, name: Option<&String>| {
-                format!("{order} = {}", name.map_or("unknown product", String::as_str))
+                format!(
+                    "{order} = {}",
+                    name.map_or("unknown product", String::as_str)
+                )
             },
         )
-        .to("to-all", "all", Produced::with(Serdes::string(), Serdes::string()));
+        .to(
+            "to-all",
+            "all",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
     TestDriver::new(b.build().unwrap())
 }
 
@@ -100,7 +111,10 @@ fn stream_records_join_the_global_table_by_their_mapped_key_as_of_their_processi
     );
     orders.pipe(s("order-5"), s("p1:1")).unwrap();
     orders.pipe(s("order-6"), s("p2:1")).unwrap();
-    assert_eq!(named.read_key_values(), [(s("order-6"), s("p2:1 = toaster"))]);
+    assert_eq!(
+        named.read_key_values(),
+        [(s("order-6"), s("p2:1 = toaster"))]
+    );
     assert_eq!(
         all.read_key_values(),
         [
@@ -123,8 +137,11 @@ fn records_the_topology_writes_to_a_global_topic_update_the_global_store() {
     let b = TopologyBuilder::new("feedback");
     let names = b.global_table("names", "names", strings(), "names-store");
     // Renames are written to the global topic; lookups see them.
-    b.stream("renames", ["renames"], strings())
-        .to("to-names", "names", Produced::with(Serdes::string(), Serdes::string()));
+    b.stream("renames", ["renames"], strings()).to(
+        "to-names",
+        "names",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
     b.stream("lookups", ["lookups"], strings())
         .join_global(
             "named",
@@ -132,7 +149,11 @@ fn records_the_topology_writes_to_a_global_topic_update_the_global_store() {
             |_k: &String, v: &String| v.clone(),
             |v: &String, name: &String| format!("{v}={name}"),
         )
-        .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
     let driver = TestDriver::new(b.build().unwrap());
     let renames = driver.input_topic("renames", Serdes::string(), Serdes::string());
     let lookups = driver.input_topic("lookups", Serdes::string(), Serdes::string());
@@ -172,7 +193,11 @@ fn any_processor_reads_a_global_store_without_declaring_it_and_an_unknown_one_fa
         b.global_table("colours", "colours", strings(), "colours-store");
         b.stream("in", ["in"], strings())
             .process("read", move || ReadGlobal { store })
-            .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
+            .to(
+                "out",
+                "out",
+                Produced::with(Serdes::string(), Serdes::string()),
+            );
         TestDriver::new(b.build().unwrap())
     };
     let driver = build("colours-store");
@@ -208,7 +233,11 @@ fn a_global_topic_is_not_a_source_topic_but_is_among_the_topics_the_topology_nee
             |k: &String, _v: &String| k.clone(),
             |v: &String, g: &String| format!("{v}{g}"),
         )
-        .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
     let topology = b.build().unwrap();
     assert_eq!(topology.source_topics(), [s("in")]);
     assert_eq!(topology.global_topics(), [s("global-topic")]);
@@ -225,7 +254,11 @@ fn a_global_topic_is_not_a_source_topic_but_is_among_the_topics_the_topology_nee
             .collect::<Vec<_>>(),
         ["g-store"]
     );
-    assert!(topology.describe().contains("Global table: g (topic: global-topic) (store: g-store)"));
+    assert!(
+        topology
+            .describe()
+            .contains("Global table: g (topic: global-topic) (store: g-store)")
+    );
 }
 
 #[test]
@@ -234,9 +267,16 @@ fn a_topic_read_by_a_stream_and_a_global_table_or_a_shared_store_name_is_reporte
     b.global_table("g", "shared", strings(), "store");
     b.table("t", "other", strings(), "store")
         .to_stream("updates")
-        .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
-    b.stream("s", ["shared"], strings())
-        .to("out2", "out2", Produced::with(Serdes::string(), Serdes::string()));
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    b.stream("s", ["shared"], strings()).to(
+        "out2",
+        "out2",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
     let Err(TopologyError::Invalid { problems, .. }) = b.build() else {
         panic!("invalid topology accepted");
     };

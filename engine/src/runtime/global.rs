@@ -282,6 +282,15 @@ impl Follower {
         let consumer: BaseConsumer = self
             .client
             .client_config(ClientRole::Consumer)
+            // librdkafka refuses `assign` without a group id; with manual assignment and
+            // no commits the consumer never joins the group nor stores offsets in it.
+            .set(
+                "group.id",
+                format!(
+                    "{}-{}-global",
+                    self.application, self.global.store.spec.name
+                ),
+            )
             .create()
             .map_err(client_error("global table consumer"))?;
         let mut lows = Positions::new();

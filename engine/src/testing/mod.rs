@@ -367,7 +367,12 @@ impl DriverState {
                 self.task.process(&raw, self.wall_clock, &mut more)?;
                 self.track_deferrals(Some((&record.topic, at)));
                 queue.extend(more);
-            } else if self.topology.global_topics().iter().any(|t| **t == *record.topic) {
+            } else if self
+                .topology
+                .global_topics()
+                .iter()
+                .any(|t| **t == *record.topic)
+            {
                 let raw = RawRecord {
                     topic: &record.topic,
                     partition: 0,

@@ -341,7 +341,8 @@ impl TopologyBuilder {
     /// Validates and freezes the topology; the error lists every problem at once.
     pub fn build(self) -> Result<Topology, TopologyError> {
         let state = self.state.borrow();
-        let problems = super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes);
+        let problems =
+            super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid {
                 topology: state.application_id.clone(),

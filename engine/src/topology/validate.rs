@@ -201,7 +201,11 @@ pub(crate) fn problems(
         if names.len() + streams.len() > 1 {
             problems.push(Problem::TopicReadTwice {
                 topic: topic.to_string(),
-                sources: streams.iter().map(|s| s.name.clone()).chain(names).collect(),
+                sources: streams
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .chain(names)
+                    .collect(),
             });
         }
     }

@@ -87,7 +87,11 @@ impl<K: Data, V: Data> GlobalCodec for TypedGlobalCodec<K, V> {
             .deserialize(&self.topic, Some(value))
             .map_err(|e| ("value", e.to_string()))?;
         let mut value_bytes = Vec::new();
-        match self.serdes.value.serialize(&self.store, &v, &mut value_bytes) {
+        match self
+            .serdes
+            .value
+            .serialize(&self.store, &v, &mut value_bytes)
+        {
             Ok(Written::Bytes) => Ok((key_bytes, Some(framing::frame(&value_bytes, None)))),
             Ok(Written::Null) => Ok((key_bytes, None)),
             Err(e) => Err(("value", e.to_string())),
@@ -114,7 +118,10 @@ impl GlobalDef {
             part,
             message,
         };
-        let (k, v) = self.codec.encode(key, value).map_err(|(p, m)| error(p, m))?;
+        let (k, v) = self
+            .codec
+            .encode(key, value)
+            .map_err(|(p, m)| error(p, m))?;
         match v {
             Some(v) => store.put(&k, &v),
             None => store.delete(&k),
