@@ -42,14 +42,13 @@ pub(crate) struct GlobalApplyError {
     pub message: String,
 }
 
+/// A store key and framed value (`None`: delete), or which part failed and why.
+pub(crate) type Encoded = Result<(Vec<u8>, Option<Vec<u8>>), (&'static str, String)>;
+
 /// Turns a record of the global topic into the store's bytes, type-erased.
 pub(crate) trait GlobalCodec: Send + Sync {
     /// The store key and framed value (`None`: delete) for a record with a non-null key.
-    fn encode(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>), (&'static str, String)>;
+    fn encode(&self, key: &[u8], value: Option<&[u8]>) -> Encoded;
 }
 
 struct TypedGlobalCodec<K, V> {
@@ -60,11 +59,7 @@ struct TypedGlobalCodec<K, V> {
 }
 
 impl<K: Data, V: Data> GlobalCodec for TypedGlobalCodec<K, V> {
-    fn encode(
-        &self,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>), (&'static str, String)> {
+    fn encode(&self, key: &[u8], value: Option<&[u8]>) -> Encoded {
         // Keys are re-serialized as the store serializes them, so a lookup by a typed key
         // finds them whatever the topic's serde writes per topic (e.g. schema ids).
         let k = self
