@@ -8,8 +8,8 @@ use engine::record::{Headers, Record};
 use engine::serde::Serdes;
 use engine::testing::TestDriver;
 use engine::topology::{
-    Consumed, Problem, ProcessingError, Processor, ProcessorContext, Produced, TopologyBuilder,
-    TopologyError,
+    Consumed, Outcome, Problem, ProcessingError, Processor, ProcessorContext, Produced,
+    TopologyBuilder, TopologyError,
 };
 
 fn strings() -> Consumed<String, String> {
@@ -129,6 +129,22 @@ fn stream_records_join_the_global_table_by_their_mapped_key_as_of_their_processi
     assert_eq!(
         driver.store_entries::<String, String>("products-store"),
         Some(vec![(s("p2"), s("toaster"))])
+    );
+    // A value that does not deserialize is skipped and counted; the table is unchanged.
+    let outcome = driver
+        .pipe_raw(
+            "products",
+            Some(b"p3"),
+            Some(&[0xff, 0xfe]),
+            0,
+            Headers::new(),
+        )
+        .unwrap();
+    assert_eq!(outcome, Outcome::Skipped);
+    assert_eq!(driver.metrics().skipped, 1);
+    assert_eq!(
+        driver.store_get::<String, String>("products-store", &s("p3")),
+        None
     );
 }
 

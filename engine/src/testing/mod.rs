@@ -8,7 +8,9 @@
 //! Global tables (`TopologyBuilder::global_table`): a record piped (or written by the
 //! topology) to a global table's topic updates its store immediately, before the call
 //! returns, so the next stream record joins with it. There is no bootstrap phase: pipe
-//! the table's records first to model a table that exists before the stream starts.
+//! the table's records first to model a table that exists before the stream starts. A
+//! record of a global topic that does not deserialize is skipped (`Outcome::Skipped`,
+//! counted in `skipped`), as the runtime does.
 //!
 //! ```
 //! use engine::serde::Serdes;
@@ -37,7 +39,7 @@ use crate::record::{Headers, ProducedRecord, RawRecord, Record, Timestamp};
 use crate::serde::{Serde, Written};
 use crate::state::typed::StoreSerdes;
 use crate::state::{InMemorySupplier, framing};
-use crate::topology::{ErrorClass, Outcome, RecordError, Task, TaskStore, Topology};
+use crate::topology::{Outcome, RecordError, Task, TaskStore, Topology};
 
 /// Options for [`TestDriver::with_options`].
 #[derive(Clone, Debug, Default)]
@@ -277,8 +279,8 @@ impl DriverState {
             headers,
         };
         *offset += 1;
-        if self.apply_global(&raw)? {
-            return Ok(Outcome::Processed);
+        if let Some(outcome) = self.apply_global(&raw) {
+            return Ok(outcome);
         }
         let mut produced = Vec::new();
         let outcome = self.task.process(&raw, self.wall_clock, &mut produced)?;
@@ -287,35 +289,29 @@ impl DriverState {
         Ok(outcome)
     }
 
-    /// Applies a record of a global table's topic to its store; false for other topics.
-    fn apply_global(&self, raw: &RawRecord<'_>) -> Result<bool, RecordError> {
-        let Some(global) = self
+    /// Applies a record of a global table's topic to its store; `None` for other
+    /// topics. As in the runtime, a record that does not deserialize is counted and
+    /// skipped whatever the error policy (the table keeps following its topic).
+    fn apply_global(&self, raw: &RawRecord<'_>) -> Option<Outcome> {
+        let global = self
             .topology
             .inner
             .globals
             .iter()
-            .find(|g| g.topic == raw.topic)
-        else {
-            return Ok(false);
-        };
-        let Some(store) = self
+            .find(|g| g.topic == raw.topic)?;
+        let store = self
             .globals
             .iter()
-            .find(|s| s.spec().name == global.store.spec.name)
-        else {
-            return Ok(false);
-        };
-        global
-            .apply(&**store.bytes(), raw.key, raw.value)
-            .map_err(|e| RecordError {
-                class: ErrorClass::Deserialization,
-                topic: raw.topic.to_string(),
-                partition: raw.partition,
-                offset: raw.offset,
-                field: Some(e.part.to_string()),
-                message: e.to_string(),
-            })?;
-        Ok(true)
+            .find(|s| s.spec().name == global.store.spec.name)?;
+        match global.apply(&**store.bytes(), raw.key, raw.value) {
+            Ok(_) => Some(Outcome::Processed),
+            Err(error) => {
+                TopologyMetrics::add(&self.metrics.deserialization_errors, 1);
+                TopologyMetrics::add(&self.metrics.skipped, 1);
+                tracing::warn!(topic = raw.topic, offset = raw.offset, %error, "global table record skipped");
+                Some(Outcome::Skipped)
+            }
+        }
     }
 
     fn track_deferrals(&mut self, input: Option<(&str, i64)>) {
@@ -382,7 +378,7 @@ impl DriverState {
                     value: record.value.as_deref(),
                     headers: record.headers.clone(),
                 };
-                self.apply_global(&raw)?;
+                self.apply_global(&raw);
             }
             self.outputs
                 .entry(record.topic.to_string())
