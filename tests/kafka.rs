@@ -1049,5 +1049,32 @@ fn every_instance_holds_every_partition_of_a_global_table_and_a_restart_reads_on
         stop.trigger();
         handle.await.unwrap().unwrap();
         assert_eq!(metrics.snapshot().records_in, 3, "{:?}", metrics.snapshot());
+
+        // A checkpoint that does not fit the topic (an offset past its end) is not
+        // trusted: the store is wiped and rebuilt from the whole topic (12 + 1 + 5).
+        let checkpoint = dir_a
+            .path()
+            .join("globals/global/products-store.checkpoint");
+        assert!(
+            checkpoint.exists(),
+            "the second clean stop wrote a checkpoint"
+        );
+        std::fs::write(&checkpoint, "0 999\n1 0\n2 0\n").unwrap();
+        let a = instance(dir_a.path(), None);
+        let metrics = a.metrics();
+        let (stop, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(a.run(shutdown));
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().assigned_partitions == 4
+        })
+        .await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(
+            metrics.snapshot().global_restored_records,
+            18,
+            "{:?}",
+            metrics.snapshot()
+        );
     });
 }
