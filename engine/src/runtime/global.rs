@@ -368,7 +368,9 @@ impl Follower {
                 });
             }
             match consumer.poll(Duration::from_millis(200)) {
-                None => {}
+                // The last offsets before the end may hold no record a consumer sees
+                // (transaction markers): the consumer's position says it is past them.
+                None => advance_to_position(consumer, positions),
                 Some(Err(e)) => return Err(client_error("global table bootstrap")(e)),
                 Some(Ok(m)) => {
                     positions.insert(m.partition(), m.offset() + 1);
@@ -390,6 +392,21 @@ impl Follower {
                 tracing::warn!(application = %self.application, topic = %self.global.topic, partition = m.partition(), offset = m.offset(), %error, "global table record skipped");
                 false
             }
+        }
+    }
+}
+
+/// Moves `positions` forward to the consumer's fetch positions where those are ahead.
+fn advance_to_position(consumer: &BaseConsumer, positions: &mut Positions) {
+    let Ok(fetched) = consumer.position() else {
+        return;
+    };
+    for element in fetched.elements() {
+        if let Offset::Offset(offset) = element.offset()
+            && let Some(position) = positions.get_mut(&element.partition())
+            && offset > *position
+        {
+            *position = offset;
         }
     }
 }
