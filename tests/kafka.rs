@@ -883,3 +883,215 @@ fn a_query_for_a_key_the_other_instance_holds_names_that_instance_and_the_new_ow
         handle_b.await.unwrap().unwrap();
     });
 }
+
+/// Orders on `in` (value: a product id) named from the global table of `products`; an
+/// inner join, so an order whose product the table lacks produces nothing.
+fn order_namer(app: &str) -> Topology {
+    let b = TopologyBuilder::new(app);
+    let products = b.global_table(
+        "products",
+        "products",
+        Consumed::with(Serdes::string(), Serdes::string()),
+        "products-store",
+    );
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .join_global(
+        "named",
+        &products,
+        |_order: &String, product: &String| product.clone(),
+        |product: &String, name: &String| format!("{product}={name}"),
+    )
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
+    b.build().expect("valid")
+}
+
+/// Products `p{partition}-{i}` named `name-{partition}-{i}`, on their partition.
+fn products(partitions: i32, per_partition: usize, first: usize) -> Vec<(i32, String, String)> {
+    (0..partitions)
+        .flat_map(|p| {
+            (first..first + per_partition)
+                .map(move |i| (p, format!("p{p}-{i}"), format!("name-{p}-{i}")))
+        })
+        .collect()
+}
+
+/// One order per product on every partition of `in`, so whichever `in` partitions an
+/// instance holds, it looks up products of every partition of the global topic.
+fn orders_for(
+    products: &[(i32, String, String)],
+    in_partitions: i32,
+    tag: &str,
+) -> Vec<(i32, String, String)> {
+    (0..in_partitions)
+        .flat_map(|q| {
+            products
+                .iter()
+                .map(move |(_, product, _)| (q, format!("{tag}-{q}-{product}"), product.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_instance_holds_every_partition_of_a_global_table_and_a_restart_reads_only_the_tail() {
+    let broker = broker(4);
+    broker.create_topic("products", 3).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let first = products(3, 4, 0);
+        support::produce_to_partitions(&bootstrap, "products", &first).await;
+        let ops_a = std::sync::Arc::new(engine::ops::OpsState::default());
+        let addr_a = serve_ops(&ops_a);
+        let instance = |dir: &std::path::Path, ops: Option<&std::sync::Arc<_>>| {
+            let mut s = settings(&broker);
+            s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+            s.ops = ops.map(std::sync::Arc::clone);
+            TopologyRunner::new(order_namer("globals"), s)
+        };
+        let a = instance(dir_a.path(), Some(&ops_a));
+        let b = instance(dir_b.path(), None);
+        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+        let (stop_a, shutdown_a) = Shutdown::new();
+        let (stop_b, shutdown_b) = Shutdown::new();
+        let handle_a = tokio::spawn(a.run(shutdown_a));
+        let handle_b = tokio::spawn(b.run(shutdown_b));
+        wait_for(Duration::from_secs(30), || {
+            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+            a.assigned_partitions > 0
+                && b.assigned_partitions > 0
+                && a.assigned_partitions + b.assigned_partitions == 4
+        })
+        .await;
+        // Both bootstrapped the whole topic, not a share of it.
+        assert_eq!(metrics_a.snapshot().global_restored_records, 12);
+        assert_eq!(metrics_b.snapshot().global_restored_records, 12);
+
+        let orders = orders_for(&first, 4, "first");
+        support::produce_to_partitions(&bootstrap, "in", &orders).await;
+        let expected: BTreeSet<String> = orders
+            .iter()
+            .map(|(_, _, product)| {
+                let (p, i) = product[1..].split_once('-').unwrap();
+                format!("{product}=name-{p}-{i}")
+            })
+            .collect();
+        let out = consume_until_seen(&bootstrap, "out", &expected, Duration::from_secs(60)).await;
+        let seen: BTreeSet<String> = out.iter().map(|r| r.value.clone()).collect();
+        assert!(seen == expected, "{}", missing_summary(&expected, &seen));
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().records_out + metrics_b.snapshot().records_out == 48
+        })
+        .await;
+        for (name, m) in [("A", metrics_a.snapshot()), ("B", metrics_b.snapshot())] {
+            // Each instance processed whole `in` partitions (12 orders, products of all
+            // three global partitions, each) and the inner join dropped none of them.
+            assert_eq!(m.records_in, 12 * m.assigned_partitions, "{name}: {m:?}");
+            assert_eq!(
+                m.records_out, m.records_in,
+                "{name} found every product: {m:?}"
+            );
+        }
+        // The global store is queryable on the operations endpoint, any key of any
+        // partition.
+        for key in ["p0-0", "p1-3", "p2-2"] {
+            let (status, _, body) =
+                support::http_get_full(&addr_a, &format!("/stores/products-store/{key}"));
+            assert_eq!(status, 200, "{body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["value"], format!("name-{}", &key[1..]), "{body}");
+        }
+
+        // A product added while running reaches both instances.
+        support::produce_to_partitions(
+            &bootstrap,
+            "products",
+            &[(1, "p1-9".to_string(), "name-1-9".to_string())],
+        )
+        .await;
+        wait_for(Duration::from_secs(30), || {
+            metrics_a.snapshot().global_records == 1 && metrics_b.snapshot().global_records == 1
+        })
+        .await;
+        stop_a.trigger();
+        stop_b.trigger();
+        handle_a.await.unwrap().unwrap();
+        handle_b.await.unwrap().unwrap();
+        assert!(
+            walk(dir_a.path())
+                .iter()
+                .any(|p| p.ends_with("globals/global/products-store.checkpoint")),
+            "a clean stop leaves a global checkpoint"
+        );
+
+        // Five more products while it is down: a restart on the same state reads only
+        // those, and still has the ones from before.
+        let tail: Vec<_> = products(3, 2, 20).into_iter().take(5).collect();
+        support::produce_to_partitions(&bootstrap, "products", &tail).await;
+        let a = instance(dir_a.path(), None);
+        let metrics = a.metrics();
+        let (stop, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(a.run(shutdown));
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().assigned_partitions == 4
+        })
+        .await;
+        assert_eq!(
+            metrics.snapshot().global_restored_records,
+            5,
+            "the restart read only the tail: {:?}",
+            metrics.snapshot()
+        );
+        let late: Vec<(i32, String, String)> = [
+            (0, "late-old", "p0-1"),
+            (1, "late-new", &tail[4].1),
+            (2, "late-live", "p1-9"),
+        ]
+        .iter()
+        .map(|(q, k, v)| (*q, k.to_string(), v.to_string()))
+        .collect();
+        support::produce_to_partitions(&bootstrap, "in", &late).await;
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().records_out == 3
+        })
+        .await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(metrics.snapshot().records_in, 3, "{:?}", metrics.snapshot());
+
+        // A checkpoint that does not fit the topic (an offset past its end) is not
+        // trusted: the store is wiped and rebuilt from the whole topic (12 + 1 + 5).
+        let checkpoint = dir_a
+            .path()
+            .join("globals/global/products-store.checkpoint");
+        assert!(
+            checkpoint.exists(),
+            "the second clean stop wrote a checkpoint"
+        );
+        std::fs::write(&checkpoint, "0 999\n1 0\n2 0\n").unwrap();
+        let a = instance(dir_a.path(), None);
+        let metrics = a.metrics();
+        let (stop, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(a.run(shutdown));
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().assigned_partitions == 4
+        })
+        .await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(
+            metrics.snapshot().global_restored_records,
+            18,
+            "{:?}",
+            metrics.snapshot()
+        );
+    });
+}

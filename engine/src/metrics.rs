@@ -131,6 +131,8 @@ pub struct TopologyMetrics {
     pub(crate) assigned_partitions: AtomicU64,
     pub(crate) restored_records: AtomicU64,
     pub(crate) replayed_skipped: AtomicU64,
+    pub(crate) global_restored_records: AtomicU64,
+    pub(crate) global_records: AtomicU64,
     /// From taking a record from the consumer to the end of its processing (its outputs
     /// handed to the producer).
     pub processing_latency: Histogram,
@@ -157,6 +159,8 @@ impl Default for TopologyMetrics {
             assigned_partitions: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
             replayed_skipped: AtomicU64::new(0),
+            global_restored_records: AtomicU64::new(0),
+            global_records: AtomicU64::new(0),
             processing_latency: Histogram::new(PROCESSING_LATENCY_BOUNDS),
             e2e_latency: Histogram::new(E2E_LATENCY_BOUNDS),
             lag: LagSlot::default(),
@@ -198,6 +202,11 @@ pub struct MetricsSnapshot {
     /// Records skipped because the restored stores already held their effect (their
     /// offset was not committed before the previous owner stopped).
     pub replayed_skipped: u64,
+    /// Records of global tables' topics read while bootstrapping their stores at start
+    /// (only the tail after a checkpoint).
+    pub global_restored_records: u64,
+    /// Records of global tables' topics applied after the bootstrap, while running.
+    pub global_records: u64,
 }
 
 impl TopologyMetrics {
@@ -220,6 +229,8 @@ impl TopologyMetrics {
             assigned_partitions: r(&self.assigned_partitions),
             restored_records: r(&self.restored_records),
             replayed_skipped: r(&self.replayed_skipped),
+            global_restored_records: r(&self.global_restored_records),
+            global_records: r(&self.global_records),
         }
     }
 

@@ -167,7 +167,7 @@ impl OpsState {
         let mut out = String::new();
         let topologies = read(&self.topologies);
         type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
-        let series: [(&str, &str, &str, Pick); 13] = [
+        let series: [(&str, &str, &str, Pick); 15] = [
             (
                 "engine_records_in_total",
                 "counter",
@@ -242,6 +242,18 @@ impl OpsState {
                 "counter",
                 "Reprocessed records skipped because the restored stores already held them.",
                 |m| m.replayed_skipped,
+            ),
+            (
+                "engine_global_restored_records_total",
+                "counter",
+                "Global table records read while bootstrapping global stores.",
+                |m| m.global_restored_records,
+            ),
+            (
+                "engine_global_records_total",
+                "counter",
+                "Global table records applied after the bootstrap.",
+                |m| m.global_records,
             ),
         ];
         for (name, kind, help, pick) in series {

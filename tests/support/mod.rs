@@ -48,6 +48,31 @@ pub async fn produce_keyed(bootstrap: &str, topic: &str, records: &[(String, Str
     }
 }
 
+/// Produces each `(partition, key, value)` to that partition of `topic`.
+pub async fn produce_to_partitions(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(i32, String, String)],
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let sends = records.iter().map(|(p, k, v)| {
+        producer.send(
+            FutureRecord::to(topic)
+                .partition(*p)
+                .key(k.as_str())
+                .payload(v.as_str()),
+            Duration::from_secs(10),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("produced");
+    }
+}
+
 pub async fn produce_bytes(bootstrap: &str, topic: &str, key: &[u8], value: &[u8]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -4,7 +4,10 @@
 //! its consumer group is the application id, so more instances share the partitions.
 //! At-least-once: an input offset is committed only after everything it caused has been
 //! acknowledged by the broker.
+//! Global tables are read whole by every instance, outside the group, by a thread each
+//! (`global`), bootstrapped before the runner subscribes.
 
+mod global;
 mod instances;
 mod restore;
 mod runner;

@@ -503,6 +503,16 @@ impl TopologyRunner {
             })?
             .map_err(|problems| RuntimeError::Serdes { problems })?;
 
+        // Before subscribing: no task may process a record before the global tables hold
+        // their topics up to the end.
+        let globals = super::global::GlobalTables::start(
+            &self.topology,
+            settings,
+            &self.metrics,
+            &partition_counts,
+        )
+        .await?;
+
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
         let consumer: Arc<StreamConsumer<ConsumeContext>> = consumer_config
@@ -544,6 +554,7 @@ impl TopologyRunner {
             producer: &producer,
             consumer: &consumer,
             tasks: HashMap::new(),
+            globals: globals.stores(),
             partition_counts,
             paused: false,
             task_paused: Default::default(),
@@ -569,6 +580,7 @@ impl TopologyRunner {
         }
         drop(run);
         drop(consumer);
+        globals.close(settings, &app).await;
         tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
         if let Some(ops) = &settings.ops {
             ops.set_running(&app, false);
@@ -670,6 +682,8 @@ struct Loop<'a> {
     producer: &'a Arc<EngineProducer>,
     consumer: &'a StreamConsumer<ConsumeContext>,
     tasks: HashMap<i32, Task>,
+    /// The global tables' stores, shared by every task.
+    globals: Arc<Vec<crate::topology::TaskStore>>,
     partition_counts: Arc<HashMap<String, i32>>,
     paused: bool,
     /// Partitions whose task asked to stop fetching (`ProcessorContext::pause_input`).
@@ -783,6 +797,7 @@ impl Loop<'_> {
                                 self.topology,
                                 self.settings,
                                 self.metrics,
+                                &self.globals,
                                 &self.partition_counts,
                                 partition,
                                 now_ms(),
@@ -933,6 +948,7 @@ impl Loop<'_> {
                 self.topology,
                 self.settings,
                 self.metrics,
+                &self.globals,
                 &self.partition_counts,
                 partition,
                 now,
@@ -1035,6 +1051,7 @@ async fn open_task(
     topology: &Topology,
     settings: &RunSettings,
     metrics: &Arc<TopologyMetrics>,
+    globals: &Arc<Vec<crate::topology::TaskStore>>,
     partition_counts: &Arc<HashMap<String, i32>>,
     partition: i32,
     now: Timestamp,
@@ -1109,6 +1126,7 @@ async fn open_task(
             topology,
             partition,
             stores,
+            globals.clone(),
             partition_counts.clone(),
             now,
             metrics.clone(),

@@ -528,16 +528,27 @@ mod tests {
         let later = t.next_seq();
         assert!(t.ready_changelog().is_empty());
         t.settled(second);
-        assert!(t.ready_changelog().is_empty(), "the first send is not settled");
+        assert!(
+            t.ready_changelog().is_empty(),
+            "the first send is not settled"
+        );
         t.settled(first);
-        assert_eq!(t.ready_changelog().len(), 2, "a later send does not hold them");
+        assert_eq!(
+            t.ready_changelog().len(),
+            2,
+            "a later send does not hold them"
+        );
         t.settled(later);
         assert_eq!(t.queued_changelog(), 0);
 
         let unordered = OffsetTracker::default();
         let _ = unordered.next_seq();
         unordered.queue_changelog(vec![record()], &Sources::default());
-        assert_eq!(unordered.ready_changelog().len(), 1, "no order kept: at once");
+        assert_eq!(
+            unordered.ready_changelog().len(),
+            1,
+            "no order kept: at once"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::record::Timestamp;
 pub use memory::MemoryStore;
 pub use query::{JsonEntry, QueryError, ScanRequest, StoreQuery};
 pub use rocks::{RocksSettings, RocksStore};
-pub use typed::{ChangelogWriter, KeyValueStore};
+pub use typed::{ChangelogWriter, KeyValueStore, ReadOnlyKeyValueStore};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -46,6 +46,16 @@ pub enum StoreError {
         "node `{node}` uses store `{store}`, which it did not declare (pass it to process_with_stores) or which does not exist"
     )]
     NotConnected {
+        /// The node.
+        node: String,
+        /// The store.
+        store: String,
+    },
+    /// A processor asked for a global store that no global table of the topology has.
+    #[error(
+        "node `{node}` reads global store `{store}`, which no global table of the topology declares (builder.global_table)"
+    )]
+    NotGlobal {
         /// The node.
         node: String,
         /// The store.

@@ -50,6 +50,26 @@ impl RocksSettings {
             .join(store)
     }
 
+    /// Directory of a global table's store (one per instance, not per partition).
+    pub fn global_store_dir(&self, application: &str, store: &str) -> PathBuf {
+        self.state_dir.join(application).join("global").join(store)
+    }
+
+    /// Opens a global table's store (`spec.kind` decides RocksDB or memory).
+    pub fn open_global(&self, application: &str, spec: &StoreSpec) -> Result<Arc<dyn BytesStore>> {
+        match spec.kind {
+            super::StoreKind::InMemory => Ok(Arc::new(super::MemoryStore::default())),
+            super::StoreKind::Persistent => {
+                let dir = self.global_store_dir(application, &spec.name);
+                Ok(Arc::new(RocksStore::open(
+                    &spec.name,
+                    &dir,
+                    &self.options(),
+                )?))
+            }
+        }
+    }
+
     fn options(&self) -> Options {
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&self.cache);

@@ -159,3 +159,36 @@ impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
         Ok(())
     }
 }
+
+/// A read-only typed view of a store: how processors see a global table's store, which
+/// only its topic may change.
+pub struct ReadOnlyKeyValueStore<'a, K, V> {
+    pub(crate) inner: KeyValueStore<'a, K, V>,
+}
+
+impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<'_, K, V> {
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        self.inner.get(key)
+    }
+
+    /// Entries with `from <= key < to` by serialized key, in key order.
+    pub fn range(&self, from: Option<&K>, to: Option<&K>) -> Result<Vec<(K, V)>> {
+        self.inner.range(from, to)
+    }
+
+    /// Entries whose serialized key starts with `prefix`.
+    pub fn prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>> {
+        self.inner.prefix(prefix)
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> Result<Vec<(K, V)>> {
+        self.inner.all()
+    }
+
+    /// Approximate number of entries.
+    pub fn approximate_len(&self) -> u64 {
+        self.inner.approximate_len()
+    }
+}

@@ -5,6 +5,13 @@
 //! Everything runs synchronously on one task (partition 0). Records a topology writes to
 //! a topic it also reads are fed back in, as a broker would.
 //!
+//! Global tables (`TopologyBuilder::global_table`): a record piped (or written by the
+//! topology) to a global table's topic updates its store immediately, before the call
+//! returns, so the next stream record joins with it. There is no bootstrap phase: pipe
+//! the table's records first to model a table that exists before the stream starts. A
+//! record of a global topic that does not deserialize is skipped (`Outcome::Skipped`,
+//! counted in `skipped`), as the runtime does.
+//!
 //! ```
 //! use engine::serde::Serdes;
 //! use engine::testing::TestDriver;
@@ -32,7 +39,7 @@ use crate::record::{Headers, ProducedRecord, RawRecord, Record, Timestamp};
 use crate::serde::{Serde, Written};
 use crate::state::typed::StoreSerdes;
 use crate::state::{InMemorySupplier, framing};
-use crate::topology::{Outcome, RecordError, Task, Topology};
+use crate::topology::{Outcome, RecordError, Task, TaskStore, Topology};
 
 /// Options for [`TestDriver::with_options`].
 #[derive(Clone, Debug, Default)]
@@ -46,6 +53,8 @@ pub struct TestDriverOptions {
 struct DriverState {
     topology: Topology,
     task: Task,
+    /// The global tables' stores (the task reads the same ones).
+    globals: Arc<Vec<TaskStore>>,
     next_offset: HashMap<String, i64>,
     outputs: HashMap<String, VecDeque<ProducedRecord>>,
     wall_clock: Timestamp,
@@ -90,10 +99,20 @@ impl TestDriver {
             Ok(stores) => stores,
             Err(e) => panic!("stores of `{}` cannot open: {e}", topology.application_id()),
         };
+        let globals = match Task::open_global_stores(&topology, |_| {
+            Ok(Arc::new(crate::state::MemoryStore::default()))
+        }) {
+            Ok(globals) => Arc::new(globals),
+            Err(e) => panic!(
+                "global stores of `{}` cannot open: {e}",
+                topology.application_id()
+            ),
+        };
         let task = match Task::new(
             &topology,
             0,
             stores,
+            globals.clone(),
             Arc::new(counts),
             options.start_time,
             metrics.clone(),
@@ -108,6 +127,7 @@ impl TestDriver {
             state: Rc::new(RefCell::new(DriverState {
                 topology,
                 task,
+                globals,
                 next_offset: HashMap::new(),
                 outputs: HashMap::new(),
                 wall_clock: options.start_time,
@@ -199,7 +219,12 @@ impl TestDriver {
     /// order; `None` if there is no such store or it holds other types.
     pub fn store_entries<K: 'static, V: 'static>(&self, name: &str) -> Option<Vec<(K, V)>> {
         let state = self.state.borrow();
-        let store = state.task.stores().iter().find(|s| s.spec().name == name)?;
+        let store = state
+            .task
+            .stores()
+            .iter()
+            .chain(state.globals.iter())
+            .find(|s| s.spec().name == name)?;
         let serdes = store.serdes.downcast_ref::<StoreSerdes<K, V>>()?;
         let entries = store.bytes().range(None, None).ok()?;
         let now = state.wall_clock;
@@ -255,12 +280,40 @@ impl DriverState {
             headers,
         };
         *offset += 1;
+        if let Some(outcome) = self.apply_global(&raw) {
+            return Ok(outcome);
+        }
         let mut produced = Vec::new();
         let outcome = self.task.process(&raw, self.wall_clock, &mut produced)?;
         produced.extend(self.task.take_changelog());
         self.track_deferrals(Some((topic, raw.offset)));
         self.route(produced)?;
         Ok(outcome)
+    }
+
+    /// Applies a record of a global table's topic to its store; `None` for other
+    /// topics. As in the runtime, a record that does not deserialize is counted and
+    /// skipped whatever the error policy (the table keeps following its topic).
+    fn apply_global(&self, raw: &RawRecord<'_>) -> Option<Outcome> {
+        let global = self
+            .topology
+            .inner
+            .globals
+            .iter()
+            .find(|g| g.topic == raw.topic)?;
+        let store = self
+            .globals
+            .iter()
+            .find(|s| s.spec().name == global.store.spec.name)?;
+        match global.apply(&**store.bytes(), raw.key, raw.value) {
+            Ok(_) => Some(Outcome::Processed),
+            Err(error) => {
+                TopologyMetrics::add(&self.metrics.deserialization_errors, 1);
+                TopologyMetrics::add(&self.metrics.skipped, 1);
+                tracing::warn!(topic = raw.topic, offset = raw.offset, %error, "global table record skipped");
+                Some(Outcome::Skipped)
+            }
+        }
     }
 
     fn track_deferrals(&mut self, input: Option<(&str, i64)>) {
@@ -313,6 +366,22 @@ impl DriverState {
                 more.extend(self.task.take_changelog());
                 self.track_deferrals(Some((&record.topic, at)));
                 queue.extend(more);
+            } else if self
+                .topology
+                .global_topics()
+                .iter()
+                .any(|t| **t == *record.topic)
+            {
+                let raw = RawRecord {
+                    topic: &record.topic,
+                    partition: 0,
+                    offset: -1,
+                    timestamp: record.timestamp,
+                    key: record.key.as_deref(),
+                    value: record.value.as_deref(),
+                    headers: record.headers.clone(),
+                };
+                self.apply_global(&raw);
             }
             self.outputs
                 .entry(record.topic.to_string())

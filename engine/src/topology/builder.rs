@@ -156,6 +156,19 @@ pub(crate) struct BuilderState {
     pub error_policy: ErrorPolicy,
     /// Joins whose inputs must be co-partitioned: (join name, the input nodes).
     pub copartitioned: Vec<(String, Vec<String>)>,
+    /// Global tables, materialized from every partition of their topic on every instance.
+    pub globals: Vec<GlobalDef>,
+}
+
+/// A global table as declared: its topic, its store, and how a record of the topic
+/// becomes the store's bytes.
+#[derive(Clone)]
+pub(crate) struct GlobalDef {
+    pub name: String,
+    pub topic: String,
+    pub store: StoreDef,
+    pub codec: Arc<dyn super::operators::global_table::GlobalCodec>,
+    pub prepare: PrepareFn,
 }
 
 /// A store as declared: its spec and its serdes (`StoreSerdes<K, V>`, type-erased).
@@ -214,6 +227,11 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
         self
     }
 
+    /// The store's declaration and serdes.
+    pub(crate) fn into_parts(self) -> (StoreSpec, StoreSerdes<K, V>) {
+        (self.spec, self.serdes)
+    }
+
     /// The store's name.
     pub(crate) fn name(&self) -> &str {
         &self.spec.name
@@ -241,7 +259,7 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
 /// assert!(topology.describe().contains("Sink: to-shouts (topic: shouts)"));
 /// ```
 pub struct TopologyBuilder {
-    state: Rc<RefCell<BuilderState>>,
+    pub(crate) state: Rc<RefCell<BuilderState>>,
 }
 
 impl TopologyBuilder {
@@ -255,6 +273,7 @@ impl TopologyBuilder {
                 routes: Vec::new(),
                 error_policy: ErrorPolicy::default(),
                 copartitioned: Vec::new(),
+                globals: Vec::new(),
             })),
         }
     }
@@ -316,13 +335,14 @@ impl TopologyBuilder {
     /// Every problem with the topology as declared so far; empty when it is valid.
     pub fn validate(&self) -> Vec<Problem> {
         let state = self.state.borrow();
-        super::validate::problems(&state.nodes, &state.stores, &state.routes)
+        super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes)
     }
 
     /// Validates and freezes the topology; the error lists every problem at once.
     pub fn build(self) -> Result<Topology, TopologyError> {
         let state = self.state.borrow();
-        let problems = super::validate::problems(&state.nodes, &state.stores, &state.routes);
+        let problems =
+            super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid {
                 topology: state.application_id.clone(),
@@ -537,6 +557,7 @@ pub(crate) struct TopologyInner {
     pub error_policy: ErrorPolicy,
     /// Joins and the source topics of their inputs, which must be co-partitioned.
     pub copartitioned: Vec<(String, Vec<String>)>,
+    pub globals: Vec<GlobalDef>,
 }
 
 /// The topics of the sources a node reads from, through any number of operators, sorted.
@@ -605,6 +626,7 @@ impl Topology {
                 stores: state.stores.clone(),
                 routes: state.routes.clone(),
                 error_policy: state.error_policy.clone(),
+                globals: state.globals.clone(),
                 copartitioned: state
                     .copartitioned
                     .iter()
@@ -642,6 +664,24 @@ impl Topology {
     /// Stores of the topology.
     pub fn stores(&self) -> Vec<StoreSpec> {
         self.inner.stores.iter().map(|s| s.spec.clone()).collect()
+    }
+
+    /// Topics of the global tables, sorted: read whole by every instance, outside the
+    /// consumer group.
+    pub fn global_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.inner.globals.iter().map(|g| g.topic.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// Stores of the global tables.
+    pub fn global_stores(&self) -> Vec<StoreSpec> {
+        self.inner
+            .globals
+            .iter()
+            .map(|g| g.store.spec.clone())
+            .collect()
     }
 
     /// Each store's name and interactive-query reader.
@@ -702,6 +742,7 @@ impl Topology {
             .nodes
             .iter()
             .filter_map(|n| n.prepare.as_ref())
+            .chain(self.inner.globals.iter().map(|g| &g.prepare))
             .flat_map(|p| p())
             .collect();
         if problems.is_empty() {
@@ -761,9 +802,10 @@ impl Topology {
         }
     }
 
-    /// Every topic the topology touches (including changelogs), sorted.
+    /// Every topic the topology touches (including changelogs and global topics), sorted.
     pub fn topics(&self) -> Vec<String> {
         let mut t = self.source_topics();
+        t.extend(self.global_topics());
         t.extend(self.sink_topics());
         t.extend(self.changelog_topics());
         t.sort();

@@ -54,6 +54,13 @@ impl Topology {
                 }
             }
         }
+        for global in &inner.globals {
+            let _ = writeln!(
+                out,
+                "   Global table: {} (topic: {}) (store: {})",
+                global.name, global.topic, global.store.spec.name
+            );
+        }
         out
     }
 

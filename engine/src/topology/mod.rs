@@ -6,7 +6,7 @@
 //! so the test driver can run any topology without a broker. May depend on `record`,
 //! `serde` and `metrics`.
 
-mod builder;
+pub(crate) mod builder;
 mod describe;
 mod error;
 pub(crate) mod node;
@@ -25,7 +25,7 @@ pub use error::{
 pub(crate) use node::CHANGELOG_LAST;
 pub use node::TaskStore;
 pub use operators::{
-    Branch, Emit, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
+    Branch, Emit, GlobalKTable, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
     SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,
     Windowed, WindowedSerde, Windowing,
 };

@@ -214,6 +214,8 @@ pub(crate) struct TaskInfo {
     pub application_id: Arc<str>,
     pub partition: i32,
     pub partition_counts: Arc<HashMap<String, i32>>,
+    /// The global tables' stores, shared by every task of the instance (read-only).
+    pub globals: Arc<Vec<TaskStore>>,
 }
 
 /// Everything a node may touch while it runs.
@@ -269,6 +271,7 @@ pub(crate) trait NodeOps {
         &mut self,
         name: &str,
     ) -> Result<(&TaskStore, &mut dyn ChangelogWriter, Timestamp), StoreError>;
+    fn global_store_access(&self, name: &str) -> Result<(&TaskStore, Timestamp), StoreError>;
 }
 
 impl NodeOps for NodeContext<'_> {
@@ -313,6 +316,18 @@ impl NodeOps for NodeContext<'_> {
             .find(|s| s.spec.name == name)
             .ok_or_else(not_connected)?;
         Ok((store, &mut self.output, self.wall_clock))
+    }
+
+    fn global_store_access(&self, name: &str) -> Result<(&TaskStore, Timestamp), StoreError> {
+        self.task
+            .globals
+            .iter()
+            .find(|s| s.spec.name == name)
+            .map(|s| (s, self.wall_clock))
+            .ok_or_else(|| StoreError::NotGlobal {
+                node: self.node_name.to_string(),
+                store: name.to_string(),
+            })
     }
 
     /// Sends a record to every child; the last child gets the original, the others a clone.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::record::{ProducedRecord, Record, RecordMetadata, Timestamp};
 use crate::state::typed::StoreSerdes;
-use crate::state::{KeyValueStore, StoreError};
+use crate::state::{KeyValueStore, ReadOnlyKeyValueStore, StoreError};
 
 use super::error::ProcessingError;
 use super::node::{ErasedRecord, NodeContext, NodeInstance, NodeOps, unbox};
@@ -197,6 +197,38 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
             changelog: Some(writer),
             now,
             _types: PhantomData,
+        })
+    }
+
+    /// The store of a global table (`TopologyBuilder::global_table`), read-only: every
+    /// node may read it without declaring it. It holds every partition of the table's
+    /// topic, as of the moment of the call.
+    pub fn global_store<SK: 'static, SV: 'static>(
+        &self,
+        name: &str,
+    ) -> Result<ReadOnlyKeyValueStore<'_, SK, SV>, StoreError> {
+        let (handle, now) = self.inner.global_store_access(name)?;
+        let serdes = handle
+            .serdes
+            .downcast_ref::<StoreSerdes<SK, SV>>()
+            .ok_or_else(|| StoreError::Serde {
+                store: name.to_string(),
+                part: "types",
+                message: format!(
+                    "the global store holds other types than ({}, {})",
+                    std::any::type_name::<SK>(),
+                    std::any::type_name::<SV>()
+                ),
+            })?;
+        Ok(ReadOnlyKeyValueStore {
+            inner: KeyValueStore {
+                spec: &handle.spec,
+                store: &handle.store,
+                serdes,
+                changelog: None,
+                now,
+                _types: PhantomData,
+            },
         })
     }
 

@@ -90,12 +90,35 @@ impl Task {
             .collect()
     }
 
-    /// Creates the nodes for `partition` over its (restored) `stores` and runs their
-    /// `init`.
+    /// Opens the stores of the topology's global tables with `open` (given the store's
+    /// spec), not yet bootstrapped; one set per instance, shared by its tasks.
+    pub fn open_global_stores(
+        topology: &Topology,
+        open: impl Fn(&crate::state::StoreSpec) -> Result<Arc<dyn crate::state::BytesStore>, StoreError>,
+    ) -> Result<Vec<TaskStore>, StoreError> {
+        topology
+            .inner
+            .globals
+            .iter()
+            .map(|global| {
+                Ok(TaskStore {
+                    store: open(&global.store.spec)?,
+                    changelog_topic: None,
+                    spec: global.store.spec.clone(),
+                    serdes: global.store.serdes.clone(),
+                    query: global.store.query.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Creates the nodes for `partition` over its (restored) `stores` and the instance's
+    /// (bootstrapped) global stores, and runs their `init`.
     pub fn new(
         topology: &Topology,
         partition: i32,
         stores: Vec<TaskStore>,
+        globals: Arc<Vec<TaskStore>>,
         partition_counts: Arc<HashMap<String, i32>>,
         wall_clock: Timestamp,
         metrics: Arc<TopologyMetrics>,
@@ -116,6 +139,7 @@ impl Task {
                 application_id: Arc::from(inner.application_id.as_str()),
                 partition,
                 partition_counts,
+                globals,
             },
             topology: inner,
             nodes,

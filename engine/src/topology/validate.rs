@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::serde::short_type_name;
 
-use super::builder::{NodeKind, NodeSpec, StoreDef};
+use super::builder::{GlobalDef, NodeKind, NodeSpec, StoreDef};
 use super::error::Problem;
 use super::node::TypeSig;
 
@@ -25,17 +25,20 @@ const PURE_OPERATORS: &[&str] = &[
     "join_tables",
     "left_join_tables",
     "outer_join_tables",
+    "join_global",
+    "left_join_global",
 ];
 
 pub(crate) fn problems(
     nodes: &[NodeSpec],
     stores: &[StoreDef],
+    globals: &[GlobalDef],
     routes: &[(String, String)],
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
 
     let mut store_names = HashSet::new();
-    for store in stores {
+    for store in stores.iter().chain(globals.iter().map(|g| &g.store)) {
         if !valid_name(&store.spec.name) {
             problems.push(Problem::BadName {
                 name: store.spec.name.clone(),
@@ -176,6 +179,33 @@ pub(crate) fn problems(
             problems.push(Problem::TopicReadTwice {
                 topic: topic.to_string(),
                 sources: sources.iter().map(|s| s.name.clone()).collect(),
+            });
+        }
+    }
+    // A global table's topic is read whole by every instance: no stream or other global
+    // table may read it too (as in Kafka Streams).
+    let mut global_readers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for global in globals {
+        if !valid_name(&global.name) {
+            problems.push(Problem::BadName {
+                name: global.name.clone(),
+            });
+        }
+        global_readers
+            .entry(global.topic.as_str())
+            .or_default()
+            .push(global.name.clone());
+    }
+    for (topic, names) in global_readers {
+        let streams = readers.get(topic).map(Vec::as_slice).unwrap_or_default();
+        if names.len() + streams.len() > 1 {
+            problems.push(Problem::TopicReadTwice {
+                topic: topic.to_string(),
+                sources: streams
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .chain(names)
+                    .collect(),
             });
         }
     }

@@ -5,7 +5,9 @@ mod aggregate;
 pub(crate) mod branch;
 mod filter;
 mod flat_map;
+pub(crate) mod global_table;
 mod join;
+mod join_global;
 mod join_streams;
 mod join_tables;
 mod map;
@@ -21,6 +23,7 @@ mod window;
 
 pub use aggregate::{Grouped, KGroupedStream};
 pub use branch::Branch;
+pub use global_table::GlobalKTable;
 pub use join_streams::{JoinWindows, StreamJoined};
 pub use sessionize::{SessionWindowedKStream, SessionWindows};
 pub use table::KTable;
