@@ -12,7 +12,7 @@ use engine::BuildContext;
 use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
-    Consumed, ErrorPolicy, Grouped, KStream, Problem, ProcessingError, Processor, ProcessorContext,
+    Consumed, ErrorPolicy, Grouped, KStream, ProcessingError, Processor, ProcessorContext,
     Produced, PunctuationType, ScheduleId, StoreBuilder, Topology, TopologyBuilder, TopologyError,
 };
 
@@ -312,21 +312,10 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
 
 /// Builds the topology.
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
-    let invalid = |node: &str, e: engine::serde::avro::AvroError| TopologyError::Invalid {
-        topology: NAME.into(),
-        problems: vec![Problem::Serde {
-            node: node.into(),
-            message: e.to_string(),
-        }],
-    };
-    let tickets = ctx
-        .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| invalid("tickets", e))?;
-    let results = ctx
-        .avro
-        .value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)
-        .map_err(|e| invalid("results", e))?;
+    let tickets =
+        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let results =
+        crate::avro_value::<ExecutionResult>(ctx, NAME, "results", EXECUTION_RESULT_SCHEMA)?;
     let key = || Serdes::nullable(Serdes::string());
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));

@@ -966,33 +966,20 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     if options.sla_check_interval_ms == 0 {
         return Err(bad_option("sla_check_interval_ms must be at least 1"));
     }
-    let invalid = |node: &str, e: engine::serde::avro::AvroError| TopologyError::Invalid {
-        topology: NAME.into(),
-        problems: vec![Problem::Serde {
-            node: node.into(),
-            message: e.to_string(),
-        }],
-    };
-    let decisions = ctx
-        .avro
-        .value_serde::<ConsolidatedDecision>(CONSOLIDATED_DECISION_SCHEMA)
-        .map_err(|e| invalid("decisions", e))?;
-    let tickets_in = ctx
-        .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| invalid("tickets", e))?;
-    let tickets_out = ctx
-        .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| invalid("tickets", e))?;
-    let compensations_out = ctx
-        .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| invalid("tickets", e))?;
-    let results = ctx
-        .avro
-        .value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)
-        .map_err(|e| invalid("results", e))?;
+    let decisions = crate::avro_value::<ConsolidatedDecision>(
+        ctx,
+        NAME,
+        "decisions",
+        CONSOLIDATED_DECISION_SCHEMA,
+    )?;
+    let tickets_in =
+        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let tickets_out =
+        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let compensations_out =
+        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let results =
+        crate::avro_value::<ExecutionResult>(ctx, NAME, "results", EXECUTION_RESULT_SCHEMA)?;
     let key = || Serdes::nullable(Serdes::string());
     let week = Duration::from_secs(7 * 24 * 3600);
 

@@ -702,21 +702,10 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
 
 /// Builds the topology with `settings` (an executor of your own, for instance).
 pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topology, TopologyError> {
-    let invalid = |node: &str, e: engine::serde::avro::AvroError| TopologyError::Invalid {
-        topology: NAME.into(),
-        problems: vec![Problem::Serde {
-            node: node.into(),
-            message: e.to_string(),
-        }],
-    };
-    let tickets = ctx
-        .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| invalid("tickets", e))?;
-    let results = ctx
-        .avro
-        .value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)
-        .map_err(|e| invalid("results-out", e))?;
+    let tickets =
+        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let results =
+        crate::avro_value::<ExecutionResult>(ctx, NAME, "results-out", EXECUTION_RESULT_SCHEMA)?;
     let key = || Serdes::nullable(Serdes::string());
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));

@@ -1142,6 +1142,58 @@ async fn open_task(
     }
 }
 
+/// Hands a record to librdkafka once. A full queue gives the token back to retry with;
+/// any other refusal becomes a delivery failure for the production error policy.
+fn try_send(
+    producer: &EngineProducer,
+    tracker: &OffsetTracker,
+    record: &ProducedRecord,
+    token: Box<DeliveryToken>,
+) -> Result<(), Box<DeliveryToken>> {
+    let mut base =
+        BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
+            .timestamp(record.timestamp);
+    if let Some(key) = &record.key {
+        base = base.key(key.as_slice());
+    }
+    if let Some(value) = &record.value {
+        base = base.payload(value.as_slice());
+    }
+    if let Some(partition) = record.partition {
+        base = base.partition(partition);
+    }
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for h in record.headers.iter() {
+            headers = headers.insert(Header {
+                key: &h.key,
+                value: h.value.as_deref(),
+            });
+        }
+        base = base.headers(headers);
+    }
+    match producer.send(base) {
+        Ok(()) => Ok(()),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err(back.delivery_opaque)
+        }
+        Err((error, back)) => {
+            let token = back.delivery_opaque;
+            tracker.failed(DeliveryFailure {
+                sources: token.sources,
+                seq: token.seq,
+                error,
+                topic: record.topic.to_string(),
+                key: record.key.clone(),
+                value: record.value.clone(),
+                timestamp: record.timestamp,
+                headers: record.headers.clone(),
+            });
+            Ok(())
+        }
+    }
+}
+
 /// [`send`] from a blocking context (a rebalance callback).
 fn send_now(
     producer: &EngineProducer,
@@ -1151,49 +1203,9 @@ fn send_now(
 ) {
     let seq = tracker.next_seq();
     let mut token = Box::new(DeliveryToken { sources, seq });
-    loop {
-        let mut base =
-            BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
-                .timestamp(record.timestamp);
-        if let Some(key) = &record.key {
-            base = base.key(key.as_slice());
-        }
-        if let Some(value) = &record.value {
-            base = base.payload(value.as_slice());
-        }
-        if let Some(partition) = record.partition {
-            base = base.partition(partition);
-        }
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for h in record.headers.iter() {
-                headers = headers.insert(Header {
-                    key: &h.key,
-                    value: h.value.as_deref(),
-                });
-            }
-            base = base.headers(headers);
-        }
-        match producer.send(base) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                token = back.delivery_opaque;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((error, back)) => {
-                tracker.failed(DeliveryFailure {
-                    sources: back.delivery_opaque.sources,
-                    seq,
-                    error,
-                    topic: record.topic.to_string(),
-                    key: record.key.clone(),
-                    value: record.value.clone(),
-                    timestamp: record.timestamp,
-                    headers: record.headers.clone(),
-                });
-                return;
-            }
-        }
+    while let Err(back) = try_send(producer, tracker, record, token) {
+        token = back;
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -1206,53 +1218,11 @@ async fn send(
     record: &ProducedRecord,
     sources: Sources,
 ) {
-    {
-        let seq = tracker.next_seq();
-        let mut token = Box::new(DeliveryToken { sources, seq });
-        loop {
-            let mut base =
-                BaseRecord::<[u8], [u8], Box<DeliveryToken>>::with_opaque_to(&record.topic, token)
-                    .timestamp(record.timestamp);
-            if let Some(key) = &record.key {
-                base = base.key(key.as_slice());
-            }
-            if let Some(value) = &record.value {
-                base = base.payload(value.as_slice());
-            }
-            if let Some(partition) = record.partition {
-                base = base.partition(partition);
-            }
-            if !record.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                for h in record.headers.iter() {
-                    headers = headers.insert(Header {
-                        key: &h.key,
-                        value: h.value.as_deref(),
-                    });
-                }
-                base = base.headers(headers);
-            }
-            match producer.send(base) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    token = back.delivery_opaque;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((error, back)) => {
-                    tracker.failed(DeliveryFailure {
-                        sources: back.delivery_opaque.sources,
-                        seq,
-                        error,
-                        topic: record.topic.to_string(),
-                        key: record.key.clone(),
-                        value: record.value.clone(),
-                        timestamp: record.timestamp,
-                        headers: record.headers.clone(),
-                    });
-                    return;
-                }
-            }
-        }
+    let seq = tracker.next_seq();
+    let mut token = Box::new(DeliveryToken { sources, seq });
+    while let Err(back) = try_send(producer, tracker, record, token) {
+        token = back;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
