@@ -338,7 +338,6 @@ async fn run_attempts(settings: WorkerSettings, ticket: ExecutionTicket) -> Fini
 struct Job {
     ticket: ExecutionTicket,
     deferred: Option<Deferred>,
-    started_at: Option<i64>,
 }
 
 enum Gate {
@@ -508,11 +507,9 @@ impl Execute {
                 "worker-agents executes tickets on the tokio runtime, and none is running",
             ));
         };
-        let now = ctx.wall_clock_time();
-        let Some(job) = self.jobs.get_mut(id) else {
+        let Some(job) = self.jobs.get(id) else {
             return Ok(());
         };
-        job.started_at = Some(now);
         let ticket = job.ticket.clone();
         let payload = ExecutionResultPayload {
             success: false,
@@ -660,14 +657,7 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
             return Ok(());
         }
         let deferred = ctx.defer();
-        self.jobs.insert(
-            id.clone(),
-            Job {
-                ticket,
-                deferred,
-                started_at: None,
-            },
-        );
+        self.jobs.insert(id.clone(), Job { ticket, deferred });
         self.waiting.push(id);
         self.pump(ctx)
     }
