@@ -583,35 +583,29 @@ struct TrackPlans {
     sla_check: Duration,
 }
 
-type PlanCtx<'a, 'b> = ProcessorContext<'a, String, PlanOutput>;
+type PlanCtx<'a> = ProcessorContext<'a, String, PlanOutput>;
 
 impl TrackPlans {
-    fn load(
-        ctx: &mut PlanCtx<'_, '_>,
-        plan_id: &str,
-    ) -> Result<Option<PlanState>, ProcessingError> {
+    fn load(ctx: &mut PlanCtx<'_>, plan_id: &str) -> Result<Option<PlanState>, ProcessingError> {
         ctx.kv_store::<String, PlanState>(PLAN_STORE)
             .and_then(|s| s.get(&plan_id.to_string()))
             .map_err(store_error)
     }
 
-    fn save(ctx: &mut PlanCtx<'_, '_>, plan: &PlanState) -> Result<(), ProcessingError> {
+    fn save(ctx: &mut PlanCtx<'_>, plan: &PlanState) -> Result<(), ProcessingError> {
         ctx.kv_store::<String, PlanState>(PLAN_STORE)
             .and_then(|mut s| s.put(&plan.plan_id, plan))
             .map_err(store_error)
     }
 
-    fn clear_deadline(
-        ctx: &mut PlanCtx<'_, '_>,
-        t: &ExecutionTicket,
-    ) -> Result<(), ProcessingError> {
+    fn clear_deadline(ctx: &mut PlanCtx<'_>, t: &ExecutionTicket) -> Result<(), ProcessingError> {
         ctx.kv_store::<String, String>(DEADLINE_STORE)
             .and_then(|mut s| s.delete(&deadline_key(t.sla.deadline, &t.ticket_id)))
             .map_err(store_error)
     }
 
     fn start_plan(
-        ctx: &mut PlanCtx<'_, '_>,
+        ctx: &mut PlanCtx<'_>,
         plan: &mut PlanState,
         tickets: PlanTickets,
         timestamp: i64,
@@ -655,7 +649,7 @@ impl TrackPlans {
     /// order; each depends on the compensations of the targets that depended on its
     /// original.
     fn compensate(
-        ctx: &mut PlanCtx<'_, '_>,
+        ctx: &mut PlanCtx<'_>,
         plan: &mut PlanState,
         targets: &BTreeSet<String>,
         timestamp: i64,
@@ -696,7 +690,7 @@ impl TrackPlans {
     }
 
     fn incident(
-        ctx: &mut PlanCtx<'_, '_>,
+        ctx: &mut PlanCtx<'_>,
         plan: &PlanState,
         kind: &str,
         ticket: &ExecutionTicket,
@@ -729,13 +723,12 @@ impl TrackPlans {
     }
 
     fn apply(
-        ctx: &mut PlanCtx<'_, '_>,
+        ctx: &mut PlanCtx<'_>,
         plan: &mut PlanState,
         result: ExecutionResult,
         timestamp: i64,
     ) -> Result<(), ProcessingError> {
         if plan.order.is_empty() {
-            plan.plan_id = plan.plan_id.clone();
             plan.early_results.push(result);
             return Ok(());
         }
