@@ -38,6 +38,9 @@ pub struct RunSettings {
     pub punctuation_interval: Duration,
     /// Where and how RocksDB stores live.
     pub state: RocksSettings,
+    /// Bytes the record caches of this runner's tasks hold together, at most (the
+    /// aggregations' caches; 0 writes every update through at once).
+    pub cache_max_bytes: usize,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
     /// `host:port` at which other instances reach this one's operations endpoint. With
@@ -65,6 +68,7 @@ impl RunSettings {
                 crate::config::defaults::BLOCK_CACHE_BYTES,
                 crate::config::defaults::WRITE_BUFFER_BYTES,
             ),
+            cache_max_bytes: crate::config::defaults::CACHE_MAX_BYTES,
             ops: None,
             advertised_http: None,
         }

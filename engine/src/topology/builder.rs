@@ -188,6 +188,7 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
                 kind,
                 changelog: true,
                 default_ttl: None,
+                caching: false,
                 key_format: key.info().to_string(),
                 value_format: value.info().to_string(),
             },
@@ -211,6 +212,13 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
     /// Entries expire this long after they are written (wall-clock time).
     pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.spec.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Puts a record cache in front of the store (only aggregations, which forward what
+    /// leaves the cache, set this).
+    pub(crate) fn with_caching(mut self, caching: bool) -> Self {
+        self.spec.caching = caching;
         self
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::record::{Headers, ProducedRecord, RecordMetadata, Timestamp};
-use crate::state::{BytesStore, StoreError, StoreSpec, typed::ChangelogWriter};
+use crate::state::{BytesStore, CachingStore, StoreError, StoreSpec, typed::ChangelogWriter};
 
 use super::error::ProcessingError;
 use super::processor::{PunctuationType, ScheduleId};
@@ -100,6 +100,9 @@ pub(crate) trait NodeInstance: Send {
     ) -> Result<(), ProcessingError> {
         Ok(())
     }
+    fn flush(&mut self, _ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        Ok(())
+    }
 }
 
 /// Creates a node's per-task instance.
@@ -138,6 +141,9 @@ pub struct TaskStore {
     pub(crate) changelog_topic: Option<Arc<str>>,
     /// Reads the store as JSON for interactive queries.
     pub(crate) query: Arc<crate::state::StoreQuery>,
+    /// The store's record cache, when it has one; `store` is then this cache, whose
+    /// reads overlay cached writes on the store underneath.
+    pub(crate) cache: Option<Arc<CachingStore>>,
 }
 
 impl TaskStore {
@@ -145,9 +151,14 @@ impl TaskStore {
     pub fn spec(&self) -> &StoreSpec {
         &self.spec
     }
-    /// The store's bytes.
+    /// The store's bytes, as processors and queries see them (through the record cache,
+    /// if the store has one).
     pub fn bytes(&self) -> &Arc<dyn BytesStore> {
         &self.store
+    }
+    /// The store's record cache, if it has one.
+    pub fn cache(&self) -> Option<&Arc<CachingStore>> {
+        self.cache.as_ref()
     }
     /// Reads the store as JSON.
     pub fn query(&self) -> &Arc<crate::state::StoreQuery> {

@@ -87,6 +87,15 @@ pub trait Processor<KIn, VIn, KOut, VOut>: Send + 'static {
     ) -> Result<(), ProcessingError> {
         Ok(())
     }
+
+    /// Called when the task flushes, before the runtime commits its offsets (at least
+    /// every commit interval, at shutdown, and in the test driver after every input
+    /// record unless it buffers): write out whatever the processor buffers (the
+    /// aggregations write their record cache here). What it forwards is processed like
+    /// a punctuation's output.
+    fn flush(&mut self, _ctx: &mut ProcessorContext<'_, KOut, VOut>) -> Result<(), ProcessingError> {
+        Ok(())
+    }
 }
 
 /// What a processor can see and do while it handles a record or a punctuation.
@@ -195,6 +204,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
             store: &handle.store,
             serdes,
             changelog: Some(writer),
+            cache: handle.cache.as_deref(),
             now,
             _types: PhantomData,
         })
@@ -303,5 +313,9 @@ where
     ) -> Result<(), ProcessingError> {
         self.processor
             .punctuate(schedule, timestamp, &mut ProcessorContext::new(ctx))
+    }
+
+    fn flush(&mut self, ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        self.processor.flush(&mut ProcessorContext::new(ctx))
     }
 }

@@ -12,7 +12,7 @@ use crate::record::{Headers, ProducedRecord, RawRecord, RecordMetadata, Timestam
 
 use super::builder::{Topology, TopologyInner};
 use super::error::{ErrorClass, ProcessingError, RecordError};
-use crate::state::{StoreError, StoreSupplier};
+use crate::state::{CacheBudget, CachingStore, StoreError, StoreSupplier};
 
 use super::node::{
     ErasedRecord, NodeContext, NodeInstance, Output, Schedule, TaskControl, TaskInfo, TaskStore,
@@ -45,6 +45,14 @@ pub struct Task {
     stores: Vec<TaskStore>,
     metrics: Arc<TopologyMetrics>,
     control: TaskControl,
+    /// The record caches of the task's stores.
+    caches: Vec<Arc<CachingStore>>,
+    /// Nodes that declared a cached store: the ones [`Task::flush`] calls.
+    flush_nodes: Vec<usize>,
+    /// The first input record whose effect is only in a record cache since the last
+    /// flush: deferred, so neither it nor any later offset of the partition commits
+    /// before the flush that writes it out is acknowledged.
+    cache_hold: Option<Deferred>,
 }
 
 impl std::fmt::Debug for Task {
@@ -57,11 +65,13 @@ impl std::fmt::Debug for Task {
 }
 
 impl Task {
-    /// Opens the stores of `partition` (not yet restored).
+    /// Opens the stores of `partition` (not yet restored); stores declared with caching
+    /// get a record cache charged to `cache`.
     pub fn open_stores(
         topology: &Topology,
         partition: i32,
         supplier: &dyn StoreSupplier,
+        cache: &Arc<CacheBudget>,
     ) -> Result<Vec<TaskStore>, StoreError> {
         let app = &topology.inner.application_id;
         topology
@@ -69,8 +79,16 @@ impl Task {
             .stores
             .iter()
             .map(|def| {
+                let opened = supplier.open(app, partition, &def.spec)?;
+                let cached = def.spec.caching.then(|| {
+                    Arc::new(CachingStore::new(&def.spec.name, opened.clone(), cache.clone()))
+                });
                 Ok(TaskStore {
-                    store: supplier.open(app, partition, &def.spec)?,
+                    store: match &cached {
+                        Some(c) => c.clone(),
+                        None => opened,
+                    },
+                    cache: cached,
                     changelog_topic: def
                         .spec
                         .changelog
@@ -104,6 +122,20 @@ impl Task {
             .keys()
             .map(|t| (t.clone(), Arc::from(t.as_str())))
             .collect();
+        let caches: Vec<Arc<CachingStore>> =
+            stores.iter().filter_map(|s| s.cache.clone()).collect();
+        let flush_nodes = if caches.is_empty() {
+            Vec::new()
+        } else {
+            let cached: Vec<&str> = stores
+                .iter()
+                .filter(|s| s.cache.is_some())
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            (0..inner.nodes.len())
+                .filter(|&i| inner.nodes[i].stores.iter().any(|s| cached.contains(&s.as_str())))
+                .collect()
+        };
         let mut task = Task {
             info: TaskInfo {
                 application_id: Arc::from(inner.application_id.as_str()),
@@ -121,6 +153,9 @@ impl Task {
             stores,
             metrics,
             control: TaskControl::default(),
+            caches,
+            flush_nodes,
+            cache_hold: None,
         };
         let mut produced = Vec::new();
         for i in 0..task.nodes.len() {
@@ -174,6 +209,61 @@ impl Task {
     /// any dead-letter record) to `out`. An `Err` means the policy is `fail`: nothing the
     /// record caused is left in `out`, and the caller must stop before committing it.
     pub fn process(
+        &mut self,
+        raw: &RawRecord<'_>,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<Outcome, RecordError> {
+        let outcome = self.process_record(raw, wall_clock, out)?;
+        if self.cache_hold.is_none() && self.has_cached_writes() {
+            // This record (or one before it that failed) left an effect only in a cache:
+            // hold its offset, and so every later one, until the flush is acknowledged.
+            let topic = self
+                .topic_names
+                .get(raw.topic)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(raw.topic));
+            self.cache_hold = Some(Deferred {
+                topic,
+                partition: raw.partition,
+                offset: raw.offset,
+            });
+            self.control.deferred += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether a record cache of the task holds writes its store and changelog do not
+    /// have yet.
+    pub fn has_cached_writes(&self) -> bool {
+        self.caches.iter().any(|c| c.dirty_entries() > 0)
+    }
+
+    /// Writes out the record caches (store, changelog, and the updates the aggregations
+    /// forward), appending what that produces to `out`, and releases the input record
+    /// held since the last flush: the runtime calls this before it commits, so no offset
+    /// commits while its effect is only in memory. The release is reported by
+    /// [`take_deferrals`](Self::take_deferrals) and is done once what this call produced
+    /// is acknowledged.
+    pub fn flush(
+        &mut self,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<(), RecordError> {
+        if self.flush_nodes.is_empty() {
+            return Ok(());
+        }
+        for index in 0..self.flush_nodes.len() {
+            let node = self.flush_nodes[index];
+            self.run_detached(node, "flush", wall_clock, out, |n, ctx| n.flush(ctx))?;
+        }
+        if let Some(hold) = self.cache_hold.take() {
+            self.control.completed.push(hold);
+        }
+        Ok(())
+    }
+
+    fn process_record(
         &mut self,
         raw: &RawRecord<'_>,
         wall_clock: Timestamp,
@@ -290,37 +380,51 @@ impl Task {
             s.next = Some(next + missed * s.interval_ms);
             let (node, id) = (s.node, s.id);
             TopologyMetrics::add(&self.metrics.punctuations, 1);
-            let mark = out.len();
-            let result = self
-                .call(node, None, wall_clock, out, |n, ctx| {
-                    n.punctuate(id, now, ctx)
-                })
-                .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
-                .and_then(|()| {
-                    self.stack.clear();
-                    let forwarded: Vec<_> = self.forwarded.drain(..).rev().collect();
-                    self.stack.extend(forwarded);
-                    self.drain(None, wall_clock, out)
-                });
-            if let Err(failure) = result {
-                let (node, e) = *failure;
-                out.truncate(mark);
-                TopologyMetrics::add(&self.metrics.processing_errors, 1);
-                let error = RecordError {
-                    class: ErrorClass::Processing,
-                    topic: String::new(),
-                    partition: self.info.partition,
-                    offset: -1,
-                    field: e.field_name().map(String::from),
-                    message: format!("punctuation of node `{node}`: {e}"),
-                };
-                match self.topology.error_policy.processing {
-                    OnError::Fail => return Err(error),
-                    // There is no input record to dead-letter: count and log it.
-                    OnError::Skip | OnError::DeadLetter(_) => {
-                        TopologyMetrics::add(&self.metrics.skipped, 1);
-                        tracing::warn!(application = %self.info.application_id, %error, "punctuation failed; skipped by the error policy");
-                    }
+            self.run_detached(node, "punctuation", wall_clock, out, |n, ctx| {
+                n.punctuate(id, now, ctx)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs a call into `node` that has no input record (a punctuation, a flush) and
+    /// what it forwards; a failure is the error policy's, with no record to dead-letter.
+    fn run_detached(
+        &mut self,
+        node: usize,
+        what: &str,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+        f: impl FnOnce(&mut dyn NodeInstance, &mut NodeContext<'_>) -> Result<(), ProcessingError>,
+    ) -> Result<(), RecordError> {
+        let mark = out.len();
+        let result = self
+            .call(node, None, wall_clock, out, f)
+            .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
+            .and_then(|()| {
+                self.stack.clear();
+                let forwarded: Vec<_> = self.forwarded.drain(..).rev().collect();
+                self.stack.extend(forwarded);
+                self.drain(None, wall_clock, out)
+            });
+        if let Err(failure) = result {
+            let (node, e) = *failure;
+            out.truncate(mark);
+            TopologyMetrics::add(&self.metrics.processing_errors, 1);
+            let error = RecordError {
+                class: ErrorClass::Processing,
+                topic: String::new(),
+                partition: self.info.partition,
+                offset: -1,
+                field: e.field_name().map(String::from),
+                message: format!("{what} of node `{node}`: {e}"),
+            };
+            match self.topology.error_policy.processing {
+                OnError::Fail => return Err(error),
+                // There is no input record to dead-letter: count and log it.
+                OnError::Skip | OnError::DeadLetter(_) => {
+                    TopologyMetrics::add(&self.metrics.skipped, 1);
+                    tracing::warn!(application = %self.info.application_id, %error, "{what} failed; skipped by the error policy");
                 }
             }
         }
