@@ -686,7 +686,7 @@ impl Loop<'_> {
             self.handle_failures().await?;
             self.apply_backpressure();
             self.metrics.set_in_flight(self.tracker.in_flight() as u64);
-            let cached = self.has_cached_writes();
+            let cached = self.settings.flush_caches_when_idle && self.has_cached_writes();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
@@ -1055,11 +1055,12 @@ async fn open_task(
 ) -> Result<Task, RuntimeError> {
     {
         let state = &settings.state;
-        let stores =
-            Task::open_stores(topology, partition, state, cache).map_err(|e| RuntimeError::Client {
+        let stores = Task::open_stores(topology, partition, state, cache).map_err(|e| {
+            RuntimeError::Client {
                 what: "store open",
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let app = topology.application_id().to_string();
         let publish = |store: &crate::topology::TaskStore, restoring: bool| {
             if let Some(ops) = &settings.ops {

@@ -19,7 +19,7 @@ use super::{BytesStore, Result};
 
 /// Bookkeeping bytes charged per cached entry on top of its key, value and headers (the
 /// slab slot, the index entry and a second copy of the key, roughly).
-pub(crate) const ENTRY_OVERHEAD: usize = 96;
+pub const ENTRY_OVERHEAD: usize = 96;
 
 /// The memory the record caches of one runtime instance share: Kafka Streams evicts from
 /// the cache being written to while all caches together are over the bound, and so does
@@ -316,7 +316,9 @@ impl CachingStore {
     ) {
         let delta = self.lock().put(key, value, timestamp, headers);
         if delta >= 0 {
-            self.budget.used.fetch_add(delta as usize, Ordering::Relaxed);
+            self.budget
+                .used
+                .fetch_add(delta as usize, Ordering::Relaxed);
         } else {
             self.budget
                 .used
@@ -476,7 +478,13 @@ mod tests {
             .iter()
             .map(|e| (e.key.clone(), e.value.clone().unwrap()))
             .collect();
-        assert_eq!(kv, vec![(b"b".to_vec(), b"1".to_vec()), (b"a".to_vec(), b"2".to_vec())]);
+        assert_eq!(
+            kv,
+            vec![
+                (b"b".to_vec(), b"1".to_vec()),
+                (b"a".to_vec(), b"2".to_vec())
+            ]
+        );
         assert_eq!(c.dirty_entries(), 0);
         // Flushed entries stay readable from the cache.
         assert_eq!(c.get(b"a").unwrap(), Some(b"2".to_vec()));

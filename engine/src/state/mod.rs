@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::record::Timestamp;
 
-pub use cache::{CacheBudget, CachingStore};
+pub use cache::{CacheBudget, CachingStore, ENTRY_OVERHEAD as CACHE_ENTRY_OVERHEAD};
 pub use memory::MemoryStore;
 pub use query::{JsonEntry, QueryError, ScanRequest, StoreQuery};
 pub use rocks::{RocksSettings, RocksStore};

@@ -93,7 +93,10 @@ pub trait Processor<KIn, VIn, KOut, VOut>: Send + 'static {
     /// record unless it buffers): write out whatever the processor buffers (the
     /// aggregations write their record cache here). What it forwards is processed like
     /// a punctuation's output.
-    fn flush(&mut self, _ctx: &mut ProcessorContext<'_, KOut, VOut>) -> Result<(), ProcessingError> {
+    fn flush(
+        &mut self,
+        _ctx: &mut ProcessorContext<'_, KOut, VOut>,
+    ) -> Result<(), ProcessingError> {
         Ok(())
     }
 }

@@ -81,7 +81,11 @@ impl Task {
             .map(|def| {
                 let opened = supplier.open(app, partition, &def.spec)?;
                 let cached = def.spec.caching.then(|| {
-                    Arc::new(CachingStore::new(&def.spec.name, opened.clone(), cache.clone()))
+                    Arc::new(CachingStore::new(
+                        &def.spec.name,
+                        opened.clone(),
+                        cache.clone(),
+                    ))
                 });
                 Ok(TaskStore {
                     store: match &cached {
@@ -133,7 +137,12 @@ impl Task {
                 .map(|s| s.spec.name.as_str())
                 .collect();
             (0..inner.nodes.len())
-                .filter(|&i| inner.nodes[i].stores.iter().any(|s| cached.contains(&s.as_str())))
+                .filter(|&i| {
+                    inner.nodes[i]
+                        .stores
+                        .iter()
+                        .any(|s| cached.contains(&s.as_str()))
+                })
                 .collect()
         };
         let mut task = Task {

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use crate::record::Record;
 use crate::serde::{I64Serde, Serde};
+use crate::state::typed::CacheFlush;
 use crate::topology::builder::{
     Consumed, Data, KStream, Produced, StoreBuilder, add_source, add_store,
 };
 use crate::topology::error::ProcessingError;
-use crate::state::typed::CacheFlush;
 use crate::topology::processor::{Processor, ProcessorContext};
 
 use super::table::KTable;
