@@ -568,7 +568,7 @@ fn cached_counts_commit_only_once_flushed_so_restarts_after_stops_and_drops_lose
     let broker = broker(3);
     broker.create_topic("cached-per-key-changelog", 3).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     // Flushes happen only before commits here (none when the input goes quiet), so
     // whatever is not committed is still only in the cache.
     let runner = |dir: &std::path::Path, commit_ms: u64| {
@@ -601,39 +601,65 @@ fn cached_counts_commit_only_once_flushed_so_restarts_after_stops_and_drops_lose
             metrics.snapshot()
         );
 
-        // 2. Dropped abruptly while 60 records are counted only in the cache: none of
-        //    them was committed (or written), so the next run counts them once.
+        // 2. 60 records counted only in the cache when a second instance joins: the
+        //    revocation commits what is done and drops the cache with its task, so the
+        //    commit (and where this instance resumes a partition it gets back) must stop
+        //    at the first cached record; between them they count all 60 again, once.
         produce_keyed(&bootstrap, "in", &keyed_inputs(6, 10, 50)).await;
-        let (handle, metrics, _stop) = runner(dirs[1].path(), 60_000);
+        let (handle_x, metrics_x, stop_x) = runner(dirs[1].path(), 60_000);
         wait_for(Duration::from_secs(30), || {
-            metrics.snapshot().records_in >= 60
+            metrics_x.snapshot().records_in >= 60
+        })
+        .await;
+        let (handle_y, metrics_y, stop_y) = runner(dirs[2].path(), 60_000);
+        wait_for(Duration::from_secs(30), || {
+            let (x, y) = (metrics_x.snapshot(), metrics_y.snapshot());
+            x.assigned_partitions > 0
+                && y.assigned_partitions > 0
+                && x.assigned_partitions + y.assigned_partitions == 3
+                && x.records_in + y.records_in >= 120
+        })
+        .await;
+        assert_eq!(committed_total(&bootstrap, "cached", "in", 3).await, 300);
+        stop_x.trigger();
+        stop_y.trigger();
+        handle_x.await.unwrap().unwrap();
+        handle_y.await.unwrap().unwrap();
+        assert_eq!(committed_total(&bootstrap, "cached", "in", 3).await, 360);
+
+        // 3. Dropped abruptly while 30 records are counted only in the cache: none of
+        //    them was committed (or written), so the next run counts them once.
+        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 5, 60)).await;
+        let (handle, metrics, _stop) = runner(dirs[3].path(), 60_000);
+        wait_for(Duration::from_secs(30), || {
+            metrics.snapshot().records_in >= 30
         })
         .await;
         handle.abort();
         let _ = handle.await;
-        assert_eq!(committed_total(&bootstrap, "cached", "in", 3).await, 300);
+        assert_eq!(committed_total(&bootstrap, "cached", "in", 3).await, 360);
 
-        // 3. A run that commits often, dropped abruptly once everything is committed:
+        // 4. A run that commits often, dropped abruptly once everything is committed:
         //    each commit covered only records whose counts were flushed and
         //    acknowledged, so nothing committed was left in the cache.
-        let (handle, _metrics, _stop) = runner(dirs[2].path(), 200);
-        wait_for_commits(&bootstrap, "cached", 3, 360).await;
+        let (handle, _metrics, _stop) = runner(dirs[4].path(), 200);
+        wait_for_commits(&bootstrap, "cached", 3, 390).await;
         handle.abort();
         let _ = handle.await;
 
-        // 4. A fresh instance rebuilds the counts from the changelog alone and counts on.
-        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 5, 60)).await;
-        let (handle, metrics, stop) = runner(dirs[3].path(), 200);
-        wait_for_commits(&bootstrap, "cached", 3, 390).await;
+        // 5. A fresh instance rebuilds the counts from the changelog alone and counts on.
+        produce_keyed(&bootstrap, "in", &keyed_inputs(6, 1, 65)).await;
+        let (handle, metrics, stop) = runner(dirs[5].path(), 200);
+        wait_for_commits(&bootstrap, "cached", 3, 396).await;
         stop.trigger();
         handle.await.unwrap().unwrap();
         assert!(metrics.snapshot().restored_records > 0);
 
-        let expected: BTreeMap<String, i64> = (0..6).map(|k| (format!("key-{k}"), 65)).collect();
+        let expected: BTreeMap<String, i64> = (0..6).map(|k| (format!("key-{k}"), 66)).collect();
         assert_eq!(
             latest_counts(&bootstrap, "out", &expected).await,
             expected,
-            "every key counted exactly 65 times, no record lost or counted twice"
+            "every key counted exactly 66 times, no record lost or counted twice"
         );
     });
 }
