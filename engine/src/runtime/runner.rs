@@ -722,7 +722,10 @@ impl Loop<'_> {
                 _ = punctuation_tick.tick() => self.punctuate().await?,
                 // Input drained: no more updates are coming to coalesce with, so holding
                 // them only delays them (and the commit of their records).
-                _ = tokio::time::sleep(IDLE_FLUSH), if cached => self.flush_tasks().await?,
+                // (An async block, so no timer is created while the branch is disabled.)
+                _ = async { tokio::time::sleep(IDLE_FLUSH).await }, if cached => {
+                    self.flush_tasks().await?
+                }
             }
         }
     }

@@ -88,11 +88,13 @@ pub trait Processor<KIn, VIn, KOut, VOut>: Send + 'static {
         Ok(())
     }
 
-    /// Called when the task flushes, before the runtime commits its offsets (at least
-    /// every commit interval, at shutdown, and in the test driver after every input
-    /// record unless it buffers): write out whatever the processor buffers (the
-    /// aggregations write their record cache here). What it forwards is processed like
-    /// a punctuation's output.
+    /// Called when the task flushes: before the runtime commits its offsets (every
+    /// commit interval and at a clean shutdown), when input went quiet while a record
+    /// cache held updates, and in the test driver after every input record (unless it
+    /// buffers) and on `commit()`. Write out what the processor buffers (the
+    /// aggregations write their record cache here); what it forwards is processed like a
+    /// punctuation's output. A flush does not hold offsets by itself: records whose
+    /// effect a processor buffers should be held with [`ProcessorContext::defer`].
     fn flush(
         &mut self,
         _ctx: &mut ProcessorContext<'_, KOut, VOut>,

@@ -47,8 +47,6 @@ pub struct Task {
     control: TaskControl,
     /// The record caches of the task's stores.
     caches: Vec<Arc<CachingStore>>,
-    /// Nodes that declared a cached store: the ones [`Task::flush`] calls.
-    flush_nodes: Vec<usize>,
     /// The first input record whose effect is only in a record cache since the last
     /// flush: deferred, so neither it nor any later offset of the partition commits
     /// before the flush that writes it out is acknowledged.
@@ -128,23 +126,6 @@ impl Task {
             .collect();
         let caches: Vec<Arc<CachingStore>> =
             stores.iter().filter_map(|s| s.cache.clone()).collect();
-        let flush_nodes = if caches.is_empty() {
-            Vec::new()
-        } else {
-            let cached: Vec<&str> = stores
-                .iter()
-                .filter(|s| s.cache.is_some())
-                .map(|s| s.spec.name.as_str())
-                .collect();
-            (0..inner.nodes.len())
-                .filter(|&i| {
-                    inner.nodes[i]
-                        .stores
-                        .iter()
-                        .any(|s| cached.contains(&s.as_str()))
-                })
-                .collect()
-        };
         let mut task = Task {
             info: TaskInfo {
                 application_id: Arc::from(inner.application_id.as_str()),
@@ -163,7 +144,6 @@ impl Task {
             metrics,
             control: TaskControl::default(),
             caches,
-            flush_nodes,
             cache_hold: None,
         };
         let mut produced = Vec::new();
@@ -248,22 +228,18 @@ impl Task {
         self.caches.iter().any(|c| c.dirty_entries() > 0)
     }
 
-    /// Writes out the record caches (store, changelog, and the updates the aggregations
-    /// forward), appending what that produces to `out`, and releases the input record
-    /// held since the last flush: the runtime calls this before it commits, so no offset
-    /// commits while its effect is only in memory. The release is reported by
-    /// [`take_deferrals`](Self::take_deferrals) and is done once what this call produced
-    /// is acknowledged.
+    /// Calls every processor's `flush`, so the record caches are written out (store,
+    /// changelog, and the updates the aggregations forward), appending what that
+    /// produces to `out`, and releases the input record held since the last flush: the
+    /// runtime calls this before it commits, so no offset commits while its effect is
+    /// only in memory. The release is reported by [`take_deferrals`](Self::take_deferrals)
+    /// and is done once what this call produced is acknowledged.
     pub fn flush(
         &mut self,
         wall_clock: Timestamp,
         out: &mut Vec<ProducedRecord>,
     ) -> Result<(), RecordError> {
-        if self.flush_nodes.is_empty() {
-            return Ok(());
-        }
-        for index in 0..self.flush_nodes.len() {
-            let node = self.flush_nodes[index];
+        for node in 0..self.nodes.len() {
             self.run_detached(node, "flush", wall_clock, out, |n, ctx| n.flush(ctx))?;
         }
         if let Some(hold) = self.cache_hold.take() {

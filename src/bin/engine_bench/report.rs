@@ -279,7 +279,8 @@ const METHOD: &str = "
   ticket-counts` (own process, fresh `--state-dir`, no `--kafka` properties) is measured
   as the pipeline is (SIGSTOP while a round is produced), timed until the latest count of
   every key on the count topic adds up to every input record produced (a consumer in the
-  harness reads the count topic), against the same rdkafka copy loop on the same broker
+  harness reads the count topic, with `fetch.wait.max.ms=5` so the mock cluster's fetch
+  hold does not delay what it sees), against the same rdkafka copy loop on the same broker
   and input, measured in the same run.
 - **Restore**: that process is stopped, and a second one starts with an empty
   `--state-dir`, so each task rebuilds its store from the whole changelog when its
