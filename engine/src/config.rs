@@ -27,6 +27,9 @@ pub mod defaults {
     pub const BLOCK_CACHE_BYTES: usize = 32 << 20;
     /// RocksDB write buffer per store (bytes).
     pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
+    /// Record cache of the aggregations, shared by the tasks of a topology instance
+    /// (bytes; Kafka Streams' `statestore.cache.max.bytes` default).
+    pub const CACHE_MAX_BYTES: usize = 10 << 20;
     /// Partitions of the topics `--embedded` creates.
     pub const EMBEDDED_PARTITIONS: i32 = 4;
 }
@@ -97,6 +100,8 @@ pub struct RuntimeSection {
     pub block_cache_bytes: Option<usize>,
     /// RocksDB write buffer per store, bytes.
     pub write_buffer_bytes: Option<usize>,
+    /// Record cache of the aggregations per topology instance, bytes (0: off).
+    pub cache_max_bytes: Option<usize>,
     /// `host:port` other instances use to reach this one's operations endpoint (default:
     /// the `--http` address); also `--advertised-http`.
     pub advertised_http: Option<String>,
@@ -169,6 +174,8 @@ pub struct EngineConfig {
     pub block_cache_bytes: usize,
     /// RocksDB write buffer per store, bytes.
     pub write_buffer_bytes: usize,
+    /// Record cache of the aggregations per topology instance, bytes.
+    pub cache_max_bytes: usize,
     /// Address other instances reach this one's operations endpoint at, if configured.
     pub advertised_http: Option<String>,
 }
@@ -249,6 +256,10 @@ impl EngineConfig {
                 .runtime
                 .write_buffer_bytes
                 .unwrap_or(defaults::WRITE_BUFFER_BYTES),
+            cache_max_bytes: file
+                .runtime
+                .cache_max_bytes
+                .unwrap_or(defaults::CACHE_MAX_BYTES),
             advertised_http: non_empty(file.runtime.advertised_http.clone()),
             avro: {
                 let d = AvroSettings::default();
@@ -311,6 +322,7 @@ impl EngineConfig {
         settings.max_in_flight = self.max_in_flight;
         settings.startup_timeout = self.startup_timeout;
         settings.shutdown_timeout = self.shutdown_timeout;
+        settings.cache_max_bytes = self.cache_max_bytes;
         settings.state = crate::state::RocksSettings::new(
             &self.state_dir,
             self.block_cache_bytes,

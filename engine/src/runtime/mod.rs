@@ -41,6 +41,13 @@ pub struct RunSettings {
     pub punctuation_interval: Duration,
     /// Where and how RocksDB stores live.
     pub state: RocksSettings,
+    /// Bytes the record caches of this runner's tasks hold together, at most (the
+    /// aggregations' caches; 0 writes every update through at once).
+    pub cache_max_bytes: usize,
+    /// Also flush the record caches when the input has been quiet for a moment (20 ms),
+    /// not only before commits (default true: a caught-up task has nothing to coalesce
+    /// its cached updates with, so holding them only delays them).
+    pub flush_caches_when_idle: bool,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
     /// `host:port` at which other instances reach this one's operations endpoint. With
@@ -68,6 +75,8 @@ impl RunSettings {
                 crate::config::defaults::BLOCK_CACHE_BYTES,
                 crate::config::defaults::WRITE_BUFFER_BYTES,
             ),
+            cache_max_bytes: crate::config::defaults::CACHE_MAX_BYTES,
+            flush_caches_when_idle: true,
             ops: None,
             advertised_http: None,
         }

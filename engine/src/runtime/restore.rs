@@ -33,13 +33,6 @@ pub(crate) struct Restored {
     pub incomplete: u64,
 }
 
-/// The store writes of one input record, applied once all of them are read.
-#[derive(Default)]
-struct Group {
-    source: Option<(String, i64)>,
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
 fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
     use rdkafka::message::Headers;
     m.headers()?
@@ -170,7 +163,8 @@ pub(crate) fn restore(
         .map_err(client_error("changelog assignment"))?;
     let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
     let mut next = start;
-    let mut group = Group::default();
+    // Writes of inputs not yet known to be complete, in log order.
+    let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     while next < high {
         if Instant::now() > deadline {
             return Err(RuntimeError::Client {
@@ -189,23 +183,27 @@ pub(crate) fn restore(
                         header_text(&m, crate::topology::dead_letter_headers::SOURCE_OFFSET)
                             .and_then(|o| o.parse::<i64>().ok()),
                     )
-                    .map(|(t, o)| (t.to_string(), o));
+                    .map(|(t, o)| vec![(t.to_string(), o)]);
+                let positions = header_text(&m, crate::topology::CHANGELOG_POSITIONS).map(|p| {
+                    p.split(';')
+                        .filter_map(|pair| {
+                            let (t, o) = pair.rsplit_once('=')?;
+                            Some((t.to_string(), o.parse::<i64>().ok()?))
+                        })
+                        .collect::<Vec<_>>()
+                });
                 let write = (key.to_vec(), m.payload().map(<[u8]>::to_vec));
-                if source.is_none() {
+                let Some(inputs) = source.or(positions) else {
                     // Written by a punctuation: not tied to an input record.
                     restored.records += apply(store, vec![write])?;
                     continue;
-                }
-                if group.source != source {
-                    // The previous input's writes were cut short, then superseded by
-                    // what followed: apply them, as the log says.
-                    restored.records += apply(store, std::mem::take(&mut group.writes))?;
-                    group.source = source;
-                }
-                group.writes.push(write);
+                };
+                pending.push(write);
                 if header_text(&m, crate::topology::CHANGELOG_LAST).is_some() {
-                    restored.records += apply(store, std::mem::take(&mut group.writes))?;
-                    if let Some((topic, offset)) = group.source.take() {
+                    // Everything up to here is complete: the writes since the last mark,
+                    // and the inputs this one names.
+                    restored.records += apply(store, std::mem::take(&mut pending))?;
+                    for (topic, offset) in inputs {
                         let applied = restored.applied.entry(topic).or_insert(offset);
                         *applied = (*applied).max(offset);
                     }
@@ -215,6 +213,6 @@ pub(crate) fn restore(
     }
     // An input whose writes end the log without their last one was cut short by a crash;
     // it is processed again, so none of its writes may be applied.
-    restored.incomplete = group.writes.len() as u64;
+    restored.incomplete = pending.len() as u64;
     Ok(restored)
 }

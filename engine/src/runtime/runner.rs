@@ -37,6 +37,9 @@ type EngineProducer = ThreadedProducer<ProduceContext>;
 
 /// Records processed per wake-up before the loop checks its timers and shutdown again.
 const MAX_BATCH: usize = 256;
+/// How long the input must have been quiet before the record caches are flushed without
+/// waiting for the commit interval.
+const IDLE_FLUSH: Duration = Duration::from_millis(20);
 
 /// Producer callbacks: acknowledgements feed the offset tracker.
 pub(crate) struct ProduceContext {
@@ -561,6 +564,7 @@ impl TopologyRunner {
             out: Vec::new(),
             slots: Vec::new(),
             announcer: announcer.as_ref(),
+            cache: crate::state::CacheBudget::new(settings.cache_max_bytes),
         };
         self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
             consumer: consumer.clone(),
@@ -569,7 +573,8 @@ impl TopologyRunner {
         let result = run.process_until(&mut shutdown).await;
         // Waits for a scrape in progress; afterwards this function owns the consumer alone.
         self.metrics.set_lag_source(None);
-        let closed = run.close().await;
+        // After a failure the failed record's effect may sit in a cache: not written.
+        let closed = run.close(result.is_ok()).await;
         if let Some(announcer) = &announcer {
             // Other instances stop directing queries here.
             announcer.announce(Vec::new()).await;
@@ -692,6 +697,8 @@ struct Loop<'a> {
     slots: Vec<(String, i32, Slot)>,
     /// Publishes the partitions held after each rebalance, if instances announce.
     announcer: Option<&'a super::instances::Announcer>,
+    /// The memory the record caches of every task share (`cache_max_bytes`).
+    cache: Arc<crate::state::CacheBudget>,
 }
 
 impl Loop<'_> {
@@ -708,6 +715,7 @@ impl Loop<'_> {
             self.metrics.set_in_flight(self.tracker.in_flight() as u64);
             let changelog_waits = self.tracker.queued_changelog() > 0;
             self.tracker.set_waiting(self.paused || changelog_waits);
+            let cached = self.settings.flush_caches_when_idle && self.has_cached_writes();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
@@ -733,8 +741,20 @@ impl Loop<'_> {
                         }
                     }
                 }
-                _ = commit_tick.tick() => self.commit(CommitMode::Async),
+                _ = commit_tick.tick() => {
+                    // Kafka Streams flushes on commit: what the caches hold is written
+                    // out first, and the records it came from commit once it is
+                    // acknowledged (a later commit).
+                    self.flush_tasks().await?;
+                    self.commit(CommitMode::Async);
+                }
                 _ = punctuation_tick.tick() => self.punctuate().await?,
+                // Input drained: no more updates are coming to coalesce with, so holding
+                // them only delays them (and the commit of their records).
+                // (An async block, so no timer is created while the branch is disabled.)
+                _ = async { tokio::time::sleep(IDLE_FLUSH).await }, if cached => {
+                    self.flush_tasks().await?
+                }
             }
         }
     }
@@ -801,6 +821,7 @@ impl Loop<'_> {
                                 &self.partition_counts,
                                 partition,
                                 now_ms(),
+                                &self.cache,
                             )
                             .await?;
                             self.tasks.insert(partition, task);
@@ -952,6 +973,7 @@ impl Loop<'_> {
                 &self.partition_counts,
                 partition,
                 now,
+                &self.cache,
             )
             .await?;
             self.tasks.insert(partition, task);
@@ -1020,6 +1042,35 @@ impl Loop<'_> {
         }
     }
 
+    /// Whether any task's record cache holds writes not yet flushed.
+    fn has_cached_writes(&self) -> bool {
+        self.tasks.values().any(Task::has_cached_writes)
+    }
+
+    /// Flushes every task's record caches and sends what that produced; each task's
+    /// held input record is released with it, so it commits once that is acknowledged.
+    async fn flush_tasks(&mut self) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let mut calls = Vec::new();
+        for task in self.tasks.values_mut() {
+            let mut produced = Vec::new();
+            task.flush(now, &mut produced)
+                .map_err(RuntimeError::Record)?;
+            // A hold is released even when nothing was cached any more (an eviction
+            // already wrote its record's effect out).
+            let (_, released) = task.take_deferrals();
+            let changelog = task.take_changelog();
+            if !released.is_empty() || !produced.is_empty() || !changelog.is_empty() {
+                calls.push((produced, changelog, released));
+            }
+        }
+        for (produced, changelog, released) in calls {
+            self.send_produced(None, &produced, changelog, released)
+                .await;
+        }
+        Ok(())
+    }
+
     async fn punctuate(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut calls = Vec::new();
@@ -1055,14 +1106,16 @@ async fn open_task(
     partition_counts: &Arc<HashMap<String, i32>>,
     partition: i32,
     now: Timestamp,
+    cache: &Arc<crate::state::CacheBudget>,
 ) -> Result<Task, RuntimeError> {
     {
         let state = &settings.state;
-        let stores =
-            Task::open_stores(topology, partition, state).map_err(|e| RuntimeError::Client {
+        let stores = Task::open_stores(topology, partition, state, cache).map_err(|e| {
+            RuntimeError::Client {
                 what: "store open",
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let app = topology.application_id().to_string();
         let publish = |store: &crate::topology::TaskStore, restoring: bool| {
             if let Some(ops) = &settings.ops {
@@ -1300,10 +1353,14 @@ impl Loop<'_> {
         );
     }
 
-    /// Drains in-flight outputs, commits what is safe, and leaves the group.
-    async fn close(&mut self) -> Result<(), RuntimeError> {
+    /// Flushes the record caches (after a clean stop), drains in-flight outputs, commits
+    /// what is safe, and leaves the group.
+    async fn close(&mut self, flush: bool) -> Result<(), RuntimeError> {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
         let mut result = Ok(());
+        if flush && let Err(e) = self.flush_tasks().await {
+            result = Err(e);
+        }
         loop {
             if let Err(e) = self.handle_failures().await {
                 result = Err(e);

@@ -7,6 +7,7 @@
 //! after the changelog has them). Restoring is the runtime's job; the store only applies
 //! what it is given. May depend on `serde` and `record`.
 
+pub(crate) mod cache;
 mod memory;
 mod query;
 mod rocks;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use crate::record::Timestamp;
 
+pub use cache::{CacheBudget, CachingStore, ENTRY_OVERHEAD as CACHE_ENTRY_OVERHEAD};
 pub use memory::MemoryStore;
 pub use query::{JsonEntry, QueryError, ScanRequest, StoreQuery};
 pub use rocks::{RocksSettings, RocksStore};
@@ -103,6 +105,9 @@ pub struct StoreSpec {
     pub changelog: bool,
     /// Entries expire this long after they were written, unless a put says otherwise.
     pub default_ttl: Option<Duration>,
+    /// Whether writes go through a record cache (aggregations: `count`, `reduce`,
+    /// `aggregate` of a grouped stream, unless built `with_caching(false)`).
+    pub caching: bool,
     /// Key and value serde descriptions, for `describe()` and interactive queries.
     pub key_format: String,
     /// Value serde description.

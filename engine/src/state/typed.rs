@@ -5,9 +5,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::record::Timestamp;
+use crate::record::{Headers, Timestamp};
 use crate::serde::{Serde, Written};
 
+use super::cache::{CachingStore, FlushedEntry};
 use super::{BytesStore, Result, StoreError, StoreSpec, framing, prefix_scan};
 
 /// Receives a store's writes for its changelog topic (`None` value: a deletion).
@@ -31,6 +32,8 @@ pub struct KeyValueStore<'a, K, V> {
     pub(crate) store: &'a Arc<dyn BytesStore>,
     pub(crate) serdes: &'a StoreSerdes<K, V>,
     pub(crate) changelog: Option<&'a mut dyn ChangelogWriter>,
+    /// The store's record cache, when it has one (`store` is then the cache's view).
+    pub(crate) cache: Option<&'a CachingStore>,
     pub(crate) now: Timestamp,
     pub(crate) _types: PhantomData<fn(K, V)>,
 }
@@ -130,6 +133,18 @@ impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
     }
 
     fn write(&mut self, key: &K, value: &V, ttl: Option<Duration>) -> Result<()> {
+        let now = self.now;
+        self.write_with_context(key, value, ttl, now, Headers::new())
+    }
+
+    fn write_with_context(
+        &mut self,
+        key: &K,
+        value: &V,
+        ttl: Option<Duration>,
+        timestamp: Timestamp,
+        headers: Headers,
+    ) -> Result<()> {
         let k = self.key_bytes(key)?;
         let mut v = Vec::new();
         match self.serdes.value.serialize(&self.spec.name, value, &mut v) {
@@ -142,6 +157,10 @@ impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
                 .saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
         });
         let framed = framing::frame(&v, expires);
+        if let Some(cache) = self.cache {
+            cache.put_cached(k, Some(framed), timestamp, headers);
+            return Ok(());
+        }
         self.store.put(&k, &framed)?;
         if let Some(changelog) = self.changelog.as_deref_mut() {
             changelog.write(&self.spec.name, k, Some(framed));
@@ -152,6 +171,10 @@ impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
     /// Removes `key`.
     pub fn delete(&mut self, key: &K) -> Result<()> {
         let k = self.key_bytes(key)?;
+        if let Some(cache) = self.cache {
+            cache.put_cached(k, None, self.now, Headers::new());
+            return Ok(());
+        }
         self.store.delete(&k)?;
         if let Some(changelog) = self.changelog.as_deref_mut() {
             changelog.write(&self.spec.name, k, None);
@@ -190,5 +213,93 @@ impl<K: 'static, V: 'static> ReadOnlyKeyValueStore<'_, K, V> {
     /// Approximate number of entries.
     pub fn approximate_len(&self) -> u64 {
         self.inner.approximate_len()
+    }
+}
+
+/// An update leaving a store's record cache, decoded: what an aggregation forwards.
+pub(crate) struct Flushed<K, V> {
+    pub key: K,
+    /// `None`: a deletion (or an entry that expired while cached).
+    pub value: Option<V>,
+    pub timestamp: Timestamp,
+    pub headers: Headers,
+}
+
+/// Which cached entries [`KeyValueStore::flush_cache`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheFlush {
+    /// Only those evicted because the instance's caches are over their budget.
+    Evict,
+    /// Every dirty entry (they stay cached, clean).
+    All,
+}
+
+impl<K: 'static, V: 'static> KeyValueStore<'_, K, V> {
+    /// Whether writes to this store are cached.
+    pub(crate) fn is_cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// Sets `key` to `value` with the context of the record that caused it (forwarded
+    /// with the entry when it leaves the cache); a plain put when the store is uncached.
+    pub(crate) fn put_with_context(
+        &mut self,
+        key: &K,
+        value: &V,
+        timestamp: Timestamp,
+        headers: Headers,
+    ) -> Result<()> {
+        let ttl = self.spec.default_ttl;
+        self.write_with_context(key, value, ttl, timestamp, headers)
+    }
+
+    /// Writes cached entries to the store and its changelog and returns them decoded, in
+    /// least-recently-used order, for the caller to forward.
+    pub(crate) fn flush_cache(&mut self, which: CacheFlush) -> Result<Vec<Flushed<K, V>>> {
+        let Some(cache) = self.cache else {
+            return Ok(Vec::new());
+        };
+        let entries = match which {
+            CacheFlush::Evict => cache.evict_over_budget(),
+            CacheFlush::All => cache.take_dirty(),
+        };
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        cache.write_through(&entries)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for FlushedEntry {
+            key,
+            value,
+            timestamp,
+            headers,
+        } in entries
+        {
+            let decoded_key = self
+                .serdes
+                .key
+                .deserialize(&self.spec.name, Some(&key))
+                .map_err(|e| self.serde_error("key", e))?;
+            let decoded_value = value
+                .as_deref()
+                .and_then(|stored| framing::unframe(stored, self.now))
+                .map(|v| {
+                    self.serdes
+                        .value
+                        .deserialize(&self.spec.name, Some(v))
+                        .map_err(|e| self.serde_error("value", e))
+                })
+                .transpose()?;
+            if let Some(changelog) = self.changelog.as_deref_mut() {
+                changelog.write(&self.spec.name, key, value);
+            }
+            out.push(Flushed {
+                key: decoded_key,
+                value: decoded_value,
+                timestamp,
+                headers,
+            });
+        }
+        Ok(out)
     }
 }

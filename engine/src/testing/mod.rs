@@ -38,7 +38,7 @@ use crate::metrics::{MetricsSnapshot, TopologyMetrics};
 use crate::record::{Headers, ProducedRecord, RawRecord, Record, Timestamp};
 use crate::serde::{Serde, Written};
 use crate::state::typed::StoreSerdes;
-use crate::state::{InMemorySupplier, framing};
+use crate::state::{CacheBudget, InMemorySupplier, framing};
 use crate::topology::{Outcome, RecordError, Task, TaskStore, Topology};
 
 /// Options for [`TestDriver::with_options`].
@@ -48,6 +48,11 @@ pub struct TestDriverOptions {
     pub start_time: Timestamp,
     /// Partition counts of topics, for sinks with a partitioner (default 1).
     pub partition_counts: HashMap<String, i32>,
+    /// `None` (the default): the aggregations' record caches are flushed after every
+    /// input record, as Kafka Streams' `TopologyTestDriver` does, so every update is
+    /// emitted. `Some(bytes)`: caches hold at most `bytes` together and keep updates
+    /// until [`TestDriver::commit`] or an eviction, as the runtime does between commits.
+    pub buffered_cache_bytes: Option<usize>,
 }
 
 struct DriverState {
@@ -61,6 +66,8 @@ struct DriverState {
     metrics: Arc<TopologyMetrics>,
     /// Input records held by `ProcessorContext::defer` and not yet released.
     deferred: Vec<(String, i64)>,
+    /// Whether caches keep updates until `commit` (else they flush after every record).
+    buffered: bool,
 }
 
 /// Runs a topology in-process; see the module documentation.
@@ -95,7 +102,8 @@ impl TestDriver {
         if let Err(e) = topology.check_copartitioning(&counts) {
             panic!("{e}");
         }
-        let stores = match Task::open_stores(&topology, 0, &InMemorySupplier) {
+        let budget = CacheBudget::new(options.buffered_cache_bytes.unwrap_or(usize::MAX));
+        let stores = match Task::open_stores(&topology, 0, &InMemorySupplier, &budget) {
             Ok(stores) => stores,
             Err(e) => panic!("stores of `{}` cannot open: {e}", topology.application_id()),
         };
@@ -133,6 +141,7 @@ impl TestDriver {
                 wall_clock: options.start_time,
                 metrics,
                 deferred: Vec::new(),
+                buffered: options.buffered_cache_bytes.is_some(),
             })),
         }
     }
@@ -200,7 +209,17 @@ impl TestDriver {
         state.task.punctuate_wall_clock(now, &mut produced)?;
         produced.extend(state.task.take_changelog());
         state.track_deferrals(None);
-        state.route(produced)
+        state.route(produced)?;
+        state.flush_unless_buffered()
+    }
+
+    /// What the runtime does before it commits: flushes the record caches (their store
+    /// writes, changelog records and coalesced updates reach the outputs) and releases
+    /// the input record they held. Only needed with
+    /// [`TestDriverOptions::buffered_cache_bytes`]; otherwise caches flush after every
+    /// record.
+    pub fn commit(&self) -> Result<(), RecordError> {
+        self.state.borrow_mut().flush()
     }
 
     /// Input records a processor holds with `ProcessorContext::defer` and has not
@@ -288,6 +307,7 @@ impl DriverState {
         produced.extend(self.task.take_changelog());
         self.track_deferrals(Some((topic, raw.offset)));
         self.route(produced)?;
+        self.flush_unless_buffered()?;
         Ok(outcome)
     }
 
@@ -314,6 +334,30 @@ impl DriverState {
                 Some(Outcome::Skipped)
             }
         }
+    }
+
+    fn flush_unless_buffered(&mut self) -> Result<(), RecordError> {
+        if self.buffered {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// Flushes the caches until what the flush fed back into the topology (a topic it
+    /// also reads) left nothing cached, or a bounded number of rounds passed (a topology
+    /// that aggregates its own updates forever).
+    fn flush(&mut self) -> Result<(), RecordError> {
+        for _ in 0..1000 {
+            let mut produced = Vec::new();
+            self.task.flush(self.wall_clock, &mut produced)?;
+            produced.extend(self.task.take_changelog());
+            self.track_deferrals(None);
+            self.route(produced)?;
+            if !self.task.has_cached_writes() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn track_deferrals(&mut self, input: Option<(&str, i64)>) {

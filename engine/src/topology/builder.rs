@@ -201,6 +201,7 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
                 kind,
                 changelog: true,
                 default_ttl: None,
+                caching: false,
                 key_format: key.info().to_string(),
                 value_format: value.info().to_string(),
             },
@@ -230,6 +231,13 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
     /// The store's declaration and serdes.
     pub(crate) fn into_parts(self) -> (StoreSpec, StoreSerdes<K, V>) {
         (self.spec, self.serdes)
+    }
+
+    /// Puts a record cache in front of the store (only aggregations, which forward what
+    /// leaves the cache, set this).
+    pub(crate) fn with_caching(mut self, caching: bool) -> Self {
+        self.spec.caching = caching;
+        self
     }
 
     /// The store's name.

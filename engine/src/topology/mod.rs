@@ -22,8 +22,8 @@ pub use builder::{
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
-pub(crate) use node::CHANGELOG_LAST;
 pub use node::TaskStore;
+pub(crate) use node::{CHANGELOG_LAST, CHANGELOG_POSITIONS};
 pub use operators::{
     Branch, Emit, GlobalKTable, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
     SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::record::{Headers, ProducedRecord, RecordMetadata, Timestamp};
-use crate::state::{BytesStore, StoreError, StoreSpec, typed::ChangelogWriter};
+use crate::state::{BytesStore, CachingStore, StoreError, StoreSpec, typed::ChangelogWriter};
 
 use super::error::ProcessingError;
 use super::processor::{PunctuationType, ScheduleId};
@@ -100,6 +100,9 @@ pub(crate) trait NodeInstance: Send {
     ) -> Result<(), ProcessingError> {
         Ok(())
     }
+    fn flush(&mut self, _ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        Ok(())
+    }
 }
 
 /// Creates a node's per-task instance.
@@ -138,6 +141,9 @@ pub struct TaskStore {
     pub(crate) changelog_topic: Option<Arc<str>>,
     /// Reads the store as JSON for interactive queries.
     pub(crate) query: Arc<crate::state::StoreQuery>,
+    /// The store's record cache, when it has one; `store` is then this cache, whose
+    /// reads overlay cached writes on the store underneath.
+    pub(crate) cache: Option<Arc<CachingStore>>,
 }
 
 impl TaskStore {
@@ -145,9 +151,14 @@ impl TaskStore {
     pub fn spec(&self) -> &StoreSpec {
         &self.spec
     }
-    /// The store's bytes.
+    /// The store's bytes, as processors and queries see them (through the record cache,
+    /// if the store has one).
     pub fn bytes(&self) -> &Arc<dyn BytesStore> {
         &self.store
+    }
+    /// The store's record cache, if it has one.
+    pub fn cache(&self) -> Option<&Arc<CachingStore>> {
+        self.cache.as_ref()
     }
     /// Reads the store as JSON.
     pub fn query(&self) -> &Arc<crate::state::StoreQuery> {
@@ -162,6 +173,10 @@ impl TaskStore {
 /// Header on the last changelog record an input record caused: a restore applies an
 /// input's store writes only when it sees all of them.
 pub(crate) const CHANGELOG_LAST: &str = "engine.source.last";
+
+/// Header on the changelog records a cache flush writes: `topic=offset;...`, the last
+/// input processed per source topic, all of whose store writes the flush completes.
+pub(crate) const CHANGELOG_POSITIONS: &str = "engine.source.positions";
 
 /// Where a node's output goes: sink records, and store changelog records (kept apart:
 /// the runtime sends a changelog record only after the sink records produced before it

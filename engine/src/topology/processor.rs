@@ -87,6 +87,20 @@ pub trait Processor<KIn, VIn, KOut, VOut>: Send + 'static {
     ) -> Result<(), ProcessingError> {
         Ok(())
     }
+
+    /// Called when the task flushes: before the runtime commits its offsets (every
+    /// commit interval and at a clean shutdown), when input went quiet while a record
+    /// cache held updates, and in the test driver after every input record (unless it
+    /// buffers) and on `commit()`. Write out what the processor buffers (the
+    /// aggregations write their record cache here); what it forwards is processed like a
+    /// punctuation's output. A flush does not hold offsets by itself: records whose
+    /// effect a processor buffers should be held with [`ProcessorContext::defer`].
+    fn flush(
+        &mut self,
+        _ctx: &mut ProcessorContext<'_, KOut, VOut>,
+    ) -> Result<(), ProcessingError> {
+        Ok(())
+    }
 }
 
 /// What a processor can see and do while it handles a record or a punctuation.
@@ -195,6 +209,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
             store: &handle.store,
             serdes,
             changelog: Some(writer),
+            cache: handle.cache.as_deref(),
             now,
             _types: PhantomData,
         })
@@ -226,6 +241,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
                 store: &handle.store,
                 serdes,
                 changelog: None,
+                cache: None,
                 now,
                 _types: PhantomData,
             },
@@ -335,5 +351,9 @@ where
     ) -> Result<(), ProcessingError> {
         self.processor
             .punctuate(schedule, timestamp, &mut ProcessorContext::new(ctx))
+    }
+
+    fn flush(&mut self, ctx: &mut NodeContext<'_>) -> Result<(), ProcessingError> {
+        self.processor.flush(&mut ProcessorContext::new(ctx))
     }
 }

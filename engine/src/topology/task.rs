@@ -12,7 +12,7 @@ use crate::record::{Headers, ProducedRecord, RawRecord, RecordMetadata, Timestam
 
 use super::builder::{Topology, TopologyInner};
 use super::error::{ErrorClass, ProcessingError, RecordError};
-use crate::state::{StoreError, StoreSupplier};
+use crate::state::{CacheBudget, CachingStore, StoreError, StoreSupplier};
 
 use super::node::{
     ErasedRecord, NodeContext, NodeInstance, Output, Schedule, TaskControl, TaskInfo, TaskStore,
@@ -49,9 +49,17 @@ pub struct Task {
     control: TaskControl,
     /// Changelog records written since the last `take_changelog`.
     changelog: Vec<ProducedRecord>,
+    /// The last input offset processed per source topic, stamped on a flush's changelog.
+    positions: Vec<(Arc<str>, i64)>,
     /// Per source topic, the last offset whose store writes the restored stores already
     /// hold: a record at or before it is not applied again.
     applied: HashMap<String, i64>,
+    /// The record caches of the task's stores.
+    caches: Vec<Arc<CachingStore>>,
+    /// The first input record whose effect is only in a record cache since the last
+    /// flush: deferred, so neither it nor any later offset of the partition commits
+    /// before the flush that writes it out is acknowledged.
+    cache_hold: Option<Deferred>,
 }
 
 impl std::fmt::Debug for Task {
@@ -64,11 +72,13 @@ impl std::fmt::Debug for Task {
 }
 
 impl Task {
-    /// Opens the stores of `partition` (not yet restored).
+    /// Opens the stores of `partition` (not yet restored); stores declared with caching
+    /// get a record cache charged to `cache`.
     pub fn open_stores(
         topology: &Topology,
         partition: i32,
         supplier: &dyn StoreSupplier,
+        cache: &Arc<CacheBudget>,
     ) -> Result<Vec<TaskStore>, StoreError> {
         let app = &topology.inner.application_id;
         topology
@@ -76,8 +86,20 @@ impl Task {
             .stores
             .iter()
             .map(|def| {
+                let opened = supplier.open(app, partition, &def.spec)?;
+                let cached = def.spec.caching.then(|| {
+                    Arc::new(CachingStore::new(
+                        &def.spec.name,
+                        opened.clone(),
+                        cache.clone(),
+                    ))
+                });
                 Ok(TaskStore {
-                    store: supplier.open(app, partition, &def.spec)?,
+                    store: match &cached {
+                        Some(c) => c.clone(),
+                        None => opened,
+                    },
+                    cache: cached,
                     changelog_topic: def
                         .spec
                         .changelog
@@ -107,6 +129,7 @@ impl Task {
                     spec: global.store.spec.clone(),
                     serdes: global.store.serdes.clone(),
                     query: global.store.query.clone(),
+                    cache: None,
                 })
             })
             .collect()
@@ -134,6 +157,8 @@ impl Task {
             .keys()
             .map(|t| (t.clone(), Arc::from(t.as_str())))
             .collect();
+        let caches: Vec<Arc<CachingStore>> =
+            stores.iter().filter_map(|s| s.cache.clone()).collect();
         let mut task = Task {
             info: TaskInfo {
                 application_id: Arc::from(inner.application_id.as_str()),
@@ -153,7 +178,10 @@ impl Task {
             metrics,
             control: TaskControl::default(),
             changelog: Vec::new(),
+            positions: Vec::new(),
             applied: HashMap::new(),
+            caches,
+            cache_hold: None,
         };
         let mut produced = Vec::new();
         for i in 0..task.nodes.len() {
@@ -219,6 +247,81 @@ impl Task {
     /// any dead-letter record) to `out`. An `Err` means the policy is `fail`: nothing the
     /// record caused is left in `out`, and the caller must stop before committing it.
     pub fn process(
+        &mut self,
+        raw: &RawRecord<'_>,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<Outcome, RecordError> {
+        let outcome = self.process_record(raw, wall_clock, out)?;
+        match self.positions.iter_mut().find(|(t, _)| **t == *raw.topic) {
+            Some((_, offset)) => *offset = raw.offset,
+            None => self.positions.push((Arc::from(raw.topic), raw.offset)),
+        }
+        if self.cache_hold.is_none() && self.has_cached_writes() {
+            // This record (or one before it that failed) left an effect only in a cache:
+            // hold its offset, and so every later one, until the flush is acknowledged.
+            let topic = self
+                .topic_names
+                .get(raw.topic)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(raw.topic));
+            self.cache_hold = Some(Deferred {
+                topic,
+                partition: raw.partition,
+                offset: raw.offset,
+            });
+            self.control.deferred += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether a record cache of the task holds writes its store and changelog do not
+    /// have yet.
+    pub fn has_cached_writes(&self) -> bool {
+        self.caches.iter().any(|c| c.dirty_entries() > 0)
+    }
+
+    /// Calls every processor's `flush`, so the record caches are written out (store,
+    /// changelog, and the updates the aggregations forward), appending what that
+    /// produces to `out`, and releases the input record held since the last flush: the
+    /// runtime calls this before it commits, so no offset commits while its effect is
+    /// only in memory. The release is reported by [`take_deferrals`](Self::take_deferrals)
+    /// and is done once what this call produced is acknowledged.
+    pub fn flush(
+        &mut self,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+    ) -> Result<(), RecordError> {
+        let changelog_mark = self.changelog.len();
+        for node in 0..self.nodes.len() {
+            self.run_detached(node, "flush", wall_clock, out, |n, ctx| n.flush(ctx))?;
+        }
+        if self.changelog.len() > changelog_mark && !self.has_cached_writes() {
+            // The flush completes the store writes of every input processed so far.
+            let positions: String = self
+                .positions
+                .iter()
+                .map(|(t, o)| format!("{t}={o}"))
+                .collect::<Vec<_>>()
+                .join(";");
+            for record in &mut self.changelog[changelog_mark..] {
+                record.headers.add(
+                    super::node::CHANGELOG_POSITIONS,
+                    Some(positions.as_bytes().to_vec()),
+                );
+            }
+            if let Some(last) = self.changelog.last_mut() {
+                last.headers
+                    .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
+            }
+        }
+        if let Some(hold) = self.cache_hold.take() {
+            self.control.completed.push(hold);
+        }
+        Ok(())
+    }
+
+    fn process_record(
         &mut self,
         raw: &RawRecord<'_>,
         wall_clock: Timestamp,
@@ -303,7 +406,10 @@ impl Task {
             let message = format!("node `{node}`: {e}");
             return self.on_error(ErrorClass::Processing, raw, field, message, out);
         }
+        // Complete only if no earlier input's effect waits in a cache: a restore counts
+        // everything up to a marked record as applied.
         if self.changelog.len() > changelog_mark
+            && !self.has_cached_writes()
             && let Some(last) = self.changelog.last_mut()
         {
             last.headers
@@ -353,39 +459,53 @@ impl Task {
             s.next = Some(next + missed * s.interval_ms);
             let (node, id) = (s.node, s.id);
             TopologyMetrics::add(&self.metrics.punctuations, 1);
-            let mark = out.len();
-            let changelog_mark = self.changelog.len();
-            let result = self
-                .call(node, None, wall_clock, out, |n, ctx| {
-                    n.punctuate(id, now, ctx)
-                })
-                .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
-                .and_then(|()| {
-                    self.stack.clear();
-                    let forwarded: Vec<_> = self.forwarded.drain(..).rev().collect();
-                    self.stack.extend(forwarded);
-                    self.drain(None, wall_clock, out)
-                });
-            if let Err(failure) = result {
-                let (node, e) = *failure;
-                out.truncate(mark);
-                self.changelog.truncate(changelog_mark);
-                TopologyMetrics::add(&self.metrics.processing_errors, 1);
-                let error = RecordError {
-                    class: ErrorClass::Processing,
-                    topic: String::new(),
-                    partition: self.info.partition,
-                    offset: -1,
-                    field: e.field_name().map(String::from),
-                    message: format!("punctuation of node `{node}`: {e}"),
-                };
-                match self.topology.error_policy.processing {
-                    OnError::Fail => return Err(error),
-                    // There is no input record to dead-letter: count and log it.
-                    OnError::Skip | OnError::DeadLetter(_) => {
-                        TopologyMetrics::add(&self.metrics.skipped, 1);
-                        tracing::warn!(application = %self.info.application_id, %error, "punctuation failed; skipped by the error policy");
-                    }
+            self.run_detached(node, "punctuation", wall_clock, out, |n, ctx| {
+                n.punctuate(id, now, ctx)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs a call into `node` that has no input record (a punctuation, a flush) and
+    /// what it forwards; a failure is the error policy's, with no record to dead-letter.
+    fn run_detached(
+        &mut self,
+        node: usize,
+        what: &str,
+        wall_clock: Timestamp,
+        out: &mut Vec<ProducedRecord>,
+        f: impl FnOnce(&mut dyn NodeInstance, &mut NodeContext<'_>) -> Result<(), ProcessingError>,
+    ) -> Result<(), RecordError> {
+        let mark = out.len();
+        let changelog_mark = self.changelog.len();
+        let result = self
+            .call(node, None, wall_clock, out, f)
+            .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
+            .and_then(|()| {
+                self.stack.clear();
+                let forwarded: Vec<_> = self.forwarded.drain(..).rev().collect();
+                self.stack.extend(forwarded);
+                self.drain(None, wall_clock, out)
+            });
+        if let Err(failure) = result {
+            let (node, e) = *failure;
+            out.truncate(mark);
+            self.changelog.truncate(changelog_mark);
+            TopologyMetrics::add(&self.metrics.processing_errors, 1);
+            let error = RecordError {
+                class: ErrorClass::Processing,
+                topic: String::new(),
+                partition: self.info.partition,
+                offset: -1,
+                field: e.field_name().map(String::from),
+                message: format!("{what} of node `{node}`: {e}"),
+            };
+            match self.topology.error_policy.processing {
+                OnError::Fail => return Err(error),
+                // There is no input record to dead-letter: count and log it.
+                OnError::Skip | OnError::DeadLetter(_) => {
+                    TopologyMetrics::add(&self.metrics.skipped, 1);
+                    tracing::warn!(application = %self.info.application_id, %error, "{what} failed; skipped by the error policy");
                 }
             }
         }

@@ -273,11 +273,15 @@ const METHOD: &str = "
   record being visible on the broker; includes joining the consumer group.
 - **State**: a second `engine dev` with the `ticket-counts` topics. The input cycles
   through 10,000 plan ids (the record keys), so the RocksDB store `tickets-per-plan`
-  holds 10,000 counts and every record is a read, a write, a count update and a changelog
-  record. `engine run ticket-counts` (own process, fresh `--state-dir`, no `--kafka`
-  properties) is measured as the pipeline is (SIGSTOP while a round is produced, rate
-  from the count topic's end offsets), against the same rdkafka copy loop on the same
-  broker and input, measured in the same run.
+  holds 10,000 counts; every record updates its key's count in the record cache, which
+  writes the store, the changelog and the count topic when it flushes (before commits and
+  when the input goes quiet) or evicts, so updates of a key coalesce. `engine run
+  ticket-counts` (own process, fresh `--state-dir`, no `--kafka` properties) is measured
+  as the pipeline is (SIGSTOP while a round is produced), timed until the latest count of
+  every key on the count topic adds up to every input record produced (a consumer in the
+  harness reads the count topic, with `fetch.wait.max.ms=5` so the mock cluster's fetch
+  hold does not delay what it sees), against the same rdkafka copy loop on the same broker
+  and input, measured in the same run.
 - **Restore**: that process is stopped, and a second one starts with an empty
   `--state-dir`, so each task rebuilds its store from the whole changelog when its
   partition's first new record arrives (a few thousand records are produced for that).

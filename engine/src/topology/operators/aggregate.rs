@@ -1,10 +1,16 @@
 //! Grouping and aggregation: `group_by_key`, `group_by` (through a repartition topic),
 //! and `count`, `reduce`, `aggregate` into a store-backed [`KTable`].
+//!
+//! Aggregations write through a record cache (`crate::state::cache`) unless built
+//! `with_caching(false)`: updates of a key coalesce in memory, and the store write, the
+//! changelog record and the downstream update happen when the entry is evicted or the
+//! task flushes (before every commit), as in Kafka Streams.
 
 use std::sync::Arc;
 
 use crate::record::Record;
 use crate::serde::{I64Serde, Serde};
+use crate::state::typed::CacheFlush;
 use crate::topology::builder::{
     Consumed, Data, KStream, Produced, StoreBuilder, add_source, add_store,
 };
@@ -33,6 +39,8 @@ impl<K, V> Grouped<K, V> {
 pub struct KGroupedStream<K, V> {
     pub(crate) stream: KStream<K, V>,
     pub(crate) key: Arc<dyn Serde<K>>,
+    /// Whether `count`, `reduce` and `aggregate` write through a record cache.
+    pub(crate) caching: bool,
 }
 
 impl<K, V> Clone for KGroupedStream<K, V> {
@@ -40,7 +48,34 @@ impl<K, V> Clone for KGroupedStream<K, V> {
         KGroupedStream {
             stream: self.stream.clone(),
             key: self.key.clone(),
+            caching: self.caching,
         }
+    }
+}
+
+impl<K, V> KGroupedStream<K, V> {
+    /// Whether the aggregations built from this grouped stream cache their updates (on
+    /// by default; Kafka Streams' `Materialized.withCachingDisabled()` is
+    /// `with_caching(false)`). Without the cache every input record writes the store and
+    /// the changelog and forwards its new aggregate downstream; with it, updates of a key
+    /// coalesce until the entry is evicted (`[runtime] cache_max_bytes`) or the task
+    /// flushes before a commit.
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, Produced};
+    /// # use engine::serde::Serdes;
+    /// let b = TopologyBuilder::new("counts");
+    /// b.stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+    ///     .with_caching(false)
+    ///     .count("count", "clicks-per-user")
+    ///     .to_stream("every-update")
+    ///     .to("out", "click-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn with_caching(mut self, caching: bool) -> Self {
+        self.caching = caching;
+        self
     }
 }
 
@@ -51,6 +86,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         KGroupedStream {
             stream: self.clone(),
             key: grouped.key,
+            caching: true,
         }
     }
 
@@ -66,7 +102,11 @@ impl<K: Data, V: Data> KStream<K, V> {
         let stream = self
             .select_key(&format!("{name}-key"), f)
             .repartition(name, grouped);
-        KGroupedStream { stream, key }
+        KGroupedStream {
+            stream,
+            key,
+            caching: true,
+        }
     }
 
     /// Writes the stream to `<application>-<name>-repartition` and reads it back, so
@@ -97,10 +137,41 @@ impl<K: Data, V: Data> KStream<K, V> {
 
 type Aggregator<K, V, A> = Arc<dyn Fn(&K, V, Option<A>) -> A + Send + Sync>;
 
-/// Folds each record into its key's aggregate in a store and emits the new aggregate.
+/// Folds each record into its key's aggregate in a store and emits the new aggregate:
+/// at once when the store is uncached, else when the entry leaves the record cache.
 struct Aggregate<K, V, A> {
     store: String,
     fold: Aggregator<K, V, A>,
+}
+
+fn store_error(e: crate::state::StoreError) -> ProcessingError {
+    ProcessingError::new(e.to_string())
+}
+
+impl<K: Data, V: Data, A: Data> Aggregate<K, V, A> {
+    /// Writes out cache entries and forwards their aggregates (a deleted entry has none
+    /// to forward: aggregations never delete, so it can only come from a TTL).
+    fn write_out(
+        &self,
+        which: CacheFlush,
+        ctx: &mut ProcessorContext<'_, K, A>,
+    ) -> Result<(), ProcessingError> {
+        let flushed = ctx
+            .kv_store::<K, A>(&self.store)
+            .and_then(|mut store| store.flush_cache(which))
+            .map_err(store_error)?;
+        for entry in flushed {
+            if let Some(value) = entry.value {
+                ctx.forward(Record {
+                    key: entry.key,
+                    value,
+                    timestamp: entry.timestamp,
+                    headers: entry.headers,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<K: Data, V: Data, A: Data> Processor<K, V, K, A> for Aggregate<K, V, A> {
@@ -109,27 +180,33 @@ impl<K: Data, V: Data, A: Data> Processor<K, V, K, A> for Aggregate<K, V, A> {
         record: Record<K, V>,
         ctx: &mut ProcessorContext<'_, K, A>,
     ) -> Result<(), ProcessingError> {
-        let store_error = |e: crate::state::StoreError| ProcessingError::new(e.to_string());
         let Record {
             key,
             value,
             timestamp,
             headers,
         } = record;
-        let aggregate = {
-            let mut store = ctx.kv_store::<K, A>(&self.store).map_err(store_error)?;
-            let current = store.get(&key).map_err(store_error)?;
-            let next = (self.fold)(&key, value, current);
-            store.put(&key, &next).map_err(store_error)?;
-            next
-        };
+        let mut store = ctx.kv_store::<K, A>(&self.store).map_err(store_error)?;
+        let current = store.get(&key).map_err(store_error)?;
+        let next = (self.fold)(&key, value, current);
+        if store.is_cached() {
+            store
+                .put_with_context(&key, &next, timestamp, headers)
+                .map_err(store_error)?;
+            return self.write_out(CacheFlush::Evict, ctx);
+        }
+        store.put(&key, &next).map_err(store_error)?;
         ctx.forward(Record {
             key,
-            value: aggregate,
+            value: next,
             timestamp,
             headers,
         });
         Ok(())
+    }
+
+    fn flush(&mut self, ctx: &mut ProcessorContext<'_, K, A>) -> Result<(), ProcessingError> {
+        self.write_out(CacheFlush::All, ctx)
     }
 }
 
@@ -143,7 +220,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     ) -> KTable<K, A> {
         add_store(
             &self.stream.state,
-            StoreBuilder::persistent(store, self.key.clone(), serde),
+            StoreBuilder::persistent(store, self.key.clone(), serde).with_caching(self.caching),
         );
         let store_name = store.to_string();
         let stream =
