@@ -192,18 +192,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
         name: &str,
     ) -> Result<KeyValueStore<'_, SK, SV>, StoreError> {
         let (handle, writer, now) = self.inner.store_access(name)?;
-        let serdes = handle
-            .serdes
-            .downcast_ref::<StoreSerdes<SK, SV>>()
-            .ok_or_else(|| StoreError::Serde {
-                store: name.to_string(),
-                part: "types",
-                message: format!(
-                    "the store holds other types than ({}, {})",
-                    std::any::type_name::<SK>(),
-                    std::any::type_name::<SV>()
-                ),
-            })?;
+        let serdes = typed_serdes::<SK, SV>(handle)?;
         Ok(KeyValueStore {
             spec: &handle.spec,
             store: &handle.store,
@@ -223,18 +212,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
         name: &str,
     ) -> Result<ReadOnlyKeyValueStore<'_, SK, SV>, StoreError> {
         let (handle, now) = self.inner.global_store_access(name)?;
-        let serdes = handle
-            .serdes
-            .downcast_ref::<StoreSerdes<SK, SV>>()
-            .ok_or_else(|| StoreError::Serde {
-                store: name.to_string(),
-                part: "types",
-                message: format!(
-                    "the global store holds other types than ({}, {})",
-                    std::any::type_name::<SK>(),
-                    std::any::type_name::<SV>()
-                ),
-            })?;
+        let serdes = typed_serdes::<SK, SV>(handle)?;
         Ok(ReadOnlyKeyValueStore {
             inner: KeyValueStore {
                 spec: &handle.spec,
@@ -288,6 +266,24 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
     pub(crate) fn produce(&mut self, record: ProducedRecord) {
         self.inner.produce(record)
     }
+}
+
+/// A store's serdes as the types a processor asks for, or an error naming both.
+fn typed_serdes<SK: 'static, SV: 'static>(
+    handle: &super::node::TaskStore,
+) -> Result<&StoreSerdes<SK, SV>, StoreError> {
+    handle
+        .serdes
+        .downcast_ref::<StoreSerdes<SK, SV>>()
+        .ok_or_else(|| StoreError::Serde {
+            store: handle.spec.name.clone(),
+            part: "types",
+            message: format!(
+                "the store holds other types than ({}, {})",
+                std::any::type_name::<SK>(),
+                std::any::type_name::<SV>()
+            ),
+        })
 }
 
 pub(crate) fn erase<K: Clone + Send + 'static, V: Clone + Send + 'static>(
