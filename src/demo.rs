@@ -321,6 +321,7 @@ async fn demo(args: &DemoArgs, config: &EngineConfig) -> Result<Summary, Failure
         registry: Some(SchemaRegistry::memory(registry)),
         settings: config.avro.clone(),
         health: Default::default(),
+        notices: Default::default(),
     };
     let context = |name: &str, demo: &[(&str, toml::Value)]| BuildContext {
         avro: avro.clone(),

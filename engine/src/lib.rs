@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+mod executor;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;

@@ -50,7 +50,7 @@ fn unreachable_context(fallback: Fallback) -> AvroContext {
             fallback,
             ..Default::default()
         },
-        health: Default::default(),
+        ..Default::default()
     }
 }
 

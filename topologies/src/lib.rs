@@ -17,7 +17,8 @@ use engine::serde::AvroSerde;
 use engine::topology::{Problem, TopologyError};
 use engine::{BuildContext, Catalog};
 
-/// The Avro value serde of `node` in `topology`, or the problem that stops the build.
+/// The Avro value serde of `node` in `topology` for one of the upstream contracts in
+/// `schemas/` (their shape is not ours to change), or the problem that stops the build.
 pub(crate) fn avro_value<T>(
     ctx: &BuildContext,
     topology: &str,
@@ -25,7 +26,7 @@ pub(crate) fn avro_value<T>(
     schema: &str,
 ) -> Result<AvroSerde<T>, TopologyError> {
     ctx.avro
-        .value_serde::<T>(schema)
+        .contract_value_serde::<T>(schema)
         .map_err(|e| TopologyError::Invalid {
             topology: topology.into(),
             problems: vec![Problem::Serde {

@@ -24,7 +24,7 @@ pub const DEAD_LETTER: &str = "bench.tickets.counts.dlq";
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     let tickets = ctx
         .avro
-        .value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
+        .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
         .map_err(|e| TopologyError::Invalid {
             topology: NAME.into(),
             problems: vec![Problem::Serde {

@@ -291,8 +291,15 @@ where
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // apache-avro (used to parse schemas) warns again, per schema built, about what the
+    // engine reports once itself (logical types it ignores): quiet unless asked for.
+    let filter = if filter.contains("apache_avro") {
+        filter.to_string()
+    } else {
+        format!("{filter},apache_avro=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apache_avro=error"));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -340,6 +347,7 @@ fn avro_context(
         registry,
         settings: config.avro.clone(),
         health: Default::default(),
+        notices: Default::default(),
     })
 }
 
@@ -543,6 +551,7 @@ fn execute(
                 registry: Some(SchemaRegistry::memory(registry.clone())),
                 settings: config.avro.clone(),
                 health: Default::default(),
+                notices: Default::default(),
             };
             for topology in build_all(catalog, &topologies, &config, &avro)? {
                 wanted.extend(topology.topics().into_iter().map(|t| (t, partitions)));

@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::executor::block_off_executor;
 use crate::registry::{SchemaRegistry, VersionRef};
 
 use super::avro::{AvroError, DecodePlan, EncodePlan, Schema};
@@ -114,17 +115,56 @@ pub struct AvroContext {
     pub settings: AvroSettings,
     /// Shared health.
     pub health: Arc<RegistryHealth>,
+    /// Schema notices already logged by serdes of this context (each once).
+    pub notices: SchemaNotices,
 }
 
 impl AvroContext {
     /// An Avro serde for values of type `T` with the schema in `schema` (JSON text).
+    /// What the schema's author could fix (a `logicalType` Avro ignores) is logged as a
+    /// warning, once per schema and field for the whole context.
     pub fn value_serde<T>(&self, schema: &str) -> std::result::Result<AvroSerde<T>, AvroError> {
-        AvroSerde::new(self, schema, false)
+        AvroSerde::new(self, schema, false, SchemaOrigin::Authored)
     }
 
     /// An Avro serde for keys.
     pub fn key_serde<T>(&self, schema: &str) -> std::result::Result<AvroSerde<T>, AvroError> {
-        AvroSerde::new(self, schema, true)
+        AvroSerde::new(self, schema, true, SchemaOrigin::Authored)
+    }
+
+    /// An Avro value serde for a published contract whose shape this program does not
+    /// own (a schema another team registers): its notices are logged at INFO, since
+    /// nobody here can act on them.
+    pub fn contract_value_serde<T>(
+        &self,
+        schema: &str,
+    ) -> std::result::Result<AvroSerde<T>, AvroError> {
+        AvroSerde::new(self, schema, false, SchemaOrigin::Contract)
+    }
+}
+
+/// Who owns a schema, which decides how loudly its notices are logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SchemaOrigin {
+    /// Written with the topology: notices are warnings.
+    Authored,
+    /// A published contract the topology must follow as it is: notices are INFO.
+    Contract,
+}
+
+/// The `(schema, notice)` pairs already logged: every serde built from one
+/// [`AvroContext`] (one per process in the `engine` command) says each notice once.
+#[derive(Clone, Debug, Default)]
+pub struct SchemaNotices(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
+
+impl SchemaNotices {
+    /// True the first time `(schema, notice)` is seen.
+    fn first(&self, schema: &str, notice: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((schema.to_string(), notice.to_string()))
     }
 }
 
@@ -164,31 +204,33 @@ fn write_lock<V>(lock: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs a blocking registry call without stalling a multi-threaded tokio runtime.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 impl<T> AvroSerde<T> {
     /// A serde for `schema` (Avro schema JSON) using `context`'s registry and settings.
     pub fn new(
         context: &AvroContext,
         schema: &str,
         is_key: bool,
+        origin: SchemaOrigin,
     ) -> std::result::Result<Self, AvroError> {
         let parsed = Schema::parse_str(schema)?;
-        for misplaced in parsed.misplaced_logical_types() {
-            tracing::warn!(field = %misplaced, "logicalType on a field, not on its type: Avro ignores it there, so the field keeps its underlying type");
-        }
         let record_name = match parsed.inner() {
             apache_avro::Schema::Record(r) => r.name.fullname(None),
             other => format!("{other:?}").chars().take(32).collect(),
         };
+        for misplaced in parsed.misplaced_logical_types() {
+            if !context.notices.first(&record_name, &misplaced) {
+                continue;
+            }
+            const NOTICE: &str = "logicalType on a field, not on its type: Avro ignores it there, so the field keeps its underlying type (move it into the type to make it a logical type)";
+            match origin {
+                SchemaOrigin::Authored => {
+                    tracing::warn!(schema = %record_name, field = %misplaced, "{NOTICE}")
+                }
+                SchemaOrigin::Contract => {
+                    tracing::info!(schema = %record_name, field = %misplaced, "{NOTICE}")
+                }
+            }
+        }
         Ok(AvroSerde {
             schema_text: Arc::from(parsed.schema_json()),
             schema: Arc::new(parsed),
@@ -236,7 +278,7 @@ impl<T> AvroSerde<T> {
             field: None,
             reason: format!("schema registry, subject `{subject}`: {e}"),
         };
-        let writer = blocking(|| -> Result<Writer> {
+        let writer = block_off_executor(|| -> Result<Writer> {
             if settings.use_latest_version {
                 let latest = registry
                     .version(&subject, VersionRef::Latest)
@@ -280,7 +322,7 @@ impl<T> AvroSerde<T> {
             field: None,
             reason: format!("Avro record with schema id {id} but no schema registry is configured"),
         })?;
-        let text = blocking(|| registry.schema_by_id(id)).map_err(|e| {
+        let text = block_off_executor(|| registry.schema_by_id(id)).map_err(|e| {
             self.context
                 .health
                 .unknown_schema_errors
@@ -365,7 +407,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for AvroSerde<T> {
         }
         let reachable = match &self.context.registry {
             None => Err("no schema registry is configured".to_string()),
-            Some(r) => blocking(|| r.ping()).map_err(|e| e.to_string()),
+            Some(r) => block_off_executor(|| r.ping()).map_err(|e| e.to_string()),
         };
         match reachable {
             Ok(()) => self.writer(topic).map(|_| ()),

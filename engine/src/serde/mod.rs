@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use confluent::{
-    AvroContext, AvroSerde, AvroSettings, Fallback, MAGIC_BYTE, RegistryHealth, SubjectNameStrategy,
+    AvroContext, AvroSerde, AvroSettings, Fallback, MAGIC_BYTE, RegistryHealth, SchemaNotices,
+    SchemaOrigin, SubjectNameStrategy,
 };
 pub use json::JsonSerde;
 pub use primitive::{BytesSerde, I32Serde, I64Serde, Nullable, StringSerde, UnitSerde};
