@@ -477,12 +477,32 @@ fn python(bootstrap: &str, registry: &str, args: &[&str], input: &str) -> String
 
 #[test]
 fn python_confluent_clients_and_the_engine_read_each_others_avro() {
-    let (_dev, bootstrap, registry) = engine_dev(&[
+    let kafka = Kafka::mock(&[
         "--topic",
         "interop.from-python:2",
         "--topic",
         "interop.from-engine:2",
     ]);
+    python_and_engine_interoperate(&kafka, "interop.from-python", "interop.from-engine");
+}
+
+#[test]
+fn real_kafka_python_confluent_clients_and_the_engine_read_each_others_avro() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let (from_python, from_engine) = (
+        support::unique("interop.from-python"),
+        support::unique("interop.from-engine"),
+    );
+    let kafka = Kafka::real_topics(bootstrap, &[&from_python, &from_engine], 2);
+    python_and_engine_interoperate(&kafka, &from_python, &from_engine);
+}
+
+/// confluent-kafka's AvroSerializer and AvroDeserializer (Python) and the engine read
+/// each other's records, field for field, through the same schema registry.
+fn python_and_engine_interoperate(kafka: &Kafka, from_python: &str, from_engine: &str) {
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let tickets: Vec<Value> = (0..20u32)
         .map(|n| {
             let status = if n % 2 == 0 {
@@ -501,12 +521,12 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
 
     // Python writes with AvroSerializer; the engine decodes.
     python(
-        &bootstrap,
-        &registry,
-        &["produce", "interop.from-python", TICKET_SCHEMA_FILE],
+        bootstrap,
+        registry,
+        &["produce", from_python, TICKET_SCHEMA_FILE],
         &lines.join("\n"),
     );
-    let read = engine_consume(&bootstrap, &registry, "interop.from-python", tickets.len());
+    let read = engine_consume(bootstrap, registry, from_python, tickets.len());
     let mut decoded: Vec<Value> = read
         .iter()
         .map(|r| {
@@ -525,10 +545,10 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
 
     // The engine writes; Python decodes with AvroDeserializer.
     engine_produce(
-        &bootstrap,
-        &registry,
+        bootstrap,
+        registry,
         &[
-            "interop.from-engine",
+            from_engine,
             "--schema",
             TICKET_SCHEMA_FILE,
             "--key-field",
@@ -537,9 +557,9 @@ fn python_confluent_clients_and_the_engine_read_each_others_avro() {
         &lines,
     );
     let printed = python(
-        &bootstrap,
-        &registry,
-        &["consume", "interop.from-engine", &tickets.len().to_string()],
+        bootstrap,
+        registry,
+        &["consume", from_engine, &tickets.len().to_string()],
         "",
     );
     let mut from_python: Vec<Value> = printed
@@ -838,10 +858,7 @@ fn final_status(addr: &str, ticket_id: &str, deadline: Instant) -> String {
 
 #[test]
 fn the_three_services_run_as_three_processes_against_engine_dev() {
-    use std::collections::{BTreeMap, HashMap, HashSet};
-    use topologies::decisions::{CognitivePlan, GeneratorSettings, generate_decisions};
-
-    let (_dev, bootstrap, registry) = engine_dev(&[
+    let kafka = Kafka::mock(&[
         "--topology",
         "orchestrator-dynamic",
         "--topology",
@@ -857,6 +874,128 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
         "--partitions",
         "2",
     ]);
+    three_services_reconcile(&kafka);
+}
+
+#[test]
+fn real_kafka_the_three_services_run_as_three_processes_and_create_their_internal_topics() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    const SERVICES: [&str; 3] = [
+        "orchestrator-dynamic",
+        "execution-ticket-service",
+        "worker-agents",
+    ];
+    let kafka = Kafka::real(bootstrap, &SERVICES, 2);
+    three_services_reconcile(&kafka);
+    // The engine created every internal topic: one partition per task, compacted.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut changelogs = 0;
+    for name in SERVICES {
+        for topic in build_topology(name).internal_topics() {
+            let described = rt.block_on(support::describe_topic(&kafka.bootstrap, &topic.name));
+            assert_eq!(
+                described,
+                Some((2, "compact".to_string())),
+                "internal topic {}",
+                topic.name
+            );
+            changelogs += 1;
+        }
+    }
+    assert!(
+        changelogs >= 3,
+        "the services keep state: {changelogs} changelogs"
+    );
+}
+
+/// Where the process tests' Kafka is: `engine dev` (librdkafka's mock cluster and a
+/// schema registry), or the real broker of the real-Kafka tier, with `engine dev`
+/// serving only its schema registry and the topologies' user topics created through the
+/// admin API (the engine creates the internal ones).
+struct Kafka {
+    bootstrap: String,
+    registry: String,
+    _dev: Running,
+}
+
+impl Kafka {
+    fn mock(dev_args: &[&str]) -> Kafka {
+        let (dev, bootstrap, registry) = engine_dev(dev_args);
+        Kafka {
+            bootstrap,
+            registry,
+            _dev: dev,
+        }
+    }
+
+    /// The real broker with the user topics of `topologies`.
+    fn real(bootstrap: String, topologies: &[&str], partitions: i32) -> Kafka {
+        let mut topics = std::collections::BTreeSet::new();
+        for name in topologies {
+            let topology = build_topology(name);
+            let internal: Vec<String> = topology
+                .internal_topics()
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            topics.extend(
+                topology
+                    .topics()
+                    .into_iter()
+                    .filter(|t| !internal.contains(t)),
+            );
+        }
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        Kafka::real_topics(bootstrap, &topics, partitions)
+    }
+
+    /// The real broker with `topics`.
+    fn real_topics(bootstrap: String, topics: &[&str], partitions: i32) -> Kafka {
+        let (dev, _, registry) = engine_dev(&[]);
+        let wanted: Vec<support::TopicSpec<'_>> =
+            topics.iter().map(|t| (*t, partitions, &[][..])).collect();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(support::create_topics(&bootstrap, &wanted));
+        Kafka {
+            bootstrap,
+            registry,
+            _dev: dev,
+        }
+    }
+}
+
+/// A topology of the `engine` command, built in the test (for its topic names).
+fn build_topology(name: &str) -> engine::topology::Topology {
+    use engine::registry::{MemoryRegistry, SchemaRegistry};
+    use engine::serde::AvroContext;
+    let context = engine::BuildContext {
+        avro: AvroContext {
+            registry: Some(SchemaRegistry::memory(std::sync::Arc::new(
+                MemoryRegistry::new(),
+            ))),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    topologies::catalog()
+        .get(name)
+        .expect("a topology of the catalog")
+        .build(&context)
+        .expect("valid")
+}
+
+/// orchestrator-dynamic, execution-ticket-service and worker-agents as three `engine
+/// run` processes: every approved decision's tasks become tickets once, every ticket
+/// finishes with one final result that the ticket API agrees with, failures are
+/// compensated and raise incidents.
+fn three_services_reconcile(kafka: &Kafka) {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use topologies::decisions::{CognitivePlan, GeneratorSettings, generate_decisions};
+
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("engine.toml");
     std::fs::write(
@@ -871,8 +1010,8 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
             .arg(&config)
             .arg("--state-dir")
             .arg(dir.path().join(name))
-            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(http) = http {
@@ -916,8 +1055,8 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
         .map(|d| serde_json::to_string(d).unwrap())
         .collect();
     engine_produce(
-        &bootstrap,
-        &registry,
+        bootstrap,
+        registry,
         &[
             "plans.consensus",
             "--schema",
@@ -929,14 +1068,14 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
     );
 
     // Every original ticket finishes, as the ticket API reports it.
-    let originals = engine_consume(&bootstrap, &registry, "execution.tickets", expected_tickets);
+    let originals = engine_consume(bootstrap, registry, "execution.tickets", expected_tickets);
     let deadline = Instant::now() + Duration::from_secs(120);
     for t in &originals {
         final_status(&addr, t["value"]["ticket_id"].as_str().unwrap(), deadline);
     }
     // Then the whole topic: originals once each, per approved plan task, and
     // compensations, which finish too.
-    let all = engine_consume_all(&bootstrap, &registry, "execution.tickets", 5000);
+    let all = engine_consume_all(bootstrap, registry, "execution.tickets", 5000);
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     let mut ids = HashSet::new();
     let mut compensations = Vec::new();
@@ -969,7 +1108,7 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
     assert!(!compensations.is_empty(), "failures are compensated");
 
     // One final result per ticket on execution.results, agreeing with the API.
-    let results = engine_consume_all(&bootstrap, &registry, "execution.results", 5000);
+    let results = engine_consume_all(bootstrap, registry, "execution.results", 5000);
     let mut final_results: HashMap<String, Vec<String>> = HashMap::new();
     for r in &results {
         assert_eq!(r["format"], "avro", "results are Avro");
@@ -988,7 +1127,7 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
             "ticket {id}: one final result, the one the API shows"
         );
     }
-    let incidents = engine_consume(&bootstrap, &registry, "orchestration.incidents", 1);
+    let incidents = engine_consume(bootstrap, registry, "orchestration.incidents", 1);
     assert_eq!(incidents.len(), 1, "failures raise incidents");
     assert_eq!(incidents[0]["value"]["incident_type"], "TICKET_FAILED");
 }
@@ -1017,6 +1156,10 @@ fn engine_demo_reconciles_and_says_so_in_json() {
     let checks = summary["checks"].as_array().unwrap();
     assert!(checks.len() >= 9 && checks.iter().all(|c| c["passed"] == true));
     assert!(err.contains("tickets"), "a live view on stderr: {err}");
+    assert!(
+        !err.contains("logicalType") && !err.contains("apache_avro"),
+        "the shipped contracts' notices are INFO, below the demo's first screen: {err}"
+    );
 
     let (code, _, err) = output(engine().args(["demo", "--failure-rate", "2"]));
     assert_eq!(code, 2);
@@ -1038,9 +1181,24 @@ fn metric_sum(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn an_instance_killed_mid_run_restarts_with_exact_store_contents() {
+    let kafka = Kafka::mock(&["--topology", "ticket-counts", "--partitions", "2"]);
+    killed_instance_restarts_exactly(&kafka);
+}
+
+#[test]
+fn real_kafka_an_instance_killed_mid_run_restarts_with_exact_store_contents() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let kafka = Kafka::real(bootstrap, &["ticket-counts"], 2);
+    killed_instance_restarts_exactly(&kafka);
+}
+
+/// `ticket-counts` killed with SIGKILL mid-stream and started again: its store counts
+/// every input exactly once, and no output counts past the truth.
+fn killed_instance_restarts_exactly(kafka: &Kafka) {
     use std::io::Write;
-    let (_dev, bootstrap, registry) =
-        engine_dev(&["--topology", "ticket-counts", "--partitions", "2"]);
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let state = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     // Without the record cache every input writes the changelog at once, so a kill
@@ -1056,8 +1214,8 @@ fn an_instance_killed_mid_run_restarts_with_exact_store_contents() {
             // The mock cluster lets a restarted member in once the old one's session
             // expired: keep it short.
             .args(["--kafka", "consumer.session.timeout.ms=6000"])
-            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1082,8 +1240,8 @@ fn an_instance_killed_mid_run_restarts_with_exact_store_contents() {
             TICKET_SCHEMA_FILE,
         ])
         .args(["--key-field", "plan_id"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-        .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1165,8 +1323,11 @@ fn an_instance_killed_mid_run_restarts_with_exact_store_contents() {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::Message;
         let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "kill-test-reader")
+            .set("bootstrap.servers", bootstrap)
+            .set(
+                "group.id",
+                format!("kill-test-reader-{}", uuid::Uuid::new_v4()),
+            )
             .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
@@ -1186,4 +1347,201 @@ fn an_instance_killed_mid_run_restarts_with_exact_store_contents() {
     });
     let last = highest;
     assert_eq!(last, expected);
+}
+
+/// Sends `signal` (`-TERM`, `-INT`) to a child.
+fn signal(child: &Child, signal: &str) {
+    assert!(
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits up to `limit` for a child to exit; returns its exit code and its stderr.
+fn exit_within(run: &mut Running, limit: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if status.is_none() {
+        let _ = run.0.kill();
+        let _ = run.0.wait();
+    }
+    let mut log = String::new();
+    if let Some(mut stderr) = run.0.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut log);
+    }
+    assert!(
+        status.is_some(),
+        "engine run still running after {limit:?}:\n{log}"
+    );
+    (status.and_then(|s| s.code()), log)
+}
+
+/// `engine run execution-ticket-service --http` against `engine dev` with `runtime`
+/// (TOML of the `[runtime]` table), once it has stored a ticket whose offset is not yet
+/// committed (commits wait 10 minutes). Returns engine dev, the service and its address.
+fn ticket_service_with_uncommitted_input(
+    runtime: &str,
+    state: &std::path::Path,
+) -> (Running, Running, String) {
+    let (dev, bootstrap, registry) = engine_dev(&[
+        "--topology",
+        "execution-ticket-service",
+        "--partitions",
+        "2",
+    ]);
+    let config = state.join("engine.toml");
+    std::fs::write(
+        &config,
+        format!("[runtime]\ncommit_interval_ms = 600000\n{runtime}\n"),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let run = Running(
+        engine()
+            .args([
+                "run",
+                "execution-ticket-service",
+                "--http",
+                &addr,
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(state.join("stores"))
+            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("engine run starts"),
+    );
+    let tickets: Vec<String> = (0..4)
+        .map(|n| ticket_json(n, TicketStatus::Pending))
+        .collect();
+    engine_produce(
+        &bootstrap,
+        &registry,
+        &[
+            "execution.tickets",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &tickets,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(std::net::TcpStream::connect(&addr).is_ok()
+        && http_get(&addr, "/api/v1/tickets/ticket-1").0 == 200)
+    {
+        assert!(Instant::now() < deadline, "ticket-1 never stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (dev, run, addr)
+}
+
+#[test]
+fn sigterm_with_the_broker_gone_ends_within_the_shutdown_timeout_with_exit_3() {
+    let state = tempfile::tempdir().unwrap();
+    let (dev, mut run, addr) =
+        ticket_service_with_uncommitted_input("shutdown_timeout_ms = 4000", state.path());
+    drop(dev);
+    signal(&run.0, "-TERM");
+    // While the shutdown waits for a broker that is gone, the executor still serves.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _) = http_get(&addr, "/health");
+    assert!(
+        status == 200 || status == 503,
+        "/health answers during the shutdown"
+    );
+    // Not a timing assertion: without a bound the process never exits (the 4 s budget
+    // plus a wide margin for a loaded machine).
+    let (code, log) = exit_within(&mut run, Duration::from_secs(40));
+    assert_eq!(code, Some(3), "{log}");
+    assert!(
+        log.contains("shutdown of `execution-ticket-service` incomplete"),
+        "{log}"
+    );
+    assert!(
+        log.contains("offsets not committed: execution.tickets/"),
+        "the partitions whose offsets were not committed are named: {log}"
+    );
+    let checkpoints = walk_files(&state.path().join("stores"), "checkpoint");
+    assert!(
+        checkpoints.is_empty(),
+        "no checkpoint is written for uncommitted state: {checkpoints:?}"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let state = tempfile::tempdir().unwrap();
+    let (dev, mut run, _) =
+        ticket_service_with_uncommitted_input("shutdown_timeout_ms = 600000", state.path());
+    drop(dev);
+    signal(&run.0, "-TERM");
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(&run.0, "-INT");
+    // The first signal alone would wait up to 10 minutes for the broker.
+    let (code, log) = exit_within(&mut run, Duration::from_secs(30));
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains("second signal"), "{log}");
+}
+
+/// Every file under `dir` whose name contains `part`.
+fn walk_files(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk_files(&path, part));
+        } else if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(part))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn schema_notices_are_logged_once_per_schema_and_field() {
+    // The orchestrator builds serdes of the ticket contract for several nodes; its
+    // fields with a logicalType Avro ignores are each reported once, at INFO.
+    let (code, _, err) = output(engine().args(["validate", "orchestrator-dynamic"]));
+    assert_eq!(code, 0, "{err}");
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("logicalType")).collect();
+    assert!(
+        !notices.is_empty(),
+        "the notice is said where an author can act: {err}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for line in &notices {
+        assert!(
+            line.contains("INFO"),
+            "a shipped contract's notice is INFO: {line}"
+        );
+        let at = line.find("schema=").expect("the notice names its schema");
+        assert!(seen.insert(line[at..].to_string()), "said twice: {line}");
+    }
+    assert!(
+        !err.contains("apache_avro"),
+        "apache-avro's own duplicate is quiet: {err}"
+    );
 }

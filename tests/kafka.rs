@@ -1,7 +1,10 @@
 //! Kafka behaviour on the embedded broker (librdkafka's mock cluster): per-partition
 //! order, at-least-once across restarts, two instances sharing and taking over
-//! partitions, the in-flight bound, commits at shutdown, consumer lag, and queries
-//! naming the instance that holds a key.
+//! partitions, the in-flight bound, commits at shutdown (also against a slow broker or
+//! none), consumer lag, and queries naming the instance that holds a key.
+//!
+//! The `real_kafka_` tests need Kafka's own behaviour (the admin API, compaction, real
+//! rebalances) and run on an Apache Kafka broker: `scripts/test` starts one.
 
 #![allow(clippy::unwrap_used)] // tests state their expectations with unwrap
 
@@ -284,19 +287,93 @@ fn the_in_flight_bound_holds_when_the_broker_is_slow() {
     });
 }
 
-/// Against a real cluster (`docker compose -f docker-compose-test.yml up -d`), when
-/// `RUN_KAFKA_INTEGRATION_TESTS=1`: the same pipeline, with topics created through the
-/// admin API the mock cluster lacks.
 #[test]
-fn real_cluster_round_trip() {
-    if std::env::var("RUN_KAFKA_INTEGRATION_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set RUN_KAFKA_INTEGRATION_TESTS=1 and KAFKA_BOOTSTRAP_SERVERS to run");
+fn a_clean_shutdown_against_a_slow_broker_still_commits_everything() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(4, 50, 0);
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        let mut s = settings(&broker);
+        // Nothing commits before the shutdown: the final commit carries everything.
+        s.commit_interval = Duration::from_secs(600);
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("slow-commit"), s);
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(60), || {
+            metrics.snapshot().records_out >= inputs.len() as u64
+        })
+        .await;
+        // Every answer of the broker now takes 700 ms, the final commit's too.
+        broker
+            .set_round_trip_time(1, Duration::from_millis(700))
+            .unwrap();
+        trigger.trigger();
+        handle
+            .await
+            .unwrap()
+            .expect("a slow broker still lets the shutdown finish");
+        broker.set_round_trip_time(1, Duration::ZERO).unwrap();
+        assert_eq!(
+            committed_total(&bootstrap, "slow-commit", "in", 2).await,
+            inputs.len() as i64,
+            "the final commit went through"
+        );
+    });
+}
+
+#[test]
+fn with_the_broker_gone_a_shutdown_ends_within_its_timeout_and_says_what_was_not_committed() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(8, 13, 0);
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        let mut s = settings(&broker);
+        s.commit_interval = Duration::from_secs(600);
+        s.shutdown_timeout = Duration::from_secs(3);
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("broker-gone"), s);
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(60), || {
+            metrics.snapshot().records_out >= inputs.len() as u64
+        })
+        .await;
+        drop(broker);
+        trigger.trigger();
+        // Not a timing assertion: without a bound the shutdown never ends.
+        let stopped = tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("the shutdown ends although the broker is gone")
+            .unwrap();
+        match stopped {
+            Err(engine::runtime::RuntimeError::ShutdownIncomplete { uncommitted, .. }) => {
+                let partitions: BTreeSet<(String, i32)> =
+                    uncommitted.into_iter().map(|(t, p, _)| (t, p)).collect();
+                assert_eq!(
+                    partitions,
+                    BTreeSet::from([("in".to_string(), 0), ("in".to_string(), 1)]),
+                    "the error names every partition whose offsets were not committed"
+                );
+            }
+            other => panic!("expected an incomplete shutdown, got {other:?}"),
+        }
+    });
+}
+
+/// On the real broker of the real-Kafka tier: the same pipeline, with topics created
+/// through the admin API the mock cluster lacks.
+#[test]
+fn real_kafka_round_trip() {
+    let Some(bootstrap) = support::real_kafka() else {
         return;
-    }
+    };
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let bootstrap =
-        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "localhost:9092".into());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let (input, output) = (format!("it-in-{suffix}"), format!("it-out-{suffix}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -343,10 +420,15 @@ fn real_cluster_round_trip() {
 /// Counts records per key in RocksDB, emitting each new count (without the record
 /// cache), or the coalesced counts the cache writes out (with it).
 fn counter(app: &str, caching: bool) -> Topology {
+    counter_on(app, "in", "out", caching)
+}
+
+/// [`counter`] reading `input` and writing `output`.
+fn counter_on(app: &str, input: &str, output: &str, caching: bool) -> Topology {
     let b = TopologyBuilder::new(app);
     b.stream(
         "in",
-        ["in"],
+        [input],
         Consumed::with(Serdes::string(), Serdes::string()),
     )
     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
@@ -355,10 +437,88 @@ fn counter(app: &str, caching: bool) -> Topology {
     .to_stream("updates")
     .to(
         "out",
-        "out",
+        output,
         Produced::with(Serdes::string(), Serdes::i64()),
     );
     b.build().expect("valid")
+}
+
+/// Where a test runs: librdkafka's mock cluster, or the Apache Kafka broker of the
+/// real-Kafka tier with topics of the test's own (the broker is shared by every test).
+struct Cluster {
+    bootstrap: String,
+    /// Kept alive while the test runs; `None` on the real broker.
+    mock: Option<EmbeddedBroker>,
+    input: String,
+    output: String,
+    /// A prefix for application ids (unique on the real broker).
+    app_prefix: String,
+}
+
+impl Cluster {
+    /// The mock cluster with `in` and `out` of `partitions` partitions, and the
+    /// changelogs of `stores` of application `app` (the mock has no admin API: the
+    /// engine cannot create them there).
+    fn mock(partitions: i32, app: &str, stores: &[&str]) -> Cluster {
+        let broker = broker(partitions);
+        for store in stores {
+            broker
+                .create_topic(&format!("{app}-{store}-changelog"), partitions)
+                .unwrap();
+        }
+        Cluster {
+            bootstrap: broker.bootstrap_servers(),
+            mock: Some(broker),
+            input: "in".into(),
+            output: "out".into(),
+            app_prefix: String::new(),
+        }
+    }
+
+    /// The real broker with fresh input and output topics of `partitions` partitions;
+    /// the engine creates the internal topics.
+    async fn real(bootstrap: String, partitions: i32) -> Cluster {
+        let (input, output) = (support::unique("in"), support::unique("out"));
+        support::create_topics(
+            &bootstrap,
+            &[(&input, partitions, &[]), (&output, partitions, &[])],
+        )
+        .await;
+        Cluster {
+            bootstrap,
+            mock: None,
+            input,
+            output,
+            app_prefix: support::unique("app"),
+        }
+    }
+
+    fn app(&self, name: &str) -> String {
+        if self.app_prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}-{name}", self.app_prefix)
+        }
+    }
+
+    fn settings(&self) -> RunSettings {
+        match &self.mock {
+            Some(broker) => settings(broker),
+            None => {
+                let mut s = RunSettings::new(self.bootstrap.clone());
+                s.commit_interval = Duration::from_millis(200);
+                s.startup_timeout = Duration::from_secs(20);
+                s.client
+                    .properties
+                    .insert("consumer.session.timeout.ms".into(), "10000".into());
+                s
+            }
+        }
+    }
+
+    fn counter(&self, app: &str, caching: bool) -> Topology {
+        counter_on(app, &self.input, &self.output, caching)
+    }
 }
 
 #[test]
@@ -447,72 +607,86 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
-    let broker = broker(4);
-    broker
-        .create_topic("handover-per-key-changelog", 4)
-        .unwrap();
-    let bootstrap = broker.bootstrap_servers();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let with_state = |dir: &std::path::Path| {
-        let mut s = settings(&broker);
-        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
-        s
+    let cluster = Cluster::mock(4, "handover", &["per-key"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(hand_over(&cluster));
+}
+
+#[test]
+fn real_kafka_when_one_instance_stops_the_other_restores_its_state_and_carries_on() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let a = TopologyRunner::new(counter("handover", false), with_state(dir_a.path()));
-        let b = TopologyRunner::new(counter("handover", false), with_state(dir_b.path()));
-        let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
-        let (stop_a, shutdown_a) = Shutdown::new();
-        let (stop_b, shutdown_b) = Shutdown::new();
-        // A alone counts 16 keys x 20 on every partition, so every store holds state
-        // only A built (whatever the group later does with the partitions).
-        let handle_a = tokio::spawn(a.run(shutdown_a));
-        wait_for(Duration::from_secs(30), || {
-            metrics_a.snapshot().assigned_partitions == 4
-        })
-        .await;
-        produce_keyed(&bootstrap, "in", &keyed_inputs(16, 20, 0)).await;
-        wait_for(Duration::from_secs(30), || {
-            metrics_a.snapshot().records_out >= 320
-        })
-        .await;
-        // B joins and takes some partitions over; then A stops and B takes the rest.
-        let handle_b = tokio::spawn(b.run(shutdown_b));
-        wait_for(Duration::from_secs(60), || {
-            let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
-            a.assigned_partitions > 0
-                && b.assigned_partitions > 0
-                && a.assigned_partitions + b.assigned_partitions == 4
-        })
-        .await;
-        let restored_before = metrics_b.snapshot().restored_records;
-        stop_a.trigger();
-        handle_a.await.unwrap().unwrap();
-        // B takes A's partitions over: their stores come from the changelog.
-        wait_for(Duration::from_secs(30), || {
-            metrics_b.snapshot().assigned_partitions == 4
-        })
-        .await;
-        produce_keyed(&bootstrap, "in", &keyed_inputs(16, 5, 20)).await;
-        let counts = support::consume_raw_counts(&bootstrap, "out", 320 + 80).await;
-        stop_b.trigger();
-        handle_b.await.unwrap().unwrap();
-        let restored = metrics_b.snapshot().restored_records - restored_before;
-        assert!(
-            restored >= 1,
-            "the survivor restored the other's stores: {restored}"
-        );
-        let mut last: BTreeMap<String, i64> = BTreeMap::new();
-        for (key, count) in counts {
-            last.insert(key, count);
-        }
-        assert_eq!(last.len(), 16);
-        assert!(
-            last.values().all(|&c| c == 25),
-            "every key counted on from its restored state: {last:?}"
-        );
+        let cluster = Cluster::real(bootstrap, 4).await;
+        hand_over(&cluster).await;
     });
+}
+
+/// Instance A counts every partition; B joins and takes some over; A stops and B takes
+/// the rest over, restoring A's stores from their changelogs and counting on from them.
+async fn hand_over(cluster: &Cluster) {
+    let bootstrap = &cluster.bootstrap;
+    let app = cluster.app("handover");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let with_state = |dir: &std::path::Path| {
+        let mut s = cluster.settings();
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s
+    };
+    let a = TopologyRunner::new(cluster.counter(&app, false), with_state(dir_a.path()));
+    let b = TopologyRunner::new(cluster.counter(&app, false), with_state(dir_b.path()));
+    let (metrics_a, metrics_b) = (a.metrics(), b.metrics());
+    let (stop_a, shutdown_a) = Shutdown::new();
+    let (stop_b, shutdown_b) = Shutdown::new();
+    // A alone counts 16 keys x 20 on every partition, so every store holds state
+    // only A built (whatever the group later does with the partitions).
+    let handle_a = tokio::spawn(a.run(shutdown_a));
+    wait_for(Duration::from_secs(60), || {
+        metrics_a.snapshot().assigned_partitions == 4
+    })
+    .await;
+    produce_keyed(bootstrap, &cluster.input, &keyed_inputs(16, 20, 0)).await;
+    wait_for(Duration::from_secs(30), || {
+        metrics_a.snapshot().records_out >= 320
+    })
+    .await;
+    // B joins and takes some partitions over; then A stops and B takes the rest.
+    let handle_b = tokio::spawn(b.run(shutdown_b));
+    wait_for(Duration::from_secs(60), || {
+        let (a, b) = (metrics_a.snapshot(), metrics_b.snapshot());
+        a.assigned_partitions > 0
+            && b.assigned_partitions > 0
+            && a.assigned_partitions + b.assigned_partitions == 4
+    })
+    .await;
+    let restored_before = metrics_b.snapshot().restored_records;
+    stop_a.trigger();
+    handle_a.await.unwrap().unwrap();
+    // B takes A's partitions over: their stores come from the changelog.
+    wait_for(Duration::from_secs(60), || {
+        metrics_b.snapshot().assigned_partitions == 4
+    })
+    .await;
+    produce_keyed(bootstrap, &cluster.input, &keyed_inputs(16, 5, 20)).await;
+    let counts = support::consume_raw_counts(bootstrap, &cluster.output, 320 + 80).await;
+    stop_b.trigger();
+    handle_b.await.unwrap().unwrap();
+    let restored = metrics_b.snapshot().restored_records - restored_before;
+    assert!(
+        restored >= 1,
+        "the survivor restored the other's stores: {restored}"
+    );
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for (key, count) in counts {
+        last.insert(key, count);
+    }
+    assert_eq!(last.len(), 16);
+    assert!(
+        last.values().all(|&c| c == 25),
+        "every key counted on from its restored state: {last:?}"
+    );
 }
 
 /// The latest count per key on `topic` once every key of `expected` has its expected
@@ -1247,4 +1421,362 @@ fn every_instance_holds_every_partition_of_a_global_table_and_a_restart_reads_on
             metrics.snapshot()
         );
     });
+}
+
+/// Runs `topology` until `expected` latest counts appear on `output`; returns them.
+async fn count_until(
+    cluster: &Cluster,
+    topology: Topology,
+    settings: RunSettings,
+    expected: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    let (trigger, shutdown) = Shutdown::new();
+    let handle = tokio::spawn(TopologyRunner::new(topology, settings).run(shutdown));
+    let latest = latest_counts(&cluster.bootstrap, &cluster.output, expected).await;
+    trigger.trigger();
+    handle.await.unwrap().unwrap();
+    latest
+}
+
+fn counts_of(inputs: &[(String, String)]) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for (key, _) in inputs {
+        *counts.entry(key.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn real_kafka_internal_topics_are_created_compacted_with_one_partition_per_task() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::real(bootstrap, 3).await;
+        let app = cluster.app("created");
+        let changelog = format!("{app}-per-key-changelog");
+        assert_eq!(
+            support::describe_topic(&cluster.bootstrap, &changelog).await,
+            None
+        );
+        let inputs = keyed_inputs(6, 10, 0);
+        produce_keyed(&cluster.bootstrap, &cluster.input, &inputs).await;
+        let expected = counts_of(&inputs);
+        let latest = count_until(
+            &cluster,
+            cluster.counter(&app, true),
+            cluster.settings(),
+            &expected,
+        )
+        .await;
+        assert_eq!(latest, expected);
+        assert_eq!(
+            support::describe_topic(&cluster.bootstrap, &changelog).await,
+            Some((3, "compact".to_string())),
+            "the engine created the changelog: one partition per task, compacted"
+        );
+    });
+}
+
+#[test]
+fn real_kafka_an_internal_topic_that_does_not_fit_is_refused_with_the_fix() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::real(bootstrap, 3).await;
+        let (few, deleting) = (cluster.app("few"), cluster.app("deleting"));
+        let (few_log, deleting_log) = (
+            format!("{few}-per-key-changelog"),
+            format!("{deleting}-per-key-changelog"),
+        );
+        support::create_topics(
+            &cluster.bootstrap,
+            &[
+                (&few_log, 2, &[("cleanup.policy", "compact")]),
+                (&deleting_log, 3, &[("cleanup.policy", "delete")]),
+            ],
+        )
+        .await;
+        let refusal = |app: String| {
+            let runner = TopologyRunner::new(cluster.counter(&app, true), cluster.settings());
+            async move {
+                let (_trigger, shutdown) = Shutdown::new();
+                match runner.run(shutdown).await {
+                    Err(e @ engine::runtime::RuntimeError::InternalTopics { .. }) => e.to_string(),
+                    other => panic!("expected a refusal, got {other:?}"),
+                }
+            }
+        };
+        let message = refusal(few).await;
+        assert!(
+            message.contains(&format!("`{few_log}`"))
+                && message.contains("has 2 partitions, the topology needs 3")
+                && message.contains("kafka-topics.sh"),
+            "{message}"
+        );
+        let message = refusal(deleting).await;
+        assert!(
+            message.contains(&format!("`{deleting_log}`"))
+                && message.contains("cleanup.policy=delete")
+                && message.contains(&format!(
+                    "--entity-name {deleting_log} --add-config cleanup.policy=compact"
+                )),
+            "{message}"
+        );
+    });
+}
+
+/// How many records `topic` holds now, read from the beginning.
+async fn records_in(bootstrap: &str, topic: &str, partitions: i32) -> usize {
+    let bootstrap = bootstrap.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", format!("count-{}", uuid::Uuid::new_v4()))
+            .create()
+            .unwrap();
+        let mut ends = BTreeMap::new();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .unwrap();
+            ends.insert(p, high);
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut count = 0;
+        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ends
+            .iter()
+            .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
+            && std::time::Instant::now() < deadline
+        {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    use rdkafka::Message;
+                    count += 1;
+                    positions.insert(m.partition(), m.offset() + 1);
+                }
+                Some(Err(e)) => panic!("{e}"),
+                None => {
+                    // Compaction leaves gaps: the position says how far the fetch got.
+                    if let Ok(p) = consumer.position() {
+                        for e in p.elements() {
+                            if let rdkafka::Offset::Offset(o) = e.offset() {
+                                positions.insert(e.partition(), o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        count
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn real_kafka_a_restore_from_a_compacted_changelog_yields_the_same_counts() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::real(bootstrap, 2).await;
+        let app = cluster.app("compacted");
+        let changelog = format!("{app}-per-key-changelog");
+        // Small segments the cleaner may compact at once (the engine accepts an existing
+        // changelog that is compacted and has the right partition count).
+        support::create_topics(
+            &cluster.bootstrap,
+            &[(
+                &changelog,
+                2,
+                &[
+                    ("cleanup.policy", "compact"),
+                    ("segment.ms", "100"),
+                    ("min.cleanable.dirty.ratio", "0.01"),
+                    ("delete.retention.ms", "100"),
+                ],
+            )],
+        )
+        .await;
+        // First instance: 4 keys counted to 50 in five rounds (every update written
+        // through to the changelog), so segments roll between rounds.
+        let dir_a = tempfile::tempdir().unwrap();
+        let mut s = cluster.settings();
+        s.state = RocksSettings::new(dir_a.path(), 1 << 20, 1 << 20);
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(cluster.counter(&app, false), s);
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        for round in 0..5 {
+            produce_keyed(
+                &cluster.bootstrap,
+                &cluster.input,
+                &keyed_inputs(4, 10, round * 10),
+            )
+            .await;
+            wait_for(Duration::from_secs(30), || {
+                metrics.snapshot().records_out >= 40 * (round as u64 + 1)
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        // The cleaner compacts the rolled segments: fewer records than the 200 written.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut held = records_in(&cluster.bootstrap, &changelog, 2).await;
+        while held >= 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker never compacted the changelog ({held} records)"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            held = records_in(&cluster.bootstrap, &changelog, 2).await;
+        }
+        // A second instance with no local state restores from the compacted log and
+        // counts on: one more record per key makes 51.
+        produce_keyed(&cluster.bootstrap, &cluster.input, &keyed_inputs(4, 1, 50)).await;
+        let dir_b = tempfile::tempdir().unwrap();
+        let mut s = cluster.settings();
+        s.state = RocksSettings::new(dir_b.path(), 1 << 20, 1 << 20);
+        let expected: BTreeMap<String, i64> = (0..4).map(|k| (format!("key-{k}"), 51)).collect();
+        let latest = count_until(&cluster, cluster.counter(&app, false), s, &expected).await;
+        assert_eq!(
+            latest, expected,
+            "restored from {held} compacted records, the counts are those of 200 updates"
+        );
+    });
+}
+
+#[test]
+fn real_kafka_three_instances_joining_and_leaving_keep_exact_counts() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::real(bootstrap, 6).await;
+        let app = cluster.app("churn");
+        // Continuous input: 12 keys, one record each every 100 ms, while instances come
+        // and go.
+        let stop_input = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = {
+            let (bootstrap, input, stop) = (
+                cluster.bootstrap.clone(),
+                cluster.input.clone(),
+                stop_input.clone(),
+            );
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                let mut round = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let batch = keyed_inputs(12, 1, round);
+                    produce_keyed(&bootstrap, &input, &batch).await;
+                    sent.extend(batch);
+                    round += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                sent
+            })
+        };
+        // Arrival times of outputs per partition, to find the longest stall.
+        let watcher = {
+            let (bootstrap, output) = (cluster.bootstrap.clone(), cluster.output.clone());
+            let stop = stop_input.clone();
+            tokio::spawn(async move { longest_gap_per_partition(&bootstrap, &output, stop).await })
+        };
+        let start = |name: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = cluster.settings();
+            s.state = RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
+            let runner = TopologyRunner::new(cluster.counter(&app, true), s);
+            let metrics = runner.metrics();
+            let (trigger, shutdown) = Shutdown::new();
+            eprintln!("instance {name} starting");
+            (tokio::spawn(runner.run(shutdown)), trigger, metrics, dir)
+        };
+        let settle = || tokio::time::sleep(Duration::from_secs(6));
+        let a = start("a");
+        settle().await;
+        let b = start("b");
+        settle().await;
+        let c = start("c");
+        settle().await;
+        for (handle, trigger, _, _dir) in [c, b] {
+            trigger.trigger();
+            handle.await.unwrap().unwrap();
+            settle().await;
+        }
+        stop_input.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = producer.await.unwrap();
+        let expected = counts_of(&sent);
+        let latest = latest_counts(&cluster.bootstrap, &cluster.output, &expected).await;
+        let (handle, trigger, metrics, _dir) = a;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        let gaps = watcher.await.unwrap();
+        assert_eq!(latest, expected, "every record counted exactly once");
+        assert!(metrics.snapshot().records_in > 0);
+        // Not a performance figure: a partition left without an owner waits for the
+        // session timeout (10 s) of a member that did not leave; a clean leave hands it
+        // over well before.
+        let longest = gaps.values().max().copied().unwrap_or_default();
+        assert!(
+            longest < Duration::from_secs(10),
+            "a partition stalled for {longest:?}: {gaps:?}"
+        );
+    });
+}
+
+/// Reads `topic` until `stop` is set (and a second more); returns, per partition, the
+/// longest time between two records' arrivals.
+async fn longest_gap_per_partition(
+    bootstrap: &str,
+    topic: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> BTreeMap<i32, Duration> {
+    use futures::StreamExt;
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("gaps-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut stream = consumer.stream();
+    let mut last: BTreeMap<i32, tokio::time::Instant> = BTreeMap::new();
+    let mut longest: BTreeMap<i32, Duration> = BTreeMap::new();
+    let mut stopped_at = None;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let at = *stopped_at.get_or_insert_with(tokio::time::Instant::now);
+            if at.elapsed() > Duration::from_secs(1) {
+                return longest;
+            }
+        }
+        if let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+        {
+            let now = tokio::time::Instant::now();
+            if let Some(previous) = last.insert(m.partition(), now) {
+                let gap = longest.entry(m.partition()).or_default();
+                *gap = (*gap).max(now - previous);
+            }
+        }
+    }
 }

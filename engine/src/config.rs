@@ -30,8 +30,11 @@ pub mod defaults {
     /// Record cache of the aggregations, shared by the tasks of a topology instance
     /// (bytes; Kafka Streams' `statestore.cache.max.bytes` default).
     pub const CACHE_MAX_BYTES: usize = 10 << 20;
-    /// Partitions of the topics `--embedded` creates.
+    /// Partitions of the topics `--embedded` and `--create-topics` create.
     pub const EMBEDDED_PARTITIONS: i32 = 4;
+    /// Replication factor of the topics the engine creates (-1: the broker's
+    /// `default.replication.factor`, as Kafka Streams' `replication.factor` default).
+    pub const REPLICATION_FACTOR: i32 = -1;
 }
 
 /// The configuration file, as written.
@@ -105,6 +108,12 @@ pub struct RuntimeSection {
     /// `host:port` other instances use to reach this one's operations endpoint (default:
     /// the `--http` address); also `--advertised-http`.
     pub advertised_http: Option<String>,
+    /// Replication factor of the internal topics the engine creates (-1: the broker's
+    /// default).
+    pub replication_factor: Option<i32>,
+    /// Extra configurations of every internal topic the engine creates.
+    #[serde(default)]
+    pub internal_topic_configs: BTreeMap<String, String>,
 }
 
 /// Values from flags and the environment (flags win; clap merges the two).
@@ -178,6 +187,10 @@ pub struct EngineConfig {
     pub cache_max_bytes: usize,
     /// Address other instances reach this one's operations endpoint at, if configured.
     pub advertised_http: Option<String>,
+    /// Replication factor of the internal topics the engine creates.
+    pub replication_factor: i32,
+    /// Extra configurations of every internal topic the engine creates.
+    pub internal_topic_configs: BTreeMap<String, String>,
 }
 
 impl EngineConfig {
@@ -261,6 +274,11 @@ impl EngineConfig {
                 .cache_max_bytes
                 .unwrap_or(defaults::CACHE_MAX_BYTES),
             advertised_http: non_empty(file.runtime.advertised_http.clone()),
+            replication_factor: file
+                .runtime
+                .replication_factor
+                .unwrap_or(defaults::REPLICATION_FACTOR),
+            internal_topic_configs: file.runtime.internal_topic_configs.clone(),
             avro: {
                 let d = AvroSettings::default();
                 let r = &file.schema_registry;
@@ -282,6 +300,15 @@ impl EngineConfig {
         }
         if config.write_buffer_bytes < (64 << 10) {
             problems.push("runtime.write_buffer_bytes must be at least 65536".into());
+        }
+        if config.replication_factor == 0 || config.replication_factor < -1 {
+            problems.push(format!(
+                "runtime.replication_factor = {} must be at least 1, or -1 for the broker's default",
+                config.replication_factor
+            ));
+        }
+        if config.internal_topic_configs.contains_key("cleanup.policy") {
+            problems.push("runtime.internal_topic_configs: cleanup.policy is set by the engine (changelogs are compacted); remove it".into());
         }
         if config.startup_timeout.is_zero() {
             problems.push("runtime.startup_timeout_ms must be at least 1".into());
@@ -323,6 +350,8 @@ impl EngineConfig {
         settings.startup_timeout = self.startup_timeout;
         settings.shutdown_timeout = self.shutdown_timeout;
         settings.cache_max_bytes = self.cache_max_bytes;
+        settings.replication_factor = self.replication_factor;
+        settings.internal_topic_configs = self.internal_topic_configs.clone();
         settings.state = crate::state::RocksSettings::new(
             &self.state_dir,
             self.block_cache_bytes,

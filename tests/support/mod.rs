@@ -259,3 +259,87 @@ pub fn http_get_full(addr: &str, path: &str) -> (u16, String, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     (status, head.to_string(), body.to_string())
 }
+
+/// The broker of the real-Kafka tier: `KAFKA_BOOTSTRAP_SERVERS` when
+/// `RUN_KAFKA_INTEGRATION_TESTS=1` (`scripts/test` starts an Apache Kafka broker with
+/// `scripts/kafka` and sets both). Without the flag the test says it is skipped and
+/// returns `None`; with the flag and no address it fails, so the tier never passes by
+/// skipping where it was asked for.
+pub fn real_kafka() -> Option<String> {
+    if std::env::var("RUN_KAFKA_INTEGRATION_TESTS").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: a real-Kafka test (scripts/test runs it; or set RUN_KAFKA_INTEGRATION_TESTS=1 and KAFKA_BOOTSTRAP_SERVERS)"
+        );
+        return None;
+    }
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+        .expect("RUN_KAFKA_INTEGRATION_TESTS=1 needs KAFKA_BOOTSTRAP_SERVERS");
+    logs();
+    Some(bootstrap)
+}
+
+/// A name no earlier run on the same broker used.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A topic to create: name, partitions, configurations.
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+/// Creates topics through the admin API.
+pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions, configs)| {
+            configs.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+}
+
+/// A topic's partition count and `cleanup.policy`, as the broker describes them.
+pub async fn describe_topic(bootstrap: &str, topic: &str) -> Option<(i32, String)> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let t = metadata.topics().first()?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return None;
+    }
+    let configs = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .expect("describe configs");
+    let policy = configs[0]
+        .as_ref()
+        .expect("topic config")
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone())
+        .unwrap_or_default();
+    Some((t.partitions().len() as i32, policy))
+}

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -17,7 +18,7 @@ use crate::catalog::{BuildContext, Catalog};
 use crate::config::{EngineConfig, Overrides, defaults};
 use crate::kafka::EmbeddedBroker;
 use crate::registry::{MemoryRegistry, MockRegistries, RegistryConfig, SchemaRegistry};
-use crate::runtime::{Shutdown, run_topologies};
+use crate::runtime::{RuntimeError, SHUTDOWN_INCOMPLETE_EXIT_CODE, Shutdown, run_topologies};
 use crate::serde::AvroContext;
 use crate::topology::Topology;
 
@@ -27,6 +28,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_RUNTIME: u8 = 1;
 /// Exit code for a usage or configuration error (including an invalid topology).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when `engine run` could not finish its shutdown within
+/// `shutdown_timeout_ms`, or a second signal cut it short: some offsets were not
+/// committed, and their records are processed again after a restart.
+pub const EXIT_SHUTDOWN_INCOMPLETE: u8 = SHUTDOWN_INCOMPLETE_EXIT_CODE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,9 +104,15 @@ enum Command {
         /// For development and tests only; without it a broker must be configured.
         #[arg(long)]
         embedded: bool,
-        /// Partitions of the topics --embedded creates.
+        /// Partitions of the topics --embedded or --create-topics creates.
         #[arg(long, default_value_t = defaults::EMBEDDED_PARTITIONS)]
         partitions: i32,
+        /// Create the topics the topologies read and write that are missing (sources,
+        /// sinks, dead-letter and global topics), with --partitions partitions. For
+        /// development: in production create them yourself. Internal topics (changelogs)
+        /// are always created when missing.
+        #[arg(long)]
+        create_topics: bool,
         /// Serve GET /health, /metrics (Prometheus) and /stores/{store}[/{key}] on this
         /// address, e.g. 127.0.0.1:8080 (bind to localhost unless you mean otherwise).
         #[arg(long, value_name = "ADDR")]
@@ -434,6 +445,7 @@ fn execute(
             names,
             embedded,
             partitions,
+            create_topics,
             http,
             advertised_http,
         } => {
@@ -486,6 +498,7 @@ fn execute(
                 }
             };
             let mut settings = config.run_settings(&bootstrap);
+            settings.create_topics = create_topics.then_some(partitions);
             if broker.is_some() {
                 // The mock cluster waits session.timeout.ms - 1 s before a member may join
                 // a group another just left; a short timeout keeps restarts quick.
@@ -531,8 +544,17 @@ fn execute(
             let result = executor.block_on(async move {
                 run_topologies(topologies, settings, Shutdown::on_signals()).await
             });
+            // A client close the broker never answered is left on its thread (bounded by
+            // shutdown_timeout_ms already): don't wait for it again here.
+            executor.shutdown_timeout(Duration::from_millis(500));
             drop(broker);
-            result.map_err(|e| runtime(e.to_string()))
+            result.map_err(|e| match e {
+                RuntimeError::ShutdownIncomplete { .. } => Failure {
+                    code: EXIT_SHUTDOWN_INCOMPLETE,
+                    message: e.to_string(),
+                },
+                e => runtime(e.to_string()),
+            })
         }
         Command::Dev {
             topics,

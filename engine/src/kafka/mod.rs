@@ -1,9 +1,10 @@
 //! Kafka client plumbing: building librdkafka configurations from the engine's settings
 //! (with the properties the engine owns refused), forwarding librdkafka's logs, errors
-//! and statistics to `tracing`, and the embedded broker.
+//! and statistics to `tracing`, offset commits bounded in time, and the embedded broker.
 //!
 //! May depend on `rdkafka`; knows nothing of topologies.
 
+mod commit;
 mod embedded;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
+pub use commit::{CommitError, commit_within};
 pub use embedded::EmbeddedBroker;
 
 /// librdkafka properties the engine sets itself; users are told what to use instead.
@@ -79,6 +81,8 @@ pub enum ClientRole {
     Consumer,
     /// A producer.
     Producer,
+    /// An admin client (topic creation and description).
+    Admin,
 }
 
 impl ClientSettings {
@@ -139,6 +143,7 @@ impl ClientSettings {
                     .set("partitioner", "murmur2_random")
                     .set("linger.ms", "5");
             }
+            ClientRole::Admin => {}
         }
         for (key, value) in &self.properties {
             let (only, bare) = split_role(key);

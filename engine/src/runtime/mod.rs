@@ -11,6 +11,7 @@ mod global;
 mod instances;
 mod restore;
 mod runner;
+mod topics;
 mod tracker;
 
 use std::time::Duration;
@@ -23,6 +24,10 @@ use crate::topology::{RecordError, Topology};
 
 pub use instances::instances_topic;
 pub use runner::TopologyRunner;
+
+/// The exit code of the `engine` command when a shutdown could not finish within
+/// `shutdown_timeout` or was cut short by a second signal.
+pub const SHUTDOWN_INCOMPLETE_EXIT_CODE: u8 = 3;
 
 /// How topologies run.
 #[derive(Clone, Debug)]
@@ -48,6 +53,15 @@ pub struct RunSettings {
     /// not only before commits (default true: a caught-up task has nothing to coalesce
     /// its cached updates with, so holding them only delays them).
     pub flush_caches_when_idle: bool,
+    /// Create missing user topics (sources, sinks, dead-letter and global topics) with
+    /// this many partitions (`engine run --create-topics`, for development); `None`: a
+    /// missing user topic stops the start.
+    pub create_topics: Option<i32>,
+    /// Replication factor of the topics the engine creates (-1: the broker's default).
+    pub replication_factor: i32,
+    /// Extra configurations for every internal topic the engine creates (Kafka Streams'
+    /// `topic.*` properties), e.g. `min.insync.replicas`.
+    pub internal_topic_configs: std::collections::BTreeMap<String, String>,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
     /// `host:port` at which other instances reach this one's operations endpoint. With
@@ -77,6 +91,9 @@ impl RunSettings {
             ),
             cache_max_bytes: crate::config::defaults::CACHE_MAX_BYTES,
             flush_caches_when_idle: true,
+            create_topics: None,
+            replication_factor: crate::config::defaults::REPLICATION_FACTOR,
+            internal_topic_configs: Default::default(),
             ops: None,
             advertised_http: None,
         }
@@ -99,13 +116,19 @@ pub enum RuntimeError {
         /// librdkafka's message.
         reason: String,
     },
-    /// Topics the topology needs do not exist.
-    #[error("topics missing on the broker at {bootstrap}: {}. Create them (kafka-topics.sh --create --topic NAME --partitions N), start `engine dev --topic NAME:N`, or run with --embedded", topics.join(", "))]
+    /// Topics the topology reads or writes do not exist (internal topics are created).
+    #[error("topics missing on the broker at {bootstrap}: {}. Create them (kafka-topics.sh --bootstrap-server {bootstrap} --create --topic NAME --partitions N), or for development pass --create-topics, start `engine dev --topic NAME:N`, or run with --embedded", topics.join(", "))]
     MissingTopics {
         /// The broker.
         bootstrap: String,
         /// The missing topics.
         topics: Vec<String>,
+    },
+    /// Existing internal topics do not fit the topology (partition count, cleanup policy).
+    #[error("internal topics do not fit the topology:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    InternalTopics {
+        /// Each problem with its fix.
+        problems: Vec<String>,
     },
     /// A Kafka client could not be created or used.
     #[error("kafka {what} failed: {reason}")]
@@ -129,6 +152,26 @@ pub enum RuntimeError {
         "stopped by the error policy (its offset is not committed; fix the cause or change the policy, then restart): {0}"
     )]
     Record(RecordError),
+    /// The shutdown did not finish within `shutdown_timeout` (the broker did not answer,
+    /// or outputs stayed unacknowledged): the offsets named were not committed, and the
+    /// records after the last committed offsets will be processed again.
+    #[error(
+        "shutdown of `{application}` incomplete: {unfinished}; {} input records had unacknowledged outputs{}. The next start processes the records after the last committed offsets again",
+        in_flight,
+        if uncommitted.is_empty() { String::new() } else {
+            format!("; offsets not committed: {}", uncommitted.iter().map(|(t, p, o)| format!("{t}/{p}@{o}")).collect::<Vec<_>>().join(", "))
+        }
+    )]
+    ShutdownIncomplete {
+        /// The topology.
+        application: String,
+        /// What could not be finished.
+        unfinished: String,
+        /// `(topic, partition, offset)` commits that did not go through.
+        uncommitted: Vec<(String, i32, i64)>,
+        /// Input records whose outputs were still unacknowledged.
+        in_flight: usize,
+    },
     /// A topology task panicked or was cancelled.
     #[error("topology `{application}` crashed: {reason}")]
     Crashed {
@@ -161,13 +204,24 @@ impl Shutdown {
         (ShutdownTrigger(tx), Shutdown(rx))
     }
 
-    /// A shutdown that fires on SIGINT or SIGTERM. Must be called inside a tokio runtime.
+    /// A shutdown that fires on SIGINT or SIGTERM. A second signal ends the process at
+    /// once with [`SHUTDOWN_INCOMPLETE_EXIT_CODE`], without waiting for the drain and
+    /// commit (what was not committed is processed again after a restart). Must be called
+    /// inside a tokio runtime.
     pub fn on_signals() -> Shutdown {
         let (trigger, shutdown) = Shutdown::new();
+        let mut signals = Signals::new();
         tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("signal received: draining, committing and stopping");
+            signals.next().await;
+            tracing::info!(
+                "signal received: draining, committing and stopping (a second signal stops at once)"
+            );
             trigger.trigger();
+            signals.next().await;
+            tracing::warn!(
+                "second signal: stopping now; offsets not yet committed will be processed again after a restart"
+            );
+            std::process::exit(i32::from(SHUTDOWN_INCOMPLETE_EXIT_CODE));
         });
         shutdown
     }
@@ -183,20 +237,31 @@ impl Shutdown {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+/// SIGINT and SIGTERM, listened to from creation on (so a signal between two waits is
+/// not missed).
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals(
+            signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok(),
+        )
+    }
+
+    async fn next(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -25,7 +25,9 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{ClientRole, forward_error, forward_log, forward_stats, kafka_reason};
+use crate::kafka::{
+    ClientRole, CommitError, commit_within, forward_error, forward_log, forward_stats, kafka_reason,
+};
 use crate::metrics::{LagSource, PartitionLag, TopologyMetrics};
 use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
 use crate::topology::{ErrorClass, OnError, RecordError, Task, Topology, dead_letter_record};
@@ -100,6 +102,9 @@ pub(crate) struct ConsumeContext {
     /// Committed offsets of the assigned partitions when they were assigned (-1: none):
     /// the position for lag until a partition delivers its first record.
     committed_at_assignment: Mutex<HashMap<(String, i32), i64>>,
+    /// Revoked partitions whose offsets could not be committed: their stores get no
+    /// checkpoint (a restore from it would not know which inputs are applied).
+    uncommitted_revoked: Mutex<std::collections::HashSet<(String, i32)>>,
     flush_timeout: Duration,
 }
 
@@ -128,49 +133,9 @@ impl ConsumerContext for ConsumeContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(application = %self.application_id, ?partitions, "partitions revoked: finishing their work");
-                if let Some(producer) = self.producer.get() {
-                    let mut flushed = producer.flush(self.flush_timeout);
-                    if flushed.is_ok() {
-                        // Every output is acknowledged: the changelog records may follow.
-                        for queued in self.tracker.drain_changelog() {
-                            send_now(producer, &self.tracker, &queued.record, queued.sources);
-                        }
-                        flushed = producer.flush(self.flush_timeout);
-                    }
-                    if let Err(error) = flushed {
-                        tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
-                    }
-                }
-                let commits = self
-                    .tracker
-                    .take_commits(|t, p| partitions.iter().any(|(rt, rp)| rt == t && *rp == p));
-                commit(
-                    consumer,
-                    &commits,
-                    CommitMode::Sync,
-                    &self.application_id,
-                    &self.metrics,
-                    &self.tracker,
-                );
-                // Remember where each partition stands: if the group gives it back but the
-                // commit above was refused (the broker refuses commits mid-rebalance), the
-                // consumer must resume here, not at the stale committed offset, or records
-                // already in the stores would be applied twice.
-                {
-                    let mut resume = lock(&self.resume);
-                    for (topic, partition) in &partitions {
-                        if let Some(position) = self.tracker.position(topic, *partition) {
-                            resume.insert((topic.clone(), *partition), position);
-                        }
-                    }
-                }
-                {
-                    let mut committed = lock(&self.committed_at_assignment);
-                    for (topic, partition) in &partitions {
-                        self.tracker.deactivate(topic, *partition);
-                        committed.remove(&(topic.clone(), *partition));
-                    }
-                }
+                // The producer flush and the commit wait on the broker: let the executor's
+                // other tasks (health, metrics, signals) run meanwhile.
+                crate::executor::block_off_executor(|| self.finish_revoked(consumer, &partitions));
                 lock(&self.events).push(RebalanceEvent::Revoked(partitions));
             }
             Rebalance::Assign(_) => {}
@@ -197,8 +162,12 @@ impl ConsumerContext for ConsumeContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
-            let committed = self.committed_offsets(consumer, &partitions);
-            self.resume_where_we_stopped(consumer, &partitions, &committed);
+            // Reading the committed offsets waits on the broker (bounded).
+            let committed = crate::executor::block_off_executor(|| {
+                let committed = self.committed_offsets(consumer, &partitions);
+                self.resume_where_we_stopped(consumer, &partitions, &committed);
+                committed
+            });
             lock(&self.committed_at_assignment).extend(
                 committed
                     .into_iter()
@@ -211,6 +180,53 @@ impl ConsumerContext for ConsumeContext {
 }
 
 impl ConsumeContext {
+    /// Flushes the outputs of revoked partitions and commits their offsets, each bounded
+    /// by `flush_timeout`; partitions whose commit did not go through get no checkpoint.
+    fn finish_revoked(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let deadline = Instant::now() + self.flush_timeout;
+        if let Some(producer) = self.producer.get() {
+            let mut flushed = producer.flush(self.flush_timeout);
+            if flushed.is_ok() {
+                // Every output is acknowledged: the changelog records may follow.
+                for queued in self.tracker.drain_changelog() {
+                    send_now(producer, &self.tracker, &queued.record, queued.sources);
+                }
+                flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+            }
+            if let Err(error) = flushed {
+                tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
+            }
+        }
+        let commits = self
+            .tracker
+            .take_commits(|t, p| partitions.iter().any(|(rt, rp)| rt == t && *rp == p));
+        // At least a moment for the commit, even when the flush used the whole budget.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if let Err(error) = commit_bounded(consumer, &commits, left, &self.metrics, &self.tracker) {
+            tracing::warn!(application = %self.application_id, %error, ?commits, "offsets of revoked partitions not committed: their records will be processed again by the next owner, and no checkpoint is written for them");
+            lock(&self.uncommitted_revoked).extend(commits.iter().map(|(t, p, _)| (t.clone(), *p)));
+        }
+        // Remember where each partition stands: if the group gives it back but the
+        // commit above was refused (the broker refuses commits mid-rebalance), the
+        // consumer must resume here, not at the stale committed offset, or records
+        // already in the stores would be applied twice.
+        {
+            let mut resume = lock(&self.resume);
+            for (topic, partition) in partitions {
+                if let Some(position) = self.tracker.position(topic, *partition) {
+                    resume.insert((topic.clone(), *partition), position);
+                }
+            }
+        }
+        let mut committed = lock(&self.committed_at_assignment);
+        for (topic, partition) in partitions {
+            self.tracker.deactivate(topic, *partition);
+            committed.remove(&(topic.clone(), *partition));
+        }
+    }
+
     /// The group's committed offsets of `partitions` (-1: none); one broker round trip
     /// per assignment.
     fn committed_offsets(
@@ -288,13 +304,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn commit<C: ConsumerContext>(
+/// Sends a commit without waiting: the tracker learns the outcome from the consumer's
+/// commit callback.
+fn commit_async<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     commits: &[(String, i32, i64)],
-    mode: CommitMode,
     application_id: &str,
     metrics: &TopologyMetrics,
-    tracker: &OffsetTracker,
 ) {
     if commits.is_empty() {
         return;
@@ -305,13 +321,8 @@ fn commit<C: ConsumerContext>(
             tracing::error!(application = %application_id, topic, partition, offset, %error, "cannot build commit");
         }
     }
-    match consumer.commit(&tpl, mode) {
+    match consumer.commit(&tpl, CommitMode::Async) {
         Ok(()) => {
-            if matches!(mode, CommitMode::Sync) {
-                for (topic, partition, offset) in commits {
-                    tracker.confirm(topic, *partition, *offset);
-                }
-            }
             TopologyMetrics::add(&metrics.commits, 1);
             tracing::debug!(application = %application_id, ?commits, "offsets committed");
         }
@@ -319,6 +330,31 @@ fn commit<C: ConsumerContext>(
             tracing::warn!(application = %application_id, %error, ?commits, "offset commit failed; it is retried with the next commit")
         }
     }
+}
+
+/// Commits `commits` synchronously, waiting at most `timeout` for the coordinator; the
+/// tracker learns the committed offsets on success. Blocks: call it off the executor.
+fn commit_bounded<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    commits: &[(String, i32, i64)],
+    timeout: Duration,
+    metrics: &TopologyMetrics,
+    tracker: &OffsetTracker,
+) -> Result<(), CommitError> {
+    if commits.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in commits {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| CommitError::Refused(kafka_reason(&e)))?;
+    }
+    commit_within(consumer, &tpl, timeout)?;
+    for (topic, partition, offset) in commits {
+        tracker.confirm(topic, *partition, *offset);
+    }
+    TopologyMetrics::add(&metrics.commits, 1);
+    Ok(())
 }
 
 fn headers_of(message: &BorrowedMessage<'_>) -> Headers {
@@ -527,6 +563,7 @@ impl TopologyRunner {
                 events: Mutex::new(Vec::new()),
                 resume: Mutex::new(HashMap::new()),
                 committed_at_assignment: Mutex::new(HashMap::new()),
+                uncommitted_revoked: Mutex::new(Default::default()),
                 flush_timeout: settings.shutdown_timeout,
             })
             .map(Arc::new)
@@ -573,24 +610,19 @@ impl TopologyRunner {
         let result = run.process_until(&mut shutdown).await;
         // Waits for a scrape in progress; afterwards this function owns the consumer alone.
         self.metrics.set_lag_source(None);
+        let deadline = Instant::now() + settings.shutdown_timeout;
         // After a failure the failed record's effect may sit in a cache: not written.
-        let closed = run.close(result.is_ok()).await;
-        if let Some(announcer) = &announcer {
-            // Other instances stop directing queries here.
-            announcer.announce(Vec::new()).await;
-        }
-        if let Some(reader) = reader.take() {
-            // Dropping joins its thread, which polls in 200 ms steps.
-            let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
-        }
+        let closed = run.close(result.is_ok(), deadline).await;
         drop(run);
-        drop(consumer);
-        globals.close(settings, &app).await;
+        let released = release_clients(
+            &app, deadline, announcer, reader, consumer, producer, globals, settings,
+        )
+        .await;
         tracing::info!(application = %app, metrics = ?self.metrics.snapshot(), "topology stopped");
         if let Some(ops) = &settings.ops {
             ops.set_running(&app, false);
         }
-        result.and(closed)
+        result.and(closed).and(released)
     }
 
     /// Starts announcing this instance's partitions and reading the others', when the
@@ -627,7 +659,8 @@ impl TopologyRunner {
         }
     }
 
-    /// Checks that the broker answers and every topic exists; returns partition counts.
+    /// Checks that the broker answers and every user topic exists; creates or validates
+    /// the internal topics; returns every topic's partition count.
     async fn check_topics(
         &self,
         producer: &Arc<EngineProducer>,
@@ -659,18 +692,10 @@ impl TopologyRunner {
             timeout,
             reason: kafka_reason(&e),
         })?;
-        let missing: Vec<String> = self
-            .topology
-            .topics()
-            .into_iter()
-            .filter(|t| !metadata.contains_key(t))
-            .collect();
-        if !missing.is_empty() {
-            return Err(RuntimeError::MissingTopics {
-                bootstrap,
-                topics: missing,
-            });
-        }
+        let announces = self.settings.ops.is_some() && self.settings.advertised_http.is_some();
+        let metadata =
+            super::topics::ensure_topics(&self.topology, &self.settings, metadata, announces)
+                .await?;
         self.topology
             .check_copartitioning(&metadata)
             .map_err(RuntimeError::Topology)?;
@@ -685,7 +710,7 @@ struct Loop<'a> {
     metrics: &'a Arc<TopologyMetrics>,
     tracker: &'a Arc<OffsetTracker>,
     producer: &'a Arc<EngineProducer>,
-    consumer: &'a StreamConsumer<ConsumeContext>,
+    consumer: &'a Arc<StreamConsumer<ConsumeContext>>,
     tasks: HashMap<i32, Task>,
     /// The global tables' stores, shared by every task.
     globals: Arc<Vec<crate::topology::TaskStore>>,
@@ -746,7 +771,7 @@ impl Loop<'_> {
                     // out first, and the records it came from commit once it is
                     // acknowledged (a later commit).
                     self.flush_tasks().await?;
-                    self.commit(CommitMode::Async);
+                    self.commit();
                 }
                 _ = punctuation_tick.tick() => self.punctuate().await?,
                 // Input drained: no more updates are coming to coalesce with, so holding
@@ -799,12 +824,22 @@ impl Loop<'_> {
         for event in events {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
-                    for (_, partition) in partitions {
+                    let uncommitted =
+                        std::mem::take(&mut *lock(&self.consumer.context().uncommitted_revoked));
+                    let mut closing = Vec::new();
+                    for (topic, partition) in partitions {
                         self.task_paused.remove(&partition);
                         if let Some(task) = self.tasks.remove(&partition) {
-                            self.close_task(task);
+                            let committed = !uncommitted.contains(&(topic, partition));
+                            closing.push((task, committed));
                         }
                     }
+                    // Checkpoints ask the broker for the changelogs' ends.
+                    crate::executor::block_off_executor(|| {
+                        for (task, committed) in closing {
+                            self.close_task(task, committed);
+                        }
+                    });
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     if self.paused {
@@ -951,6 +986,13 @@ impl Loop<'_> {
     }
 
     async fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        // The rebalance callbacks run inside `recv`, which may then return a record in
+        // the same call: if its partition was revoked and assigned back, the old task
+        // (and its record cache) must close before the new one takes the record, or the
+        // record's update dies with the old task while its offset commits.
+        if self.rebalance_pending() {
+            self.apply_rebalances().await?;
+        }
         let taken = Instant::now();
         let now = now_ms();
         let partition = message.partition();
@@ -1005,14 +1047,19 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Flushes a closing task's stores and writes their checkpoints (its outputs are
-    /// already acknowledged: revocation and shutdown flush the producer first).
-    fn close_task(&self, task: Task) {
+    /// Withdraws a closing task's stores from queries, then, if its offsets are
+    /// committed, flushes them and writes their checkpoints (its outputs are already
+    /// acknowledged: revocation and shutdown flush the producer first). Blocks on the
+    /// broker: call it off the executor.
+    fn close_task(&self, task: Task, committed: bool) {
         let state = &self.settings.state;
         let app = self.topology.application_id();
         for store in task.stores() {
             if let Some(ops) = &self.settings.ops {
                 ops.remove_store(&store.spec().name, task.partition());
+            }
+            if !committed {
+                continue;
             }
             let Some(topic) = store.changelog_topic() else {
                 continue;
@@ -1095,6 +1142,65 @@ impl Loop<'_> {
         }
         Ok(())
     }
+}
+
+/// Stops announcing this instance, leaves the consumer group and closes every client by
+/// `deadline` (at least a second after the close). The clients go to a thread of their
+/// own: librdkafka's consumer close waits for the group coordinator, which may never
+/// answer; past the deadline that thread is left behind (the process is stopping) and
+/// the shutdown reported incomplete.
+// Each argument is one client or thread of the runner, handed over to be closed.
+#[allow(clippy::too_many_arguments)]
+async fn release_clients(
+    application: &str,
+    deadline: Instant,
+    announcer: Option<super::instances::Announcer>,
+    reader: Option<super::instances::AnnouncementReader>,
+    consumer: Arc<StreamConsumer<ConsumeContext>>,
+    producer: Arc<EngineProducer>,
+    globals: super::global::GlobalTables,
+    settings: &RunSettings,
+) -> Result<(), RuntimeError> {
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+    let deadline = tokio::time::Instant::from_std(deadline);
+    if let Some(announcer) = &announcer {
+        // Other instances stop directing queries here.
+        let _ = tokio::time::timeout_at(deadline, announcer.announce(Vec::new())).await;
+    }
+    let (done, released) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("{application}-close"))
+        .spawn(move || {
+            // The reader's thread polls in 200 ms steps; dropping it joins it.
+            drop(reader);
+            consumer.unsubscribe();
+            drop(consumer);
+            drop(producer);
+            drop(announcer);
+            let _ = done.send(());
+        });
+    let left = match spawned {
+        Ok(_) => tokio::time::timeout_at(deadline, released).await.is_ok(),
+        Err(_) => false,
+    };
+    let globals_closed = tokio::time::timeout_at(deadline, globals.close(settings, application))
+        .await
+        .is_ok();
+    if left && globals_closed {
+        return Ok(());
+    }
+    let unfinished = if left {
+        "closing the global tables' consumers"
+    } else {
+        "leaving the consumer group and closing the Kafka clients"
+    };
+    tracing::error!(%application, unfinished, "shutdown timeout: the broker did not answer in time");
+    Err(RuntimeError::ShutdownIncomplete {
+        application: application.to_string(),
+        unfinished: unfinished.to_string(),
+        uncommitted: Vec::new(),
+        in_flight: 0,
+    })
 }
 
 /// Opens a task's stores, restores them from their changelogs, and creates the task.
@@ -1344,26 +1450,30 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn commit(&self, mode: CommitMode) {
+    fn commit(&self) {
         let commits = self.tracker.take_commits(|_, _| true);
-        commit(
-            self.consumer,
+        commit_async(
+            &**self.consumer,
             &commits,
-            mode,
             self.topology.application_id(),
             self.metrics,
-            self.tracker,
         );
     }
 
     /// Flushes the record caches (after a clean stop), drains in-flight outputs, commits
-    /// what is safe, and leaves the group.
-    async fn close(&mut self, flush: bool) -> Result<(), RuntimeError> {
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+    /// what is safe and writes the stores' checkpoints, all by `deadline`: three quarters
+    /// of the time for the outputs, the rest (at least a second) for the commit. What
+    /// could not be finished is logged and returned as [`RuntimeError::ShutdownIncomplete`];
+    /// a store whose offsets were not committed gets no checkpoint.
+    async fn close(&mut self, flush: bool, deadline: Instant) -> Result<(), RuntimeError> {
+        let app = self.topology.application_id().to_string();
+        let started = Instant::now();
+        let outputs_deadline = started + deadline.saturating_duration_since(started) * 3 / 4;
         let mut result = Ok(());
         if flush && let Err(e) = self.flush_tasks().await {
             result = Err(e);
         }
+        let mut unacknowledged = false;
         loop {
             if let Err(e) = self.handle_failures().await {
                 result = Err(e);
@@ -1380,18 +1490,59 @@ impl Loop<'_> {
             {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(application = %self.topology.application_id(), in_flight = self.tracker.in_flight(), "shutdown timeout: some outputs are unacknowledged; their offsets stay uncommitted and will be reprocessed");
+            if Instant::now() >= outputs_deadline {
+                unacknowledged = true;
+                tracing::warn!(application = %app, in_flight = self.tracker.in_flight(), "shutdown timeout: some outputs are unacknowledged; their offsets stay uncommitted and will be reprocessed");
                 break;
             }
         }
-        self.commit(CommitMode::Sync);
-        if self.tracker.awaiting_acknowledgement() == 0 {
-            for (_, task) in std::mem::take(&mut self.tasks) {
-                self.close_task(task);
+        let commits = self.tracker.take_commits(|_, _| true);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let (consumer, metrics, tracker, to_commit) = (
+            self.consumer.clone(),
+            self.metrics.clone(),
+            self.tracker.clone(),
+            commits.clone(),
+        );
+        let committed = tokio::task::spawn_blocking(move || {
+            commit_bounded(&*consumer, &to_commit, left, &metrics, &tracker)
+        })
+        .await
+        .unwrap_or_else(|e| Err(CommitError::Refused(e.to_string())));
+        match committed {
+            Ok(()) if !unacknowledged => {
+                if !commits.is_empty() {
+                    tracing::info!(application = %app, ?commits, "final offsets committed");
+                }
+                let tasks: Vec<Task> = std::mem::take(&mut self.tasks).into_values().collect();
+                crate::executor::block_off_executor(|| {
+                    for task in tasks {
+                        self.close_task(task, true);
+                    }
+                });
+                result
+            }
+            committed => {
+                let in_flight = self.tracker.in_flight();
+                let uncommitted = if committed.is_err() {
+                    commits
+                } else {
+                    Vec::new()
+                };
+                let unfinished = match committed {
+                    Err(error) => format!("the final commit failed ({error})"),
+                    Ok(()) => "outputs were still unacknowledged".to_string(),
+                };
+                tracing::error!(application = %app, %unfinished, ?uncommitted, in_flight, "shutdown incomplete: no checkpoint written; the records after the last committed offsets will be processed again");
+                result.and(Err(RuntimeError::ShutdownIncomplete {
+                    application: app,
+                    unfinished,
+                    uncommitted,
+                    in_flight,
+                }))
             }
         }
-        self.consumer.unsubscribe();
-        result
     }
 }

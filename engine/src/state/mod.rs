@@ -105,6 +105,11 @@ pub struct StoreSpec {
     pub changelog: bool,
     /// Entries expire this long after they were written, unless a put says otherwise.
     pub default_ttl: Option<Duration>,
+    /// For windowed stores (windowed and session aggregations, stream-stream joins): how
+    /// long a record matters (window plus grace). Their changelogs are
+    /// `cleanup.policy=compact,delete` with this retention plus a day, as Kafka Streams
+    /// sets them; `None`: a plain compacted changelog.
+    pub changelog_retention: Option<Duration>,
     /// Whether writes go through a record cache (aggregations: `count`, `reduce`,
     /// `aggregate` of a grouped stream, unless built `with_caching(false)`).
     pub caching: bool,

@@ -203,6 +203,7 @@ mod tests {
             kind: StoreKind::Persistent,
             changelog: true,
             default_ttl: None,
+            changelog_retention: None,
             caching: false,
             key_format: "bytes".into(),
             value_format: "bytes".into(),

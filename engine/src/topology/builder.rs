@@ -201,6 +201,7 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
                 kind,
                 changelog: true,
                 default_ttl: None,
+                changelog_retention: None,
                 caching: false,
                 key_format: key.info().to_string(),
                 value_format: value.info().to_string(),
@@ -225,6 +226,14 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
     /// Entries expire this long after they are written (wall-clock time).
     pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.spec.default_ttl = Some(ttl);
+        self
+    }
+
+    /// A windowed store whose records matter for `retention` (window plus grace).
+    pub(crate) fn windowed(mut self, retention_ms: i64) -> Self {
+        self.spec.changelog_retention = Some(std::time::Duration::from_millis(
+            u64::try_from(retention_ms).unwrap_or(0),
+        ));
         self
     }
 

@@ -61,6 +61,27 @@ impl Topology {
                 global.name, global.topic, global.store.spec.name
             );
         }
+        let internal = self.internal_topics();
+        if !internal.is_empty() {
+            let _ = writeln!(
+                out,
+                "Internal topics (created at start-up when missing; one partition per task):"
+            );
+            for topic in internal {
+                let configs: Vec<String> = topic
+                    .configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "   {} (changelog of store {}) ({})",
+                    topic.name,
+                    topic.store,
+                    configs.join(", ")
+                );
+            }
+        }
         out
     }
 

@@ -9,6 +9,7 @@
 pub(crate) mod builder;
 mod describe;
 mod error;
+mod internal;
 pub(crate) mod node;
 mod operators;
 mod policy;
@@ -22,6 +23,7 @@ pub use builder::{
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
+pub use internal::{InternalTopic, WINDOWED_CHANGELOG_ADDITIONAL_RETENTION};
 pub use node::TaskStore;
 pub(crate) use node::{CHANGELOG_LAST, CHANGELOG_POSITIONS};
 pub use operators::{

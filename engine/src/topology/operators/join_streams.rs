@@ -542,16 +542,19 @@ impl<K: Data, V: Data> KStream<K, V> {
         let pending_store = (unmatched != Unmatched::None).then(|| format!("{name}-pending-store"));
         add_store(
             &self.state,
-            StoreBuilder::persistent(&this_store, Serdes::bytes(), serdes.this.clone()),
+            StoreBuilder::persistent(&this_store, Serdes::bytes(), serdes.this.clone())
+                .windowed(windows.retention()),
         );
         add_store(
             &self.state,
-            StoreBuilder::persistent(&other_store, Serdes::bytes(), serdes.other.clone()),
+            StoreBuilder::persistent(&other_store, Serdes::bytes(), serdes.other.clone())
+                .windowed(windows.retention()),
         );
         if let Some(pending) = &pending_store {
             add_store(
                 &self.state,
-                StoreBuilder::persistent(pending, Serdes::bytes(), Serdes::bytes()),
+                StoreBuilder::persistent(pending, Serdes::bytes(), Serdes::bytes())
+                    .windowed(windows.retention()),
             );
         }
         let mut stores = vec![this_store.clone(), other_store.clone()];

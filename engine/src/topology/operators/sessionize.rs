@@ -321,7 +321,8 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
         let stream = &self.grouped.stream;
         add_store(
             &stream.state,
-            StoreBuilder::persistent(store, crate::serde::Serdes::bytes(), serde),
+            StoreBuilder::persistent(store, crate::serde::Serdes::bytes(), serde)
+                .windowed(self.windows.gap.saturating_add(self.windows.grace)),
         );
         let (store_name, windows, key_serde) =
             (store.to_string(), self.windows, self.grouped.key.clone());

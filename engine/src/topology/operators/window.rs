@@ -442,7 +442,8 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         let stream = &self.grouped.stream;
         add_store(
             &stream.state,
-            StoreBuilder::persistent(store, crate::serde::Serdes::bytes(), serde),
+            StoreBuilder::persistent(store, crate::serde::Serdes::bytes(), serde)
+                .windowed(self.windows.size.saturating_add(self.windows.grace)),
         );
         let (store_name, windows, key_serde) =
             (store.to_string(), self.windows, self.grouped.key.clone());
