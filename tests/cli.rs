@@ -889,24 +889,28 @@ fn real_kafka_the_three_services_run_as_three_processes_and_create_their_interna
     ];
     let kafka = Kafka::real(bootstrap, &SERVICES, 2);
     three_services_reconcile(&kafka);
-    // The engine created every internal topic: one partition per task, compacted.
+    // The engine created every internal topic (the test created only sources and sinks):
+    // one partition per task, changelogs compacted, repartition topics deleted by time.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut changelogs = 0;
+    let (mut changelogs, mut repartitions) = (0, 0);
     for name in SERVICES {
         for topic in build_topology(name).internal_topics() {
             let described = rt.block_on(support::describe_topic(&kafka.bootstrap, &topic.name));
             assert_eq!(
                 described,
-                Some((2, "compact".to_string())),
+                Some((2, topic.configs["cleanup.policy"].clone())),
                 "internal topic {}",
                 topic.name
             );
-            changelogs += 1;
+            match topic.role {
+                engine::topology::InternalTopicRole::Repartition => repartitions += 1,
+                _ => changelogs += 1,
+            }
         }
     }
     assert!(
-        changelogs >= 3,
-        "the services keep state: {changelogs} changelogs"
+        changelogs >= 3 && repartitions >= 3,
+        "the services keep state and re-key: {changelogs} changelogs, {repartitions} repartition topics"
     );
 }
 

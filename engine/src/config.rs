@@ -35,6 +35,9 @@ pub mod defaults {
     /// Replication factor of the topics the engine creates (-1: the broker's
     /// `default.replication.factor`, as Kafka Streams' `replication.factor` default).
     pub const REPLICATION_FACTOR: i32 = -1;
+    /// How often committed records of repartition topics are deleted (ms; Kafka
+    /// Streams' `repartition.purge.interval.ms`).
+    pub const REPARTITION_PURGE_INTERVAL_MS: u64 = 30_000;
 }
 
 /// The configuration file, as written.
@@ -114,6 +117,8 @@ pub struct RuntimeSection {
     /// Extra configurations of every internal topic the engine creates.
     #[serde(default)]
     pub internal_topic_configs: BTreeMap<String, String>,
+    /// How often committed records of repartition topics are deleted, ms.
+    pub repartition_purge_interval_ms: Option<u64>,
 }
 
 /// Values from flags and the environment (flags win; clap merges the two).
@@ -191,6 +196,8 @@ pub struct EngineConfig {
     pub replication_factor: i32,
     /// Extra configurations of every internal topic the engine creates.
     pub internal_topic_configs: BTreeMap<String, String>,
+    /// How often committed records of repartition topics are deleted.
+    pub repartition_purge_interval: Duration,
 }
 
 impl EngineConfig {
@@ -279,6 +286,11 @@ impl EngineConfig {
                 .replication_factor
                 .unwrap_or(defaults::REPLICATION_FACTOR),
             internal_topic_configs: file.runtime.internal_topic_configs.clone(),
+            repartition_purge_interval: Duration::from_millis(
+                file.runtime
+                    .repartition_purge_interval_ms
+                    .unwrap_or(defaults::REPARTITION_PURGE_INTERVAL_MS),
+            ),
             avro: {
                 let d = AvroSettings::default();
                 let r = &file.schema_registry;
@@ -352,6 +364,7 @@ impl EngineConfig {
         settings.cache_max_bytes = self.cache_max_bytes;
         settings.replication_factor = self.replication_factor;
         settings.internal_topic_configs = self.internal_topic_configs.clone();
+        settings.repartition_purge_interval = self.repartition_purge_interval;
         settings.state = crate::state::RocksSettings::new(
             &self.state_dir,
             self.block_cache_bytes,

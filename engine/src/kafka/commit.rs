@@ -1,4 +1,5 @@
-//! Offset commits that wait for the broker's answer at most a given time.
+//! Offset commits whose outcome the engine learns: bounded synchronous ones, and
+//! asynchronous ones that report to the consumer's commit callback.
 //!
 //! librdkafka's synchronous commit (`rd_kafka_commit` with `async = 0`, what
 //! rust-rdkafka's `CommitMode::Sync` calls) waits without bound: with no group
@@ -123,5 +124,45 @@ fn error_name(code: rd::rd_kafka_resp_err_t) -> String {
         std::ffi::CStr::from_ptr(rd::rd_kafka_err2str(code))
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Commits `offsets` without waiting; the outcome reaches the consumer context's
+/// `commit_callback` when the consumer is next polled.
+///
+/// rust-rdkafka's `CommitMode::Async` calls `rd_kafka_commit` with neither a reply queue
+/// nor a callback, so librdkafka reports nothing and `commit_callback` never runs
+/// (fede1024/rust-rdkafka#856). Committing through `rd_kafka_commit_queue` with the
+/// consumer's own queue makes librdkafka post the result there as an offset-commit event,
+/// which rust-rdkafka's poll hands to `commit_callback`.
+pub fn commit_async_reporting<C, K>(
+    consumer: &K,
+    offsets: &TopicPartitionList,
+) -> Result<(), CommitError>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is a live handle while `consumer` is borrowed. The queue handle
+    // from `rd_kafka_queue_get_consumer` is a new reference to the consumer queue, which
+    // the client owns; it is released below on every path, and librdkafka keeps its own
+    // reference for the commit's reply. `offsets` is copied before the call returns.
+    #[allow(unsafe_code)]
+    unsafe {
+        let queue = rd::rd_kafka_queue_get_consumer(client);
+        if queue.is_null() {
+            return Err(CommitError::Refused(
+                "the consumer has no group queue (no group.id)".into(),
+            ));
+        }
+        let queued =
+            rd::rd_kafka_commit_queue(client, offsets.ptr(), queue, None, std::ptr::null_mut());
+        rd::rd_kafka_queue_destroy(queue);
+        if queued == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Ok(())
+        } else {
+            Err(CommitError::Refused(error_name(queued)))
+        }
     }
 }

@@ -15,7 +15,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
-pub use commit::{CommitError, commit_within};
+pub use commit::{CommitError, commit_async_reporting, commit_within};
 pub use embedded::EmbeddedBroker;
 
 /// librdkafka properties the engine sets itself; users are told what to use instead.

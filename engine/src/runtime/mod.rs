@@ -62,6 +62,8 @@ pub struct RunSettings {
     /// Extra configurations for every internal topic the engine creates (Kafka Streams'
     /// `topic.*` properties), e.g. `min.insync.replicas`.
     pub internal_topic_configs: std::collections::BTreeMap<String, String>,
+    /// How often the committed records of repartition topics are deleted.
+    pub repartition_purge_interval: Duration,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
     /// `host:port` at which other instances reach this one's operations endpoint. With
@@ -94,6 +96,9 @@ impl RunSettings {
             create_topics: None,
             replication_factor: crate::config::defaults::REPLICATION_FACTOR,
             internal_topic_configs: Default::default(),
+            repartition_purge_interval: Duration::from_millis(
+                crate::config::defaults::REPARTITION_PURGE_INTERVAL_MS,
+            ),
             ops: None,
             advertised_http: None,
         }

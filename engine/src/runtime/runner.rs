@@ -14,9 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{
     BorrowedMessage, DeliveryResult, Header, Headers as _, Message, OwnedHeaders,
@@ -26,7 +24,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{
-    ClientRole, CommitError, commit_within, forward_error, forward_log, forward_stats, kafka_reason,
+    ClientRole, CommitError, commit_async_reporting, commit_within, forward_error, forward_log,
+    forward_stats, kafka_reason,
 };
 use crate::metrics::{LagSource, PartitionLag, TopologyMetrics};
 use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
@@ -105,6 +104,8 @@ pub(crate) struct ConsumeContext {
     /// Revoked partitions whose offsets could not be committed: their stores get no
     /// checkpoint (a restore from it would not know which inputs are applied).
     uncommitted_revoked: Mutex<std::collections::HashSet<(String, i32)>>,
+    /// Learns committed offsets of repartition topics, to delete what is committed.
+    purger: Option<Arc<Mutex<super::topics::RepartitionPurger>>>,
     flush_timeout: Duration,
 }
 
@@ -150,10 +151,16 @@ impl ConsumerContext for ConsumeContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
+        if let Err(error) = &result {
+            tracing::debug!(application = %self.application_id, %error, "offset commit refused; the offsets are offered again with the next commit");
+        }
         if result.is_ok() {
             for e in offsets.elements() {
                 if let Offset::Offset(o) = e.offset() {
                     self.tracker.confirm(e.topic(), e.partition(), o);
+                    if let Some(purger) = &self.purger {
+                        lock(purger).committed(e.topic(), e.partition(), o);
+                    }
                 }
             }
         }
@@ -304,8 +311,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends a commit without waiting: the tracker learns the outcome from the consumer's
-/// commit callback.
+/// Sends a commit without waiting: the tracker (and the repartition purger) learn the
+/// outcome from the consumer's commit callback.
 fn commit_async<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     commits: &[(String, i32, i64)],
@@ -321,7 +328,7 @@ fn commit_async<C: ConsumerContext>(
             tracing::error!(application = %application_id, topic, partition, offset, %error, "cannot build commit");
         }
     }
-    match consumer.commit(&tpl, CommitMode::Async) {
+    match commit_async_reporting(consumer, &tpl) {
         Ok(()) => {
             TopologyMetrics::add(&metrics.commits, 1);
             tracing::debug!(application = %application_id, ?commits, "offsets committed");
@@ -564,6 +571,8 @@ impl TopologyRunner {
                 resume: Mutex::new(HashMap::new()),
                 committed_at_assignment: Mutex::new(HashMap::new()),
                 uncommitted_revoked: Mutex::new(Default::default()),
+                purger: super::topics::RepartitionPurger::new(&self.topology, settings)
+                    .map(|p| Arc::new(Mutex::new(p))),
                 flush_timeout: settings.shutdown_timeout,
             })
             .map(Arc::new)
@@ -772,6 +781,9 @@ impl Loop<'_> {
                     // acknowledged (a later commit).
                     self.flush_tasks().await?;
                     self.commit();
+                    if let Some(purger) = &self.consumer.context().purger {
+                        lock(purger).maybe_purge();
+                    }
                 }
                 _ = punctuation_tick.tick() => self.punctuate().await?,
                 // Input drained: no more updates are coming to coalesce with, so holding

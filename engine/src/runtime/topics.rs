@@ -72,16 +72,18 @@ pub(crate) async fn ensure_topics(
         }
     }
 
-    // One task per partition of the source topics (co-partitioned where it matters).
+    // One task per partition of the source topics the user provides (co-partitioned
+    // where it matters); repartition topics follow them.
     let tasks = topology
         .source_topics()
         .iter()
+        .filter(|t| !is_internal(t))
         .filter_map(|t| metadata.get(t).copied())
         .max()
         .unwrap_or(1);
     let mut wanted: Vec<Wanted> = internal
         .iter()
-        .map(|topic| changelog(topic, tasks))
+        .map(|topic| internal_topic(topic, tasks))
         .collect();
     if announces {
         wanted.push(Wanted {
@@ -106,12 +108,12 @@ pub(crate) async fn ensure_topics(
     Ok(metadata)
 }
 
-fn changelog(topic: &InternalTopic, partitions: i32) -> Wanted {
+fn internal_topic(topic: &InternalTopic, partitions: i32) -> Wanted {
     Wanted {
         name: topic.name.clone(),
         partitions,
         configs: topic.configs.clone(),
-        role: format!("changelog of store `{}`", topic.store),
+        role: topic.role.to_string(),
         internal: true,
     }
 }
@@ -296,5 +298,100 @@ async fn validate(
         Ok(())
     } else {
         Err(RuntimeError::InternalTopics { problems })
+    }
+}
+
+/// Deletes the records of repartition topics below their committed offsets
+/// (DeleteRecords), as Kafka Streams purges them, so those topics do not grow without
+/// bound. Committed offsets come from the consumer's commit callback.
+pub(crate) struct RepartitionPurger {
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    topics: Vec<String>,
+    /// Committed offsets not yet purged, by (topic, partition).
+    committed: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    purged: HashMap<(String, i32), i64>,
+    last: Instant,
+    interval: Duration,
+    timeout: Duration,
+    application: String,
+}
+
+impl RepartitionPurger {
+    /// A purger for `topology`'s repartition topics; `None` when it has none.
+    pub(crate) fn new(topology: &Topology, settings: &RunSettings) -> Option<Self> {
+        let topics = topology.repartition_topics();
+        if topics.is_empty() {
+            return None;
+        }
+        let admin = match admin(&settings.client) {
+            Ok(admin) => admin,
+            Err(error) => {
+                tracing::warn!(application = %topology.application_id(), %error, "repartition topics will not be purged");
+                return None;
+            }
+        };
+        Some(RepartitionPurger {
+            admin: std::sync::Arc::new(admin),
+            topics,
+            committed: Default::default(),
+            purged: HashMap::new(),
+            last: Instant::now(),
+            interval: settings.repartition_purge_interval,
+            timeout: settings.startup_timeout,
+            application: topology.application_id().to_string(),
+        })
+    }
+
+    /// Notes an offset the broker confirmed as committed.
+    pub(crate) fn committed(&self, topic: &str, partition: i32, offset: i64) {
+        if self.topics.iter().any(|t| t == topic) {
+            let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = committed
+                .entry((topic.to_string(), partition))
+                .or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+    }
+
+    /// Every `repartition_purge_interval`, asks the broker to delete what is committed (without
+    /// waiting for the answer: a failed purge is retried with the next one).
+    pub(crate) fn maybe_purge(&mut self) {
+        if self.last.elapsed() < self.interval {
+            return;
+        }
+        self.last = Instant::now();
+        let committed: Vec<((String, i32), i64)> = self
+            .committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(tp, o)| self.purged.get(*tp).is_none_or(|p| *o > p))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        if committed.is_empty() {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((topic, partition), offset) in &committed {
+            if tpl
+                .add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        self.purged.extend(committed);
+        let deleting = self.admin.delete_records(&tpl, &options(self.timeout));
+        let application = self.application.clone();
+        tokio::spawn(async move {
+            match deleting.await {
+                Ok(result) => {
+                    tracing::debug!(%application, partitions = result.count(), "committed records of repartition topics deleted")
+                }
+                Err(error) => {
+                    tracing::warn!(%application, %error, "could not delete committed records of repartition topics; retried at the next purge")
+                }
+            }
+        });
     }
 }

@@ -75,9 +75,9 @@ impl Topology {
                     .collect();
                 let _ = writeln!(
                     out,
-                    "   {} (changelog of store {}) ({})",
+                    "   {} ({}) ({})",
                     topic.name,
-                    topic.store,
+                    topic.role,
                     configs.join(", ")
                 );
             }

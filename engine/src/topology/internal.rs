@@ -1,7 +1,9 @@
 //! The internal topics a topology needs, described as Kafka Streams creates them: one
 //! changelog per store that has one, `<application>-<store>-changelog`, compacted
-//! (windowed stores: compacted and deleted after their windows plus a day). The runtime
-//! creates the missing ones on the broker and refuses to start on ones that do not fit.
+//! (windowed stores: compacted and deleted after their windows plus a day), and the
+//! repartition topics `<application>-<name>-repartition` (deleted by time, and purged by
+//! the runtime once their records are committed). The runtime creates the missing ones on
+//! the broker and refuses to start on ones that do not fit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,10 +21,33 @@ pub const WINDOWED_CHANGELOG_ADDITIONAL_RETENTION: Duration = Duration::from_sec
 pub struct InternalTopic {
     /// The topic.
     pub name: String,
-    /// The store it is the changelog of.
-    pub store: String,
+    /// What it is for.
+    pub role: InternalTopicRole,
     /// Topic configurations the engine requires (`cleanup.policy`, `retention.ms`).
     pub configs: BTreeMap<String, String>,
+}
+
+/// What an internal topic is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InternalTopicRole {
+    /// The changelog of this store.
+    Changelog {
+        /// The store.
+        store: String,
+    },
+    /// Records re-keyed by `group_by` or `repartition`, written and read back by the
+    /// topology so each key reaches one task.
+    Repartition,
+}
+
+impl std::fmt::Display for InternalTopicRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InternalTopicRole::Changelog { store } => write!(f, "changelog of store `{store}`"),
+            InternalTopicRole::Repartition => f.write_str("repartition topic"),
+        }
+    }
 }
 
 impl InternalTopic {
@@ -69,13 +94,38 @@ impl Topology {
                 };
                 InternalTopic {
                     name: spec.changelog_topic(application),
-                    store: spec.name,
+                    role: InternalTopicRole::Changelog { store: spec.name },
                     configs,
                 }
             })
             .collect();
+        topics.extend(
+            self.repartition_topics()
+                .into_iter()
+                .map(|name| InternalTopic {
+                    name,
+                    role: InternalTopicRole::Repartition,
+                    // As Kafka Streams sets them: kept until purged once committed.
+                    configs: BTreeMap::from([
+                        ("cleanup.policy".into(), "delete".into()),
+                        ("retention.ms".into(), "-1".into()),
+                        ("segment.bytes".into(), "52428800".into()),
+                    ]),
+                }),
+        );
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         topics
+    }
+
+    /// The repartition topics: `<application>-<name>-repartition`, written and read by
+    /// this topology.
+    pub fn repartition_topics(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.application_id());
+        let sinks = self.sink_topics();
+        self.source_topics()
+            .into_iter()
+            .filter(|t| t.starts_with(&prefix) && t.ends_with("-repartition") && sinks.contains(t))
+            .collect()
     }
 }
 

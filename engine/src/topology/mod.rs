@@ -23,7 +23,7 @@ pub use builder::{
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
-pub use internal::{InternalTopic, WINDOWED_CHANGELOG_ADDITIONAL_RETENTION};
+pub use internal::{InternalTopic, InternalTopicRole, WINDOWED_CHANGELOG_ADDITIONAL_RETENTION};
 pub use node::TaskStore;
 pub(crate) use node::{CHANGELOG_LAST, CHANGELOG_POSITIONS};
 pub use operators::{
