@@ -197,6 +197,34 @@ fn an_unreachable_broker_fails_in_bounded_time_with_exit_1() {
     );
 }
 
+#[test]
+fn sigterm_during_start_up_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("engine.toml");
+    // Start-up would wait two minutes for a broker that never answers.
+    std::fs::write(&file, "[runtime]\nstartup_timeout_ms = 120000\n").unwrap();
+    let mut run = Running(
+        engine()
+            .args(["run", "ticket-pipeline", "--config"])
+            .arg(&file)
+            .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("engine run starts"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&run.0, "-TERM");
+    // Not a timing assertion: without the signal honoured it runs for two minutes.
+    let (code, log) = exit_within(&mut run, Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "nothing was consumed, so nothing is left to commit: {log}"
+    );
+    assert!(log.contains("stopped while starting"), "{log}");
+}
+
 /// Starts `engine dev`; returns it with the broker and registry addresses it printed.
 fn engine_dev(args: &[&str]) -> (Running, String, String) {
     let mut child = engine()

@@ -2,7 +2,8 @@
 //! a program of your own the same `list`, `describe`, `validate`, `run` and `dev`
 //! commands over your topologies.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 shutdown
+//! incomplete.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,7 +44,9 @@ pub const EXIT_SHUTDOWN_INCOMPLETE: u8 = SHUTDOWN_INCOMPLETE_EXIT_CODE;
         the environment (KAFKA_BOOTSTRAP_SERVERS, KAFKA_SCHEMA_REGISTRY_URL), and flags. \
         Any librdkafka property passes through with --kafka KEY=VALUE (prefix consumer. or \
         producer. to target one client).\n\n\
-        Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."
+        Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 3 shutdown \
+        incomplete (engine run: the broker did not answer within shutdown_timeout_ms, or a \
+        second SIGINT/SIGTERM; uncommitted records are processed again on restart)."
 )]
 struct Cli {
     /// TOML configuration file ([kafka], [schema_registry], [runtime], [topologies.NAME]).
@@ -95,7 +98,10 @@ enum Command {
         /// Topology name (see `list`).
         name: String,
     },
-    /// Run one or more topologies in this process, on one shared executor.
+    /// Run one or more topologies in this process, on one shared executor. SIGINT or
+    /// SIGTERM drains, commits and leaves the group within `[runtime]
+    /// shutdown_timeout_ms` (exit 3 past it); a second signal exits 3 at once. Internal
+    /// topics (changelogs, repartition topics) are created when missing.
     Run {
         /// Topology names (see `list`).
         #[arg(required = true)]

@@ -514,7 +514,13 @@ impl TopologyRunner {
             ops.add_topology(&app, self.metrics.clone());
             ops.set_running(&app, false);
         }
-        let partition_counts = Arc::new(self.check_topics(&producer).await?);
+        // A signal during start-up (topic checks, registry, global tables: each bounded by
+        // startup_timeout_ms, and a global bootstrap may take longer) stops it at once.
+        let Some(counts) = until_stopped(&mut shutdown, &app, self.check_topics(&producer)).await
+        else {
+            return Ok(());
+        };
+        let partition_counts = Arc::new(counts?);
         let mut announcer = None;
         let mut reader = None;
         if let Some(ops) = &settings.ops {
@@ -541,8 +547,11 @@ impl TopologyRunner {
             }
         }
         let topology = self.topology.clone();
-        tokio::task::spawn_blocking(move || topology.prepare())
-            .await
+        let prepared = tokio::task::spawn_blocking(move || topology.prepare());
+        let Some(prepared) = until_stopped(&mut shutdown, &app, prepared).await else {
+            return Ok(());
+        };
+        prepared
             .map_err(|e| RuntimeError::Crashed {
                 application: app.clone(),
                 reason: e.to_string(),
@@ -556,8 +565,11 @@ impl TopologyRunner {
             settings,
             &self.metrics,
             &partition_counts,
-        )
-        .await?;
+        );
+        let Some(globals) = until_stopped(&mut shutdown, &app, globals).await else {
+            return Ok(());
+        };
+        let globals = globals?;
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
@@ -1153,6 +1165,23 @@ impl Loop<'_> {
             self.set_task_paused(partition, pause);
         }
         Ok(())
+    }
+}
+
+/// Awaits a start-up step, or returns `None` if `shutdown` fires first (nothing has been
+/// consumed yet, so there is nothing to commit).
+async fn until_stopped<T>(
+    shutdown: &mut Shutdown,
+    application: &str,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = shutdown.wait() => {
+            tracing::info!(%application, "stopped while starting");
+            None
+        }
+        done = step => Some(done),
     }
 }
 
