@@ -770,29 +770,8 @@ fn the_ticket_service_answers_its_api_from_the_store() {
             .spawn()
             .expect("engine run starts"),
     );
-    let tickets: Vec<String> = (0..4)
-        .map(|n| ticket_json(n, TicketStatus::Pending))
-        .collect();
-    engine_produce(
-        &bootstrap,
-        &registry,
-        &[
-            "execution.tickets",
-            "--schema",
-            TICKET_SCHEMA_FILE,
-            "--key-field",
-            "plan_id",
-        ],
-        &tickets,
-    );
     // A worker only reports on a ticket it has seen: wait until the service has it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(std::net::TcpStream::connect(&addr).is_ok()
-        && http_get(&addr, "/api/v1/tickets/ticket-1").0 == 200)
-    {
-        assert!(Instant::now() < deadline, "ticket-1 never stored");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    store_four_tickets(&bootstrap, &registry, &addr);
     let results: Vec<String> = [("ticket-1", "RUNNING", 10), ("ticket-1", "COMPLETED", 20)]
         .iter()
         .map(|(id, status, at)| {
@@ -1381,6 +1360,33 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
     assert_eq!(last, expected);
 }
 
+/// Produces tickets 0 to 3 (PENDING) to `execution.tickets` and waits until the ticket
+/// service at `addr` has stored ticket-1.
+fn store_four_tickets(bootstrap: &str, registry: &str, addr: &str) {
+    let tickets: Vec<String> = (0..4)
+        .map(|n| ticket_json(n, TicketStatus::Pending))
+        .collect();
+    engine_produce(
+        bootstrap,
+        registry,
+        &[
+            "execution.tickets",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+            "--key-field",
+            "plan_id",
+        ],
+        &tickets,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(std::net::TcpStream::connect(addr).is_ok()
+        && http_get(addr, "/api/v1/tickets/ticket-1").0 == 200)
+    {
+        assert!(Instant::now() < deadline, "ticket-1 never stored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Sends `signal` (`-TERM`, `-INT`) to a child.
 fn signal(child: &Child, signal: &str) {
     assert!(
@@ -1459,28 +1465,7 @@ fn ticket_service_with_uncommitted_input(
             .spawn()
             .expect("engine run starts"),
     );
-    let tickets: Vec<String> = (0..4)
-        .map(|n| ticket_json(n, TicketStatus::Pending))
-        .collect();
-    engine_produce(
-        &bootstrap,
-        &registry,
-        &[
-            "execution.tickets",
-            "--schema",
-            TICKET_SCHEMA_FILE,
-            "--key-field",
-            "plan_id",
-        ],
-        &tickets,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(std::net::TcpStream::connect(&addr).is_ok()
-        && http_get(&addr, "/api/v1/tickets/ticket-1").0 == 200)
-    {
-        assert!(Instant::now() < deadline, "ticket-1 never stored");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    store_four_tickets(&bootstrap, &registry, &addr);
     (dev, run, addr)
 }
 
