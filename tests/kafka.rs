@@ -1880,3 +1880,70 @@ async fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, 
     .await
     .unwrap()
 }
+
+#[test]
+fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (input, output) = (support::unique("absent-in"), support::unique("absent-out"));
+        let app = support::unique("create");
+        let pipeline = || {
+            let b = TopologyBuilder::new(&app);
+            b.stream(
+                "in",
+                [input.as_str()],
+                Consumed::with(Serdes::string(), Serdes::string()),
+            )
+            .map_values("shout", |v: String| format!("{v}!"))
+            .to(
+                "out",
+                &output,
+                Produced::with(Serdes::string(), Serdes::string()),
+            );
+            b.build().unwrap()
+        };
+        let mut s = RunSettings::new(bootstrap.clone());
+        s.startup_timeout = Duration::from_secs(20);
+        // Without --create-topics: refused, naming both topics, nothing created.
+        let (_trigger, shutdown) = Shutdown::new();
+        match TopologyRunner::new(pipeline(), s.clone())
+            .run(shutdown)
+            .await
+        {
+            Err(e @ engine::runtime::RuntimeError::MissingTopics { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains(&input) && message.contains(&output),
+                    "{message}"
+                );
+                assert!(message.contains("--create-topics"), "{message}");
+            }
+            other => panic!("expected missing topics, got {other:?}"),
+        }
+        assert_eq!(support::describe_topic(&bootstrap, &input).await, None);
+        // With it: created with the partitions asked for, and the pipeline runs.
+        s.create_topics = Some(3);
+        let (trigger, shutdown) = Shutdown::new();
+        let handle = tokio::spawn(TopologyRunner::new(pipeline(), s).run(shutdown));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while support::describe_topic(&bootstrap, &input).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{input} never created"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            support::describe_topic(&bootstrap, &output).await,
+            Some((3, "delete".to_string()))
+        );
+        produce_keyed(&bootstrap, &input, &keyed_inputs(3, 5, 0)).await;
+        let out = consume(&bootstrap, &output, 15, Duration::from_secs(30)).await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(out.len(), 15);
+    });
+}
