@@ -1739,6 +1739,7 @@ fn real_kafka_three_instances_joining_and_leaving_keep_exact_counts() {
         // session timeout (10 s) of a member that did not leave; a clean leave hands it
         // over well before.
         let longest = gaps.values().max().copied().unwrap_or_default();
+        eprintln!("longest gap between outputs per partition: {gaps:?}");
         assert!(
             longest < Duration::from_secs(10),
             "a partition stalled for {longest:?}: {gaps:?}"
