@@ -1495,7 +1495,10 @@ fn sigterm_with_the_broker_gone_ends_within_the_shutdown_timeout_with_exit_3() {
         log.contains("offsets not committed: execution.tickets/"),
         "the partitions whose offsets were not committed are named: {log}"
     );
-    let checkpoints = walk_files(&state.path().join("stores"), "checkpoint");
+    let checkpoints: Vec<String> = support::walk(&state.path().join("stores"))
+        .into_iter()
+        .filter(|p| p.ends_with(".checkpoint"))
+        .collect();
     assert!(
         checkpoints.is_empty(),
         "no checkpoint is written for uncommitted state: {checkpoints:?}"
@@ -1515,26 +1518,6 @@ fn a_second_signal_stops_at_once() {
     let (code, log) = exit_within(&mut run, Duration::from_secs(30));
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("second signal"), "{log}");
-}
-
-/// Every file under `dir` whose name contains `part`.
-fn walk_files(dir: &std::path::Path, part: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(walk_files(&path, part));
-        } else if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains(part))
-        {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[test]

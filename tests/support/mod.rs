@@ -343,3 +343,16 @@ pub async fn describe_topic(bootstrap: &str, topic: &str) -> Option<(i32, String
         .unwrap_or_default();
     Some((t.partitions().len() as i32, policy))
 }
+
+/// Every path under `dir`, recursively (files and directories).
+pub fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path.to_string_lossy().into_owned());
+    }
+    out
+}

@@ -96,6 +96,8 @@ pub(crate) struct ConsumeContext {
     metrics: Arc<TopologyMetrics>,
     producer: OnceLock<Arc<EngineProducer>>,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Whether `events` holds anything: read for every record, so without the lock.
+    rebalanced: std::sync::atomic::AtomicBool,
     /// Where revoked partitions stood, for resuming them if they come back.
     resume: Mutex<HashMap<(String, i32), i64>>,
     /// Committed offsets of the assigned partitions when they were assigned (-1: none):
@@ -137,7 +139,7 @@ impl ConsumerContext for ConsumeContext {
                 // The producer flush and the commit wait on the broker: let the executor's
                 // other tasks (health, metrics, signals) run meanwhile.
                 crate::executor::block_off_executor(|| self.finish_revoked(consumer, &partitions));
-                lock(&self.events).push(RebalanceEvent::Revoked(partitions));
+                self.push_event(RebalanceEvent::Revoked(partitions));
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(error) => {
@@ -181,12 +183,18 @@ impl ConsumerContext for ConsumeContext {
                     .map(|(topic, partition, offset)| ((topic, partition), offset)),
             );
             tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
-            lock(&self.events).push(RebalanceEvent::Assigned(partitions));
+            self.push_event(RebalanceEvent::Assigned(partitions));
         }
     }
 }
 
 impl ConsumeContext {
+    fn push_event(&self, event: RebalanceEvent) {
+        lock(&self.events).push(event);
+        self.rebalanced
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Flushes the outputs of revoked partitions and commits their offsets, each bounded
     /// by `flush_timeout`; partitions whose commit did not go through get no checkpoint.
     fn finish_revoked(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
@@ -580,6 +588,7 @@ impl TopologyRunner {
                 metrics: self.metrics.clone(),
                 producer: OnceLock::new(),
                 events: Mutex::new(Vec::new()),
+                rebalanced: Default::default(),
                 resume: Mutex::new(HashMap::new()),
                 committed_at_assignment: Mutex::new(HashMap::new()),
                 uncommitted_revoked: Mutex::new(Default::default()),
@@ -829,14 +838,25 @@ impl Loop<'_> {
     }
 
     fn rebalance_pending(&self) -> bool {
-        !lock(&self.consumer.context().events).is_empty()
+        self.consumer
+            .context()
+            .rebalanced
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Drops the tasks of revoked partitions (after writing their checkpoints) and opens
     /// the tasks of assigned ones, restoring their stores, so state is queryable and
     /// punctuations run before the first record arrives.
     async fn apply_rebalances(&mut self) -> Result<(), RuntimeError> {
-        let events = std::mem::take(&mut *lock(&self.consumer.context().events));
+        let events = {
+            let context = self.consumer.context();
+            let mut queued = lock(&context.events);
+            // Cleared under the lock, so an event pushed meanwhile sets it again after.
+            context
+                .rebalanced
+                .store(false, std::sync::atomic::Ordering::Release);
+            std::mem::take(&mut *queued)
+        };
         let rebalanced = !events.is_empty();
         if rebalanced {
             self.slots.clear();

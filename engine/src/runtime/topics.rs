@@ -41,6 +41,7 @@ pub(crate) async fn ensure_topics(
     announces: bool,
 ) -> Result<HashMap<String, i32>, RuntimeError> {
     let bootstrap = &settings.client.bootstrap_servers;
+    let admin = admin(&settings.client)?;
     let internal = topology.internal_topics();
     let instances = super::instances_topic(topology.application_id());
     let is_internal = |t: &str| t == instances || internal.iter().any(|i| i.name == t);
@@ -66,7 +67,7 @@ pub(crate) async fn ensure_topics(
                 internal: false,
             })
             .collect();
-        create(settings, &wanted).await?;
+        create(&admin, settings, &wanted).await?;
         for w in &wanted {
             metadata.insert(w.name.clone(), w.partitions);
         }
@@ -97,9 +98,9 @@ pub(crate) async fn ensure_topics(
     let (present, absent): (Vec<Wanted>, Vec<Wanted>) = wanted
         .into_iter()
         .partition(|w| metadata.contains_key(&w.name));
-    validate(settings, &present, &metadata).await?;
+    validate(&admin, settings, &present, &metadata).await?;
     if !absent.is_empty() {
-        create(settings, &absent).await?;
+        create(&admin, settings, &absent).await?;
         for w in &absent {
             tracing::info!(application = %topology.application_id(), topic = %w.name, partitions = w.partitions, configs = ?w.configs, "internal topic created");
             metadata.insert(w.name.clone(), w.partitions);
@@ -136,8 +137,11 @@ fn options(timeout: Duration) -> AdminOptions {
 
 /// Creates `topics` (one that appeared meanwhile, created by another instance, is fine)
 /// and waits until the broker's metadata shows them.
-async fn create(settings: &RunSettings, topics: &[Wanted]) -> Result<(), RuntimeError> {
-    let admin = admin(&settings.client)?;
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    settings: &RunSettings,
+    topics: &[Wanted],
+) -> Result<(), RuntimeError> {
     // Configurations for every internal topic first, then the ones the engine requires.
     let configs: Vec<Vec<(String, String)>> = topics
         .iter()
@@ -187,7 +191,7 @@ async fn create(settings: &RunSettings, topics: &[Wanted]) -> Result<(), Runtime
             ),
         });
     }
-    wait_until_visible(&admin, topics, settings.startup_timeout).await
+    wait_until_visible(admin, topics, settings.startup_timeout).await
 }
 
 /// Waits until every topic has all its partitions in the metadata (each with a leader),
@@ -240,6 +244,7 @@ async fn wait_until_visible(
 /// broker answers `DescribeConfigs` (librdkafka's mock cluster does not: there the
 /// policy is not checked).
 async fn validate(
+    admin: &AdminClient<DefaultClientContext>,
     settings: &RunSettings,
     topics: &[Wanted],
     metadata: &HashMap<String, i32>,
@@ -258,7 +263,6 @@ async fn validate(
             ));
         }
     }
-    let admin = admin(&settings.client)?;
     let specifiers: Vec<ResourceSpecifier<'_>> = topics
         .iter()
         .map(|w| ResourceSpecifier::Topic(&w.name))
