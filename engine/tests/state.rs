@@ -1164,3 +1164,110 @@ fn stream_table_joins_see_the_table_as_of_each_record() {
         ]
     );
 }
+
+/// Fails every record whose value contains "bad": a node after a store write.
+struct RejectBad;
+
+impl Processor<String, String, String, String> for RejectBad {
+    fn process(
+        &mut self,
+        record: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessingError> {
+        if record.value.contains("bad") {
+            return Err(ProcessingError::new("rejected"));
+        }
+        ctx.forward(record);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_record_that_fails_after_a_store_write_leaves_neither_the_write_nor_its_changelog() {
+    let b = TopologyBuilder::new("dedup");
+    b.error_policy(ErrorPolicy::all(OnError::Skip));
+    b.add_store(StoreBuilder::persistent(
+        "seen",
+        Serdes::string(),
+        Serdes::i64(),
+    ));
+    b.stream("in", ["in"], strings())
+        .process_with_stores("dedup", &["seen"], || Dedup)
+        .process("reject", || RejectBad)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    let driver = TestDriver::new(b.build().unwrap());
+    let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+    let out = driver.output_topic("out", Serdes::string(), Serdes::string());
+    assert_eq!(input.pipe(s("id-1"), s("bad")), Ok(Outcome::Skipped));
+    assert_eq!(
+        driver.store_get::<String, i64>("seen", &s("id-1")),
+        None,
+        "the failed record's store write is undone"
+    );
+    assert!(
+        driver.read_raw("dedup-seen-changelog").is_none(),
+        "and never reaches the changelog"
+    );
+    // So the id is new when it comes again.
+    assert_eq!(input.pipe(s("id-1"), s("good")), Ok(Outcome::Processed));
+    assert_eq!(out.read_key_values(), vec![(s("id-1"), s("good"))]);
+    assert!(
+        driver
+            .store_get::<String, i64>("seen", &s("id-1"))
+            .is_some()
+    );
+    assert!(driver.read_raw("dedup-seen-changelog").is_some());
+}
+
+#[test]
+fn a_record_that_fails_downstream_of_a_cache_eviction_leaves_the_cache_and_store_as_they_were() {
+    let b = TopologyBuilder::new("joined");
+    b.error_policy(ErrorPolicy::all(OnError::Skip));
+    b.stream("in", ["in"], strings())
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .reduce("join", "joined-store", Serdes::string(), |a, v| a + &v)
+        .to_stream("updates")
+        .process("reject", || RejectBad)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+    // A cache of 0 bytes evicts every write at once, inside the record that made it.
+    let driver = TestDriver::with_options(
+        b.build().unwrap(),
+        engine::testing::TestDriverOptions {
+            buffered_cache_bytes: Some(0),
+            ..Default::default()
+        },
+    );
+    let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+    let out = driver.output_topic("out", Serdes::string(), Serdes::string());
+    input.pipe(s("ann"), s("a")).unwrap();
+    assert_eq!(input.pipe(s("ann"), s("bad")), Ok(Outcome::Skipped));
+    assert_eq!(
+        driver.store_get::<String, String>("joined-store", &s("ann")),
+        Some(s("a")),
+        "the failed record's update is undone"
+    );
+    input.pipe(s("ann"), s("c")).unwrap();
+    driver.commit().unwrap();
+    assert_eq!(
+        out.read_values(),
+        vec![s("a"), s("ac")],
+        "the next record folds into the state before the failed one"
+    );
+    let mut changelog = Vec::new();
+    while let Some(r) = driver.read_raw("joined-joined-store-changelog") {
+        changelog.push(String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned());
+    }
+    assert_eq!(changelog.len(), 2, "{changelog:?}");
+    assert!(
+        changelog.iter().all(|v| !v.contains("bad")),
+        "{changelog:?}"
+    );
+}

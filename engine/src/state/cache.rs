@@ -103,6 +103,18 @@ struct Lru {
     oldest: usize,
     bytes: usize,
     dirty: usize,
+    /// While a call into the task runs: the entries it changed as they were before
+    /// (`None`: absent), oldest first, so a failed call can be undone.
+    undo: Option<Vec<(Vec<u8>, Option<Image>)>>,
+}
+
+/// A cached entry as it was before a change.
+#[derive(Debug)]
+struct Image {
+    value: Option<Vec<u8>>,
+    dirty: bool,
+    timestamp: Timestamp,
+    headers: Headers,
 }
 
 impl Lru {
@@ -149,6 +161,7 @@ impl Lru {
         timestamp: Timestamp,
         headers: Headers,
     ) -> isize {
+        self.record(&key);
         if let Some(&i) = self.index.get(key.as_slice()) {
             let before = self.slots[i].size();
             let slot = &mut self.slots[i];
@@ -198,6 +211,10 @@ impl Lru {
         if i == NIL {
             return None;
         }
+        if self.undo.is_some() {
+            let key = self.slots[i].key.clone();
+            self.record(&key);
+        }
         self.unlink(i);
         self.free.push(i);
         let slot = &mut self.slots[i];
@@ -220,11 +237,79 @@ impl Lru {
         Some((flushed, size))
     }
 
+    /// Keeps the before-image of `key` if a call is being recorded.
+    fn record(&mut self, key: &[u8]) {
+        if self.undo.is_none() {
+            return;
+        }
+        let image = self.index.get(key).map(|&i| {
+            let slot = &self.slots[i];
+            Image {
+                value: slot.value.clone(),
+                dirty: slot.dirty,
+                timestamp: slot.timestamp,
+                headers: slot.headers.clone(),
+            }
+        });
+        if let Some(undo) = self.undo.as_mut() {
+            undo.push((key.to_vec(), image));
+        }
+    }
+
+    /// Drops `key`; returns the bytes freed.
+    fn remove(&mut self, key: &[u8]) -> usize {
+        let Some(i) = self.index.remove(key) else {
+            return 0;
+        };
+        let size = self.slots[i].size();
+        if self.slots[i].dirty {
+            self.dirty -= 1;
+        }
+        self.unlink(i);
+        self.free.push(i);
+        let slot = &mut self.slots[i];
+        slot.key = Vec::new();
+        slot.value = None;
+        slot.headers = Headers::new();
+        slot.dirty = false;
+        self.bytes -= size;
+        size
+    }
+
+    /// Puts back every entry the recorded call changed, as it was; stops recording.
+    fn rollback(&mut self) {
+        let Some(undo) = self.undo.take() else {
+            return;
+        };
+        for (key, image) in undo.into_iter().rev() {
+            self.remove(&key);
+            if let Some(image) = image {
+                self.put(key, image.value, image.timestamp, image.headers);
+                if !image.dirty {
+                    self.mark_clean_newest();
+                }
+            }
+        }
+    }
+
+    /// Marks the most recently used entry clean (it was just put back as it was).
+    fn mark_clean_newest(&mut self) {
+        let i = self.newest;
+        if i != NIL && self.slots[i].dirty {
+            self.slots[i].dirty = false;
+            self.dirty -= 1;
+        }
+    }
+
     /// Every dirty entry, least recently used first, marked clean (they stay cached).
     fn take_dirty(&mut self) -> Vec<FlushedEntry> {
         let mut out = Vec::with_capacity(self.dirty);
         let mut i = self.oldest;
         while i != NIL && out.len() < self.dirty {
+            if self.slots[i].dirty && self.undo.is_some() {
+                let key = self.slots[i].key.clone();
+                self.record(&key);
+            }
             let slot = &mut self.slots[i];
             if slot.dirty {
                 slot.dirty = false;
@@ -362,18 +447,39 @@ impl CachingStore {
 
     fn forget(&self, key: &[u8]) {
         let mut lru = self.lock();
-        if let Some(i) = lru.index.remove(key) {
-            let size = lru.slots[i].size();
-            if lru.slots[i].dirty {
-                lru.dirty -= 1;
-            }
-            lru.unlink(i);
-            lru.free.push(i);
-            lru.slots[i].key = Vec::new();
-            lru.slots[i].value = None;
-            lru.slots[i].dirty = false;
-            lru.bytes -= size;
-            self.budget.used.fetch_sub(size, Ordering::Relaxed);
+        lru.record(key);
+        let freed = lru.remove(key);
+        drop(lru);
+        self.budget.used.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Starts recording what the entries were before the call into the task that
+    /// begins now changes them.
+    pub(crate) fn begin(&self) {
+        self.lock().undo = Some(Vec::new());
+    }
+
+    /// Keeps the changes since [`begin`](Self::begin); stops recording.
+    pub(crate) fn commit(&self) {
+        self.lock().undo = None;
+    }
+
+    /// Puts back every entry changed since [`begin`](Self::begin) as it was (evicted
+    /// entries come back, flushed ones are dirty again); stops recording.
+    pub(crate) fn rollback(&self) {
+        let mut lru = self.lock();
+        let before = lru.bytes;
+        lru.rollback();
+        let after = lru.bytes;
+        drop(lru);
+        if after >= before {
+            self.budget
+                .used
+                .fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.budget
+                .used
+                .fetch_sub(before - after, Ordering::Relaxed);
         }
     }
 }
@@ -464,6 +570,35 @@ mod tests {
             0,
             Headers::new(),
         );
+    }
+
+    #[test]
+    fn a_rollback_puts_back_written_evicted_and_flushed_entries_as_they_were() {
+        let (c, budget) = cache(10_000);
+        put(&c, "a", "1");
+        put(&c, "b", "1");
+        let flushed = c.take_dirty();
+        c.write_through(&flushed).unwrap();
+        put(&c, "b", "2");
+        let used = budget.used_bytes();
+        c.begin();
+        put(&c, "a", "2");
+        put(&c, "new", "1");
+        let _ = c.take_dirty();
+        // As evict_over_budget does it: the entry leaves, its bytes go back.
+        let (_, size) = c.lock().evict_oldest().unwrap();
+        budget.used.fetch_sub(size, Ordering::Relaxed);
+        c.rollback();
+        assert_eq!(c.cached(b"a"), Some(Some(b"1".to_vec())));
+        assert_eq!(c.cached(b"b"), Some(Some(b"2".to_vec())));
+        assert_eq!(c.cached(b"new"), None);
+        assert_eq!(
+            c.dirty_entries(),
+            1,
+            "b is dirty again, a is clean as before"
+        );
+        assert_eq!(budget.used_bytes(), used);
+        assert_eq!(c.lock().bytes, used);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod memory;
 mod query;
 mod rocks;
 pub(crate) mod typed;
+mod undo;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use memory::MemoryStore;
 pub use query::{JsonEntry, QueryError, ScanRequest, StoreQuery};
 pub use rocks::{RocksSettings, RocksStore};
 pub use typed::{ChangelogWriter, KeyValueStore, ReadOnlyKeyValueStore};
+pub use undo::UndoStore;
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

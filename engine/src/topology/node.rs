@@ -144,6 +144,8 @@ pub struct TaskStore {
     /// The store's record cache, when it has one; `store` is then this cache, whose
     /// reads overlay cached writes on the store underneath.
     pub(crate) cache: Option<Arc<CachingStore>>,
+    /// Undoes the store writes of a failed call (task stores only, not global ones).
+    pub(crate) undo: Option<Arc<crate::state::UndoStore>>,
 }
 
 impl TaskStore {

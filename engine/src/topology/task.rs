@@ -86,7 +86,10 @@ impl Task {
             .stores
             .iter()
             .map(|def| {
-                let opened = supplier.open(app, partition, &def.spec)?;
+                let undo = Arc::new(crate::state::UndoStore::new(
+                    supplier.open(app, partition, &def.spec)?,
+                ));
+                let opened: Arc<dyn crate::state::BytesStore> = undo.clone();
                 let cached = def.spec.caching.then(|| {
                     Arc::new(CachingStore::new(
                         &def.spec.name,
@@ -100,6 +103,7 @@ impl Task {
                         None => opened,
                     },
                     cache: cached,
+                    undo: Some(undo),
                     changelog_topic: def
                         .spec
                         .changelog
@@ -130,6 +134,7 @@ impl Task {
                     serdes: global.store.serdes.clone(),
                     query: global.store.query.clone(),
                     cache: None,
+                    undo: None,
                 })
             })
             .collect()
@@ -396,16 +401,19 @@ impl Task {
                 self.stack.push(clone);
             }
         }
+        self.begin_call();
         if let Err(failure) = self.drain(Some(&metadata), wall_clock, out) {
             let (node, e) = *failure;
             out.truncate(mark);
             self.changelog.truncate(changelog_mark);
+            self.undo_call(raw.topic, raw.partition, raw.offset)?;
             // The error policy handles the record: nothing holds it any more.
             self.control.deferred = 0;
             let field = e.field_name().map(String::from);
             let message = format!("node `{node}`: {e}");
             return self.on_error(ErrorClass::Processing, raw, field, message, out);
         }
+        self.commit_call();
         // Complete only if no earlier input's effect waits in a cache: a restore counts
         // everything up to a marked record as applied.
         if self.changelog.len() > changelog_mark
@@ -478,6 +486,7 @@ impl Task {
     ) -> Result<(), RecordError> {
         let mark = out.len();
         let changelog_mark = self.changelog.len();
+        self.begin_call();
         let result = self
             .call(node, None, wall_clock, out, f)
             .map_err(|e| Box::new((self.topology.nodes[node].name.clone(), e)))
@@ -491,6 +500,7 @@ impl Task {
             let (node, e) = *failure;
             out.truncate(mark);
             self.changelog.truncate(changelog_mark);
+            self.undo_call("", self.info.partition, -1)?;
             TopologyMetrics::add(&self.metrics.processing_errors, 1);
             let error = RecordError {
                 class: ErrorClass::Processing,
@@ -507,6 +517,59 @@ impl Task {
                     TopologyMetrics::add(&self.metrics.skipped, 1);
                     tracing::warn!(application = %self.info.application_id, %error, "{what} failed; skipped by the error policy");
                 }
+            }
+        } else {
+            self.commit_call();
+        }
+        Ok(())
+    }
+
+    /// Starts recording the stores' writes, so a failing call can be undone.
+    fn begin_call(&self) {
+        for store in &self.stores {
+            if let Some(undo) = &store.undo {
+                undo.begin();
+            }
+            if let Some(cache) = &store.cache {
+                cache.begin();
+            }
+        }
+    }
+
+    /// Keeps the writes of the call that succeeded.
+    fn commit_call(&self) {
+        for store in &self.stores {
+            if let Some(cache) = &store.cache {
+                cache.commit();
+            }
+            if let Some(undo) = &store.undo {
+                undo.commit();
+            }
+        }
+    }
+
+    /// Undoes the store writes of the call that failed, caches first (their rollback
+    /// puts back entries whose eviction wrote the store underneath, which is undone
+    /// next). A store that cannot be put back is fatal whatever the error policy.
+    fn undo_call(&self, topic: &str, partition: i32, offset: i64) -> Result<(), RecordError> {
+        for store in &self.stores {
+            if let Some(cache) = &store.cache {
+                cache.rollback();
+            }
+            if let Some(undo) = &store.undo
+                && let Err(e) = undo.rollback()
+            {
+                return Err(RecordError {
+                    class: ErrorClass::Processing,
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    field: None,
+                    message: format!(
+                        "the failed record's writes to store `{}` could not be undone: {e}",
+                        store.spec.name
+                    ),
+                });
             }
         }
         Ok(())
