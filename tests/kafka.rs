@@ -1949,3 +1949,164 @@ fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
         assert_eq!(out.len(), 15);
     });
 }
+
+/// As worker-agents does: every record is deferred; a `fast-` one finishes at once and
+/// is settled (store write, output, release) by the next call into the processor, often
+/// the `process` of a later record; a `slow-` one is settled by a punctuation once
+/// `release` is set.
+struct SettleLater {
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    finished: Vec<(engine::topology::Deferred, String)>,
+    slow: Vec<(engine::topology::Deferred, String)>,
+}
+
+impl SettleLater {
+    fn settle(
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+        settled: Vec<(engine::topology::Deferred, String)>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        for (deferred, value) in settled {
+            ctx.kv_store::<String, String>("done")
+                .and_then(|mut s| s.put(&value, &"done".to_string()))
+                .map_err(|e| engine::topology::ProcessingError::new(e.to_string()))?;
+            let now = ctx.wall_clock_time();
+            ctx.forward(engine::record::Record::new(
+                "k".to_string(),
+                format!("done {value}"),
+                now,
+            ));
+            ctx.complete(deferred);
+        }
+        Ok(())
+    }
+}
+
+impl engine::topology::Processor<String, String, String, String> for SettleLater {
+    fn init(
+        &mut self,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        ctx.schedule(
+            Duration::from_millis(50),
+            engine::topology::PunctuationType::WallClockTime,
+        );
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: engine::record::Record<String, String>,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        Self::settle(ctx, std::mem::take(&mut self.finished))?;
+        let deferred = ctx.defer().expect("a record is being processed");
+        if record.value.starts_with("slow") {
+            self.slow.push((deferred, record.value));
+        } else {
+            self.finished.push((deferred, record.value));
+        }
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        _schedule: engine::topology::ScheduleId,
+        _timestamp: i64,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        if self.release.load(std::sync::atomic::Ordering::SeqCst) {
+            Self::settle(ctx, std::mem::take(&mut self.slow))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_deferred_record_is_not_restored_as_applied_when_a_store_write_of_another_lands_first() {
+    let broker = broker(1);
+    broker.create_topic("settling-done-changelog", 1).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let topology = || {
+        let b = TopologyBuilder::new("settling");
+        b.add_store(engine::topology::StoreBuilder::persistent(
+            "done",
+            Serdes::string(),
+            Serdes::string(),
+        ));
+        let flag = release.clone();
+        b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .process_with_stores("settle", &["done"], move || SettleLater {
+            release: flag.clone(),
+            finished: Vec::new(),
+            slow: Vec::new(),
+        })
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        b.build().expect("valid")
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let run = |dir: &std::path::Path| {
+        let mut s = settings(&broker);
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s.commit_interval = Duration::from_millis(100);
+        let runner = TopologyRunner::new(topology(), s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        (tokio::spawn(runner.run(shutdown)), metrics, trigger)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs: Vec<(String, String)> = ["fast-1", "slow-2"]
+            .iter()
+            .map(|v| ("k".to_string(), v.to_string()))
+            .collect();
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        // fast-1 is settled while slow-2 is processed: its store write reaches the
+        // changelog, and fast-1's offset commits; slow-2 waits. Then the instance dies.
+        let (handle, _metrics, _stop) = run(dirs[0].path());
+        let changelog = consume(
+            &bootstrap,
+            "settling-done-changelog",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(
+            changelog.len(),
+            1,
+            "fast-1's store write is in the changelog"
+        );
+        wait_for_commits(&bootstrap, "settling", 1, 1).await;
+        handle.abort();
+        let _ = handle.await;
+
+        // The next instance restores the store and gets slow-2 again: it must run it.
+        release.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (handle, metrics, stop) = run(dirs[1].path());
+        let out = consume_until_seen(
+            &bootstrap,
+            "out",
+            &["done fast-1", "done slow-2"]
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            Duration::from_secs(30),
+        )
+        .await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        assert!(
+            out.iter().any(|r| r.value == "done slow-2"),
+            "slow-2 was skipped as if applied: {out:?}, {:?}",
+            metrics.snapshot()
+        );
+    });
+}

@@ -29,6 +29,9 @@ pub(crate) struct Restored {
     pub from_checkpoint: bool,
     /// Per source topic, the last input offset whose store writes were all restored.
     pub applied: HashMap<String, i64>,
+    /// Inputs at or before `applied` that are not applied: deferred and incomplete when
+    /// the changelog was last marked.
+    pub unapplied: std::collections::HashSet<(String, i64)>,
     /// Changelog records of an input cut short by a crash, left out.
     pub incomplete: u64,
 }
@@ -150,6 +153,7 @@ pub(crate) fn restore(
         records: 0,
         from_checkpoint: checkpointed.is_some_and(|c| c == start),
         applied: HashMap::new(),
+        unapplied: Default::default(),
         incomplete: 0,
     };
     if start >= high {
@@ -207,6 +211,12 @@ pub(crate) fn restore(
                         let applied = restored.applied.entry(topic).or_insert(offset);
                         *applied = (*applied).max(offset);
                     }
+                    // Each mark names every input still deferred when it was written.
+                    restored.unapplied = header_text(&m, crate::topology::CHANGELOG_DEFERRED)
+                        .map(crate::topology::decode_deferred)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect();
                 }
             }
         }

@@ -1306,6 +1306,7 @@ async fn open_task(
             .filter(|s| s.changelog_topic().is_some())
             .count();
         let mut applied = HashMap::new();
+        let mut unapplied = Default::default();
         for store in &stores {
             publish(store, true);
             let Some(topic) = store.changelog_topic() else {
@@ -1342,6 +1343,7 @@ async fn open_task(
                 tracing::info!(application = %app, store = %restored.store, partition, records = restored.incomplete, "changelog ends inside an input's writes (the previous owner crashed): they are left out and the input processed again");
             }
             applied = restored.applied;
+            unapplied = restored.unapplied;
             tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
             publish(store, false);
         }
@@ -1359,7 +1361,7 @@ async fn open_task(
         // prefix of the task's inputs; across several there is no such order, and those
         // tasks stay at-least-once (an input may be applied twice after a crash).
         if changelogged == 1 {
-            task.set_applied(applied);
+            task.set_applied(applied, unapplied);
         }
         Ok(task)
     }

@@ -25,7 +25,7 @@ pub use error::{
 };
 pub use internal::{InternalTopic, InternalTopicRole, WINDOWED_CHANGELOG_ADDITIONAL_RETENTION};
 pub use node::TaskStore;
-pub(crate) use node::{CHANGELOG_LAST, CHANGELOG_POSITIONS};
+pub(crate) use node::{CHANGELOG_DEFERRED, CHANGELOG_LAST, CHANGELOG_POSITIONS};
 pub use operators::{
     Branch, Emit, GlobalKTable, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
     SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,
@@ -33,6 +33,7 @@ pub use operators::{
 };
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Deferred, Processor, ProcessorContext, PunctuationType, ScheduleId};
+pub(crate) use task::decode_deferred;
 pub use task::{Outcome, Task};
 
 pub(crate) use task::dead_letter_record;

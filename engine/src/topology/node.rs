@@ -180,6 +180,10 @@ pub(crate) const CHANGELOG_LAST: &str = "engine.source.last";
 /// input processed per source topic, all of whose store writes the flush completes.
 pub(crate) const CHANGELOG_POSITIONS: &str = "engine.source.positions";
 
+/// Header on a changelog record that marks inputs complete: `topic=offset,...;...`, the
+/// inputs at or before the marked positions that are deferred and not yet complete.
+pub(crate) const CHANGELOG_DEFERRED: &str = "engine.source.deferred";
+
 /// Where a node's output goes: sink records, and store changelog records (kept apart:
 /// the runtime sends a changelog record only after the sink records produced before it
 /// are acknowledged).

@@ -54,6 +54,17 @@ pub struct Task {
     /// Per source topic, the last offset whose store writes the restored stores already
     /// hold: a record at or before it is not applied again.
     applied: HashMap<String, i64>,
+    /// Inputs at or before `applied` that the restored stores do not reflect: they were
+    /// deferred and not yet complete when the changelog last said what was applied.
+    unapplied: std::collections::HashSet<(String, i64)>,
+    /// Input records deferred by processors and not yet completed, with how many
+    /// deferrals each still has: they are named on every changelog record that marks
+    /// inputs as applied, as exceptions.
+    deferred: std::collections::BTreeMap<(Arc<str>, i64), u32>,
+    /// How many of `control.completed` were already taken off `deferred`.
+    completions_counted: usize,
+    /// Input records held for the record cache, released by the last flush.
+    released_holds: Vec<Deferred>,
     /// The record caches of the task's stores.
     caches: Vec<Arc<CachingStore>>,
     /// The first input record whose effect is only in a record cache since the last
@@ -185,6 +196,10 @@ impl Task {
             changelog: Vec::new(),
             positions: Vec::new(),
             applied: HashMap::new(),
+            unapplied: Default::default(),
+            deferred: Default::default(),
+            completions_counted: 0,
+            released_holds: Vec::new(),
             caches,
             cache_hold: None,
         };
@@ -220,10 +235,60 @@ impl Task {
     /// punctuation). The caller keeps the deferred record's offset uncommitted until its
     /// release, and the release until what the releasing call produced is acknowledged.
     pub fn take_deferrals(&mut self) -> (u32, Vec<Deferred>) {
-        (
-            std::mem::take(&mut self.control.deferred),
-            std::mem::take(&mut self.control.completed),
-        )
+        self.count_completions();
+        self.completions_counted = 0;
+        let mut released = std::mem::take(&mut self.control.completed);
+        released.append(&mut self.released_holds);
+        (std::mem::take(&mut self.control.deferred), released)
+    }
+
+    /// Takes the deferrals processors completed since the last call off `deferred`.
+    fn count_completions(&mut self) {
+        for d in &self.control.completed[self.completions_counted..] {
+            let key = (d.topic.clone(), d.offset);
+            if let Some(n) = self.deferred.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.deferred.remove(&key);
+                }
+            }
+        }
+        self.completions_counted = self.control.completed.len();
+    }
+
+    /// Marks the changelog records from `mark` on as completing every input processed
+    /// so far, except the deferred ones it names, unless a record cache still holds an
+    /// earlier input's effect (a restore counts everything up to a marked record as
+    /// applied). `positions`: also stamp the last processed offset per source topic on
+    /// them (writes of a flush or a punctuation, which no input record caused).
+    fn mark_complete(&mut self, mark: usize, positions: bool) {
+        self.count_completions();
+        if self.changelog.len() <= mark || self.has_cached_writes() {
+            return;
+        }
+        if positions {
+            let positions: String = self
+                .positions
+                .iter()
+                .map(|(t, o)| format!("{t}={o}"))
+                .collect::<Vec<_>>()
+                .join(";");
+            for record in &mut self.changelog[mark..] {
+                record.headers.add(
+                    super::node::CHANGELOG_POSITIONS,
+                    Some(positions.as_bytes().to_vec()),
+                );
+            }
+        }
+        let deferred = (!self.deferred.is_empty()).then(|| encode_deferred(&self.deferred));
+        if let Some(last) = self.changelog.last_mut() {
+            last.headers
+                .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
+            if let Some(deferred) = deferred {
+                last.headers
+                    .add(super::node::CHANGELOG_DEFERRED, Some(deferred.into_bytes()));
+            }
+        }
     }
 
     /// Changelog records the stores got since the last call (sent by the runtime once
@@ -234,8 +299,15 @@ impl Task {
 
     /// Marks inputs up to these offsets (per source topic) as already reflected in the
     /// restored stores: such records are skipped instead of applied twice.
-    pub fn set_applied(&mut self, applied: HashMap<String, i64>) {
+    /// `unapplied` names the inputs at or before those offsets that are not reflected
+    /// (deferred, and incomplete when the changelog was last marked).
+    pub fn set_applied(
+        &mut self,
+        applied: HashMap<String, i64>,
+        unapplied: std::collections::HashSet<(String, i64)>,
+    ) {
         self.applied = applied;
+        self.unapplied = unapplied;
     }
 
     /// Whether a processor asked to stop fetching this task's partition.
@@ -301,27 +373,10 @@ impl Task {
         for node in 0..self.nodes.len() {
             self.run_detached(node, "flush", wall_clock, out, |n, ctx| n.flush(ctx))?;
         }
-        if self.changelog.len() > changelog_mark && !self.has_cached_writes() {
-            // The flush completes the store writes of every input processed so far.
-            let positions: String = self
-                .positions
-                .iter()
-                .map(|(t, o)| format!("{t}={o}"))
-                .collect::<Vec<_>>()
-                .join(";");
-            for record in &mut self.changelog[changelog_mark..] {
-                record.headers.add(
-                    super::node::CHANGELOG_POSITIONS,
-                    Some(positions.as_bytes().to_vec()),
-                );
-            }
-            if let Some(last) = self.changelog.last_mut() {
-                last.headers
-                    .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
-            }
-        }
+        // The flush completes the store writes of every input processed so far.
+        self.mark_complete(changelog_mark, true);
         if let Some(hold) = self.cache_hold.take() {
-            self.control.completed.push(hold);
+            self.released_holds.push(hold);
         }
         Ok(())
     }
@@ -338,6 +393,9 @@ impl Task {
             .applied
             .get(raw.topic)
             .is_some_and(|&applied| raw.offset <= applied)
+            && !self
+                .unapplied
+                .contains(&(raw.topic.to_string(), raw.offset))
         {
             // Its store writes reached the changelog (and so its outputs the broker)
             // before the previous owner stopped without committing it.
@@ -414,15 +472,14 @@ impl Task {
             return self.on_error(ErrorClass::Processing, raw, field, message, out);
         }
         self.commit_call();
-        // Complete only if no earlier input's effect waits in a cache: a restore counts
-        // everything up to a marked record as applied.
-        if self.changelog.len() > changelog_mark
-            && !self.has_cached_writes()
-            && let Some(last) = self.changelog.last_mut()
-        {
-            last.headers
-                .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
+        if self.control.deferred > 0 {
+            *self
+                .deferred
+                .entry((metadata.topic.clone(), raw.offset))
+                .or_insert(0) += self.control.deferred;
         }
+        // Its changelog records carry its offset; the last one marks it complete.
+        self.mark_complete(changelog_mark, false);
         self.fire(
             PunctuationType::StreamTime,
             self.stream_time,
@@ -467,9 +524,12 @@ impl Task {
             s.next = Some(next + missed * s.interval_ms);
             let (node, id) = (s.node, s.id);
             TopologyMetrics::add(&self.metrics.punctuations, 1);
+            let changelog_mark = self.changelog.len();
             self.run_detached(node, "punctuation", wall_clock, out, |n, ctx| {
                 n.punctuate(id, now, ctx)
             })?;
+            // What it wrote (completing deferred records, say) is complete with it.
+            self.mark_complete(changelog_mark, true);
         }
         Ok(())
     }
@@ -766,5 +826,61 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".into()
+    }
+}
+
+/// `topic=offset,offset;topic=offset`: the deferred inputs a changelog mark excepts.
+fn encode_deferred(deferred: &std::collections::BTreeMap<(Arc<str>, i64), u32>) -> String {
+    let mut out = String::new();
+    let mut current: Option<&str> = None;
+    for (topic, offset) in deferred.keys() {
+        if current == Some(&**topic) {
+            out.push(',');
+        } else {
+            if current.is_some() {
+                out.push(';');
+            }
+            out.push_str(topic);
+            out.push('=');
+            current = Some(topic);
+        }
+        out.push_str(&offset.to_string());
+    }
+    out
+}
+
+/// The inputs named by [`encode_deferred`].
+pub(crate) fn decode_deferred(text: &str) -> Vec<(String, i64)> {
+    text.split(';')
+        .filter_map(|part| part.rsplit_once('='))
+        .flat_map(|(topic, offsets)| {
+            offsets
+                .split(',')
+                .filter_map(|o| o.parse().ok())
+                .map(move |o| (topic.to_string(), o))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deferred_inputs_round_trip_through_their_header() {
+        let deferred: std::collections::BTreeMap<(Arc<str>, i64), u32> = [
+            ((Arc::from("a.b"), 3), 1),
+            ((Arc::from("a.b"), 10), 2),
+            ((Arc::from("c"), 7), 1),
+        ]
+        .into_iter()
+        .collect();
+        let text = encode_deferred(&deferred);
+        assert_eq!(text, "a.b=3,10;c=7");
+        assert_eq!(
+            decode_deferred(&text),
+            vec![("a.b".into(), 3), ("a.b".into(), 10), ("c".into(), 7)]
+        );
+        assert!(decode_deferred("").is_empty());
     }
 }
