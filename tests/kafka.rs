@@ -2110,3 +2110,216 @@ fn a_deferred_record_is_not_restored_as_applied_when_a_store_write_of_another_la
         );
     });
 }
+
+/// Writes `both-N` to stores `a` and `b`, `b-N` to `b` only; answers `check-N` with
+/// what `a` holds for N.
+struct TwoStores;
+
+impl engine::topology::Processor<String, String, String, String> for TwoStores {
+    fn process(
+        &mut self,
+        record: engine::record::Record<String, String>,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        let error =
+            |e: engine::state::StoreError| engine::topology::ProcessingError::new(e.to_string());
+        let (kind, n) = record.value.split_once('-').expect("kind-N");
+        let n = n.to_string();
+        match kind {
+            "both" => {
+                ctx.kv_store::<String, String>("a")
+                    .and_then(|mut a| a.put(&n, &record.value))
+                    .map_err(error)?;
+                ctx.kv_store::<String, String>("b")
+                    .and_then(|mut b| b.put(&n, &record.value))
+                    .map_err(error)?;
+            }
+            "b" => ctx
+                .kv_store::<String, String>("b")
+                .and_then(|mut b| b.put(&n, &record.value))
+                .map_err(error)?,
+            _ => {
+                let held = ctx
+                    .kv_store::<String, String>("a")
+                    .and_then(|a| a.get(&n))
+                    .map_err(error)?;
+                ctx.forward(record.with_value(format!("a[{n}]={held:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn every_store_of_a_task_restores_the_writes_of_committed_inputs() {
+    let broker = broker(1);
+    broker.create_topic("two-a-changelog", 1).unwrap();
+    broker.create_topic("two-b-changelog", 1).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let topology = || {
+        let b = TopologyBuilder::new("two");
+        for store in ["a", "b"] {
+            b.add_store(engine::topology::StoreBuilder::persistent(
+                store,
+                Serdes::string(),
+                Serdes::string(),
+            ));
+        }
+        b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .process_with_stores("write", &["a", "b"], || TwoStores)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        b.build().expect("valid")
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let run = |dir: &std::path::Path| {
+        let mut s = settings(&broker);
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s.commit_interval = Duration::from_millis(100);
+        let runner = TopologyRunner::new(topology(), s);
+        let (trigger, shutdown) = Shutdown::new();
+        (tokio::spawn(runner.run(shutdown)), trigger)
+    };
+    let inputs = |values: &[&str]| -> Vec<(String, String)> {
+        values
+            .iter()
+            .map(|v| ("k".to_string(), v.to_string()))
+            .collect()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        produce_keyed(&bootstrap, "in", &inputs(&["both-1", "b-2", "b-3"])).await;
+        let (handle, _stop) = run(dirs[0].path());
+        wait_for_commits(&bootstrap, "two", 1, 3).await;
+        handle.abort();
+        let _ = handle.await;
+
+        // A fresh instance restores both stores; every input was committed, so store
+        // `a` must hold what both-1 wrote.
+        produce_keyed(&bootstrap, "in", &inputs(&["check-1"])).await;
+        let (handle, stop) = run(dirs[1].path());
+        let out = consume(&bootstrap, "out", 1, Duration::from_secs(30)).await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        assert_eq!(
+            out.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
+            [r#"a[1]=Some("both-1")"#]
+        );
+    });
+}
+
+/// Counts every record per key in two stores, `a` first, then `b`; answers `check`
+/// with both counts.
+struct CountTwice;
+
+impl engine::topology::Processor<String, String, String, String> for CountTwice {
+    fn process(
+        &mut self,
+        record: engine::record::Record<String, String>,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        let error =
+            |e: engine::state::StoreError| engine::topology::ProcessingError::new(e.to_string());
+        let mut counts = Vec::new();
+        for store in ["a", "b"] {
+            let mut s = ctx.kv_store::<String, i64>(store).map_err(error)?;
+            let n = s.get(&record.key).map_err(error)?.unwrap_or(0);
+            if record.value == "check" {
+                counts.push(n);
+            } else {
+                s.put(&record.key, &(n + 1)).map_err(error)?;
+            }
+        }
+        if record.value == "check" {
+            ctx.forward(record.with_value(format!("{counts:?}")));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_task_with_two_stores_killed_mid_stream_restores_exact_counts_in_both() {
+    let broker = broker(2);
+    broker.create_topic("twice-a-changelog", 2).unwrap();
+    broker.create_topic("twice-b-changelog", 2).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let topology = || {
+        let b = TopologyBuilder::new("twice");
+        for store in ["a", "b"] {
+            b.add_store(engine::topology::StoreBuilder::persistent(
+                store,
+                Serdes::string(),
+                Serdes::i64(),
+            ));
+        }
+        b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .process_with_stores("count", &["a", "b"], || CountTwice)
+        .to(
+            "out",
+            "out",
+            Produced::with(Serdes::string(), Serdes::string()),
+        );
+        b.build().expect("valid")
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let run = |dir: &std::path::Path| {
+        let mut s = settings(&broker);
+        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+        s.commit_interval = Duration::from_millis(100);
+        let runner = TopologyRunner::new(topology(), s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        (tokio::spawn(runner.run(shutdown)), metrics, trigger)
+    };
+    const KEYS: usize = 8;
+    const PER_KEY: usize = 1500;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (handle, metrics, _stop) = run(dirs[0].path());
+        // Input keeps coming while the instance is killed (aborted: no flush, no commit).
+        let feeder = {
+            let bootstrap = bootstrap.clone();
+            tokio::spawn(async move {
+                for chunk in 0..PER_KEY / 100 {
+                    produce_keyed(&bootstrap, "in", &keyed_inputs(KEYS, 100, chunk * 100)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        wait_for(Duration::from_secs(60), || {
+            metrics.snapshot().records_in >= (KEYS * PER_KEY / 3) as u64
+        })
+        .await;
+        handle.abort();
+        let _ = handle.await;
+        let (handle, _metrics, stop) = run(dirs[1].path());
+        feeder.await.unwrap();
+        wait_for_commits(&bootstrap, "twice", 2, (KEYS * PER_KEY) as i64).await;
+        let checks: Vec<(String, String)> = (0..KEYS)
+            .map(|k| (format!("key-{k}"), "check".to_string()))
+            .collect();
+        produce_keyed(&bootstrap, "in", &checks).await;
+        let out = consume(&bootstrap, "out", KEYS, Duration::from_secs(30)).await;
+        stop.trigger();
+        handle.await.unwrap().unwrap();
+        let counts: BTreeMap<String, String> = out.into_iter().map(|r| (r.key, r.value)).collect();
+        let expected: BTreeMap<String, String> = (0..KEYS)
+            .map(|k| (format!("key-{k}"), format!("[{PER_KEY}, {PER_KEY}]")))
+            .collect();
+        assert_eq!(
+            counts, expected,
+            "both stores count every input once across the kill"
+        );
+    });
+}

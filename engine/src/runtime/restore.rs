@@ -6,6 +6,11 @@
 //! is deleted when the task opens again. A store without a checkpoint (first start, or a
 //! crash) is wiped and rebuilt from the whole changelog: local data that may hold writes
 //! the changelog never got is never trusted.
+//!
+//! A task's stores are restored together: the writes of inputs past the committed
+//! offset are applied only for the inputs every store's changelog has completely, and
+//! the rest are processed again (see [`Restored`] and [`cut`]), so the stores agree with
+//! each other and with the inputs skipped as already applied.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,18 +27,92 @@ use crate::state::{BytesStore, RocksSettings, StoreKind, StoreSpec};
 use super::RuntimeError;
 
 /// What one store's restore did.
+///
+/// Every changelog record names the input it belongs to (`engine.source.topic` and
+/// `.offset`), or the last input processed per source topic when a flush or punctuation
+/// wrote it (`engine.source.positions`); the last record of a call in each changelog
+/// marks its inputs complete in that changelog (`engine.source.last`), except the
+/// deferred ones it names (`engine.source.deferred`). Writes of inputs before the
+/// group's committed offset are complete in every changelog (commits wait for them) and
+/// are applied at once; the others are held until every store of the task is read and
+/// [`cut`] says which inputs all of them have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Restored {
     pub store: String,
     pub records: u64,
     pub from_checkpoint: bool,
-    /// Per source topic, the last input offset whose store writes were all restored.
+    /// Per source topic, the last input this changelog marks complete.
     pub applied: HashMap<String, i64>,
-    /// Inputs at or before `applied` that are not applied: deferred and incomplete when
-    /// the changelog was last marked.
-    pub unapplied: std::collections::HashSet<(String, i64)>,
-    /// Changelog records of an input cut short by a crash, left out.
-    pub incomplete: u64,
+    /// The marks, in log order.
+    pub marks: Vec<Mark>,
+    /// Writes of inputs at or after the committed offset, in log order, with the inputs
+    /// they belong to.
+    pub held: Vec<(Vec<(String, i64)>, Write)>,
+}
+
+/// A changelog record marking inputs complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The inputs it completes, per source topic (everything up to these offsets).
+    pub positions: Vec<(String, i64)>,
+    /// Inputs up to those positions that were deferred and not complete.
+    pub deferred: Vec<(String, i64)>,
+}
+
+/// A store write: key and value (`None`: a deletion).
+pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// Per source topic, the last input whose store writes every restored store of the
+/// task holds: the later of the committed offset and the last input every changelog
+/// marks complete. Writes of later inputs are dropped and those inputs processed again.
+pub(crate) fn cut(
+    restored: &[Restored],
+    committed: &HashMap<String, i64>,
+    topics: &[String],
+) -> HashMap<String, i64> {
+    topics
+        .iter()
+        .map(|topic| {
+            let marked = restored
+                .iter()
+                .map(|r| r.applied.get(topic).copied().unwrap_or(i64::MIN))
+                .min()
+                .unwrap_or(i64::MIN);
+            let committed = committed.get(topic).map_or(i64::MIN, |c| c - 1);
+            (topic.clone(), marked.max(committed))
+        })
+        .collect()
+}
+
+/// Whether every input in `inputs` is at or before `cut`.
+pub(crate) fn within(inputs: &[(String, i64)], cut: &HashMap<String, i64>) -> bool {
+    inputs
+        .iter()
+        .all(|(t, o)| cut.get(t).is_some_and(|c| o <= c))
+}
+
+/// The inputs at or before `cut` that are not applied: per source topic, the deferred
+/// ones named by the latest mark within the cut.
+pub(crate) fn unapplied(
+    restored: &[Restored],
+    cut: &HashMap<String, i64>,
+) -> std::collections::HashSet<(String, i64)> {
+    let mut out = std::collections::HashSet::new();
+    for topic in cut.keys() {
+        let latest = restored
+            .iter()
+            .flat_map(|r| &r.marks)
+            .filter(|m| within(&m.positions, cut))
+            .filter_map(|m| {
+                let (_, o) = m.positions.iter().find(|(t, _)| t == topic)?;
+                Some((*o, m))
+            })
+            .max_by_key(|(o, _)| *o);
+        if let Some((_, mark)) = latest {
+            out.extend(mark.deferred.iter().filter(|(t, _)| t == topic).cloned());
+        }
+    }
+    out
 }
 
 fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
@@ -45,10 +124,7 @@ fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> 
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-fn apply(
-    store: &Arc<dyn BytesStore>,
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<u64, RuntimeError> {
+pub(crate) fn apply(store: &Arc<dyn BytesStore>, writes: Vec<Write>) -> Result<u64, RuntimeError> {
     let n = writes.len() as u64;
     for (key, value) in writes {
         match value {
@@ -114,7 +190,10 @@ pub(crate) fn changelog_end(
     Ok(high)
 }
 
-/// Brings `store` up to date with its changelog partition.
+/// Brings `store` up to date with its changelog partition, except the writes of inputs
+/// at or after `committed` (per source topic), which it returns held (see [`Restored`]).
+// One argument per part of the restore; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn restore(
     client: &ClientSettings,
     store: &Arc<dyn BytesStore>,
@@ -122,6 +201,7 @@ pub(crate) fn restore(
     topic: &str,
     partition: i32,
     checkpoint: Option<&Path>,
+    committed: &HashMap<String, i64>,
     timeout: Duration,
 ) -> Result<Restored, RuntimeError> {
     let consumer: BaseConsumer = client
@@ -153,9 +233,11 @@ pub(crate) fn restore(
         records: 0,
         from_checkpoint: checkpointed.is_some_and(|c| c == start),
         applied: HashMap::new(),
-        unapplied: Default::default(),
-        incomplete: 0,
+        marks: Vec::new(),
+        held: Vec::new(),
     };
+    let complete: HashMap<String, i64> =
+        committed.iter().map(|(t, c)| (t.clone(), c - 1)).collect();
     if start >= high {
         return Ok(restored);
     }
@@ -167,8 +249,6 @@ pub(crate) fn restore(
         .map_err(client_error("changelog assignment"))?;
     let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
     let mut next = start;
-    // Writes of inputs not yet known to be complete, in log order.
-    let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     while next < high {
         if Instant::now() > deadline {
             return Err(RuntimeError::Client {
@@ -182,47 +262,104 @@ pub(crate) fn restore(
             Some(Ok(m)) => {
                 next = m.offset() + 1;
                 let Some(key) = m.key() else { continue };
-                let source = header_text(&m, crate::topology::dead_letter_headers::SOURCE_TOPIC)
-                    .zip(
-                        header_text(&m, crate::topology::dead_letter_headers::SOURCE_OFFSET)
-                            .and_then(|o| o.parse::<i64>().ok()),
-                    )
-                    .map(|(t, o)| vec![(t.to_string(), o)]);
-                let positions = header_text(&m, crate::topology::CHANGELOG_POSITIONS).map(|p| {
-                    p.split(';')
-                        .filter_map(|pair| {
-                            let (t, o) = pair.rsplit_once('=')?;
-                            Some((t.to_string(), o.parse::<i64>().ok()?))
-                        })
-                        .collect::<Vec<_>>()
-                });
                 let write = (key.to_vec(), m.payload().map(<[u8]>::to_vec));
-                let Some(inputs) = source.or(positions) else {
-                    // Written by a punctuation: not tied to an input record.
+                let Some(inputs) = inputs_of(&m) else {
+                    // Written by a punctuation while a cache held writes: not tied to
+                    // an input record.
                     restored.records += apply(store, vec![write])?;
                     continue;
                 };
-                pending.push(write);
                 if header_text(&m, crate::topology::CHANGELOG_LAST).is_some() {
-                    // Everything up to here is complete: the writes since the last mark,
-                    // and the inputs this one names.
-                    restored.records += apply(store, std::mem::take(&mut pending))?;
-                    for (topic, offset) in inputs {
-                        let applied = restored.applied.entry(topic).or_insert(offset);
-                        *applied = (*applied).max(offset);
+                    for (topic, offset) in &inputs {
+                        let applied = restored.applied.entry(topic.clone()).or_insert(*offset);
+                        *applied = (*applied).max(*offset);
                     }
-                    // Each mark names every input still deferred when it was written.
-                    restored.unapplied = header_text(&m, crate::topology::CHANGELOG_DEFERRED)
-                        .map(crate::topology::decode_deferred)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect();
+                    restored.marks.push(Mark {
+                        positions: inputs.clone(),
+                        deferred: header_text(&m, crate::topology::CHANGELOG_DEFERRED)
+                            .map(crate::topology::decode_deferred)
+                            .unwrap_or_default(),
+                    });
+                }
+                if within(&inputs, &complete) {
+                    restored.records += apply(store, vec![write])?;
+                } else {
+                    restored.held.push((inputs, write));
                 }
             }
         }
     }
-    // An input whose writes end the log without their last one was cut short by a crash;
-    // it is processed again, so none of its writes may be applied.
-    restored.incomplete = pending.len() as u64;
     Ok(restored)
+}
+
+/// The inputs a changelog record belongs to, from its headers; `None` if it names none.
+fn inputs_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Vec<(String, i64)>> {
+    let source = header_text(m, crate::topology::dead_letter_headers::SOURCE_TOPIC)
+        .zip(
+            header_text(m, crate::topology::dead_letter_headers::SOURCE_OFFSET)
+                .and_then(|o| o.parse::<i64>().ok()),
+        )
+        .map(|(t, o)| vec![(t.to_string(), o)]);
+    source.or_else(|| {
+        header_text(m, crate::topology::CHANGELOG_POSITIONS).map(|p| {
+            p.split(';')
+                .filter_map(|pair| {
+                    let (t, o) = pair.rsplit_once('=')?;
+                    Some((t.to_string(), o.parse::<i64>().ok()?))
+                })
+                .collect()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restored(applied: &[(&str, i64)], marks: Vec<Mark>) -> Restored {
+        Restored {
+            store: "s".into(),
+            records: 0,
+            from_checkpoint: false,
+            applied: applied.iter().map(|(t, o)| (t.to_string(), *o)).collect(),
+            marks,
+            held: Vec::new(),
+        }
+    }
+
+    fn mark(position: i64, deferred: &[i64]) -> Mark {
+        Mark {
+            positions: vec![("in".into(), position)],
+            deferred: deferred.iter().map(|o| ("in".to_string(), *o)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_cut_is_the_last_input_every_store_has_or_the_committed_one() {
+        let topics = vec!["in".to_string()];
+        let stores = [
+            restored(&[("in", 10)], vec![mark(10, &[])]),
+            restored(&[("in", 5)], vec![mark(5, &[])]),
+        ];
+        let committed = |c: Option<i64>| -> HashMap<String, i64> {
+            c.into_iter().map(|c| ("in".to_string(), c)).collect()
+        };
+        assert_eq!(cut(&stores, &committed(None), &topics)["in"], 5);
+        assert_eq!(cut(&stores, &committed(Some(8)), &topics)["in"], 7);
+        assert_eq!(cut(&stores, &committed(Some(3)), &topics)["in"], 5);
+        // A store that marks nothing holds nothing past the committed offset.
+        let unmarked = [stores[0].clone(), restored(&[], Vec::new())];
+        assert_eq!(cut(&unmarked, &committed(Some(3)), &topics)["in"], 2);
+    }
+
+    #[test]
+    fn unapplied_inputs_come_from_the_latest_mark_within_the_cut() {
+        let stores = [
+            restored(&[("in", 9)], vec![mark(4, &[2, 3]), mark(9, &[3, 8])]),
+            restored(&[("in", 6)], vec![mark(6, &[3])]),
+        ];
+        let cut: HashMap<String, i64> = [("in".to_string(), 6)].into();
+        let unapplied = unapplied(&stores, &cut);
+        assert_eq!(unapplied, [("in".to_string(), 3)].into_iter().collect());
+    }
 }

@@ -172,14 +172,17 @@ impl ConsumerContext for ConsumeContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             // Reading the committed offsets waits on the broker (bounded).
-            let committed = crate::executor::block_off_executor(|| {
+            let (committed, resumed) = crate::executor::block_off_executor(|| {
                 let committed = self.committed_offsets(consumer, &partitions);
-                self.resume_where_we_stopped(consumer, &partitions, &committed);
-                committed
+                let resumed = self.resume_where_we_stopped(consumer, &partitions, &committed);
+                (committed, resumed)
             });
+            // Where processing starts: every input before it is complete (committed, or
+            // acknowledged before this instance last gave the partition up).
             lock(&self.committed_at_assignment).extend(
                 committed
                     .into_iter()
+                    .chain(resumed)
                     .map(|(topic, partition, offset)| ((topic, partition), offset)),
             );
             tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
@@ -266,13 +269,14 @@ impl ConsumeContext {
     }
 
     /// Seeks partitions this instance had before to where it stopped, when that is past
-    /// their committed offset.
+    /// their committed offset; returns those it moved, with their new positions.
     fn resume_where_we_stopped(
         &self,
         consumer: &BaseConsumer<Self>,
         partitions: &[(String, i32)],
         committed: &[(String, i32, i64)],
-    ) {
+    ) -> Vec<(String, i32, i64)> {
+        let mut resumed = Vec::new();
         let remembered: Vec<(String, i32, i64)> = {
             let mut resume = lock(&self.resume);
             let found = partitions
@@ -289,16 +293,30 @@ impl ConsumeContext {
                 .map_or(-1, |(_, _, o)| *o);
             if position > committed {
                 tracing::info!(application = %self.application_id, %topic, partition, position, committed, "resuming where this instance stopped (its last commit was refused)");
-                if let Err(error) = consumer.seek(
+                match consumer.seek(
                     &topic,
                     partition,
                     Offset::Offset(position),
                     self.flush_timeout,
                 ) {
-                    tracing::warn!(application = %self.application_id, %topic, partition, %error, "could not resume at the processed position");
+                    Ok(()) => resumed.push((topic, partition, position)),
+                    Err(error) => {
+                        tracing::warn!(application = %self.application_id, %topic, partition, %error, "could not resume at the processed position")
+                    }
                 }
             }
         }
+        resumed
+    }
+
+    /// Per source topic, where processing of `partition` starts (-1: from the start),
+    /// as learnt at its assignment.
+    fn start_offsets(&self, partition: i32) -> HashMap<String, i64> {
+        lock(&self.committed_at_assignment)
+            .iter()
+            .filter(|((_, p), _)| *p == partition)
+            .map(|((t, _), o)| (t.clone(), *o))
+            .collect()
     }
 }
 
@@ -901,6 +919,7 @@ impl Loop<'_> {
                                 partition,
                                 now_ms(),
                                 &self.cache,
+                                self.consumer.context().start_offsets(partition),
                             )
                             .await?;
                             self.tasks.insert(partition, task);
@@ -1060,6 +1079,7 @@ impl Loop<'_> {
                 partition,
                 now,
                 &self.cache,
+                self.consumer.context().start_offsets(partition),
             )
             .await?;
             self.tasks.insert(partition, task);
@@ -1277,6 +1297,7 @@ async fn open_task(
     partition: i32,
     now: Timestamp,
     cache: &Arc<crate::state::CacheBudget>,
+    committed: HashMap<String, i64>,
 ) -> Result<Task, RuntimeError> {
     {
         let state = &settings.state;
@@ -1301,12 +1322,7 @@ async fn open_task(
                 );
             }
         };
-        let changelogged = stores
-            .iter()
-            .filter(|s| s.changelog_topic().is_some())
-            .count();
-        let mut applied = HashMap::new();
-        let mut unapplied = Default::default();
+        let mut restores = Vec::new();
         for store in &stores {
             publish(store, true);
             let Some(topic) = store.changelog_topic() else {
@@ -1314,11 +1330,12 @@ async fn open_task(
                 continue;
             };
             let checkpoint = super::restore::checkpoint_path(state, &app, partition, store.spec());
-            let (client, bytes, spec, topic) = (
+            let (client, bytes, spec, topic, committed) = (
                 settings.client.clone(),
                 store.bytes().clone(),
                 store.spec().clone(),
                 topic.to_string(),
+                committed.clone(),
             );
             let timeout = settings.startup_timeout;
             let started = std::time::Instant::now();
@@ -1330,6 +1347,7 @@ async fn open_task(
                     &topic,
                     partition,
                     checkpoint.as_deref(),
+                    &committed,
                     timeout,
                 )
             })
@@ -1339,12 +1357,26 @@ async fn open_task(
                 reason: e.to_string(),
             })??;
             TopologyMetrics::add(&metrics.restored_records, restored.records);
-            if restored.incomplete > 0 {
-                tracing::info!(application = %app, store = %restored.store, partition, records = restored.incomplete, "changelog ends inside an input's writes (the previous owner crashed): they are left out and the input processed again");
+            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, held = restored.held.len(), from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
+            restores.push((store, restored));
+        }
+        // Every store now holds the inputs before the committed offset; of the later
+        // ones, apply those every changelog has completely, and process the rest again.
+        let results: Vec<super::restore::Restored> =
+            restores.iter().map(|(_, r)| r.clone()).collect();
+        let cut = super::restore::cut(&results, &committed, &topology.source_topics());
+        let unapplied = super::restore::unapplied(&results, &cut);
+        for (store, restored) in restores {
+            let (complete, dropped): (Vec<_>, Vec<_>) = restored
+                .held
+                .into_iter()
+                .partition(|(inputs, _)| super::restore::within(inputs, &cut));
+            let writes = complete.into_iter().map(|(_, w)| w).collect();
+            let applied = super::restore::apply(store.bytes(), writes)?;
+            TopologyMetrics::add(&metrics.restored_records, applied);
+            if !dropped.is_empty() {
+                tracing::info!(application = %app, store = %restored.store, partition, records = dropped.len(), "changelog records of inputs not complete in every store (the previous owner stopped mid-way) are left out; those inputs are processed again");
             }
-            applied = restored.applied;
-            unapplied = restored.unapplied;
-            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
             publish(store, false);
         }
         let mut task = Task::new(
@@ -1357,12 +1389,7 @@ async fn open_task(
             metrics.clone(),
         )
         .map_err(RuntimeError::Record)?;
-        // One changelog partition is written in processing order, so what it holds is a
-        // prefix of the task's inputs; across several there is no such order, and those
-        // tasks stay at-least-once (an input may be applied twice after a crash).
-        if changelogged == 1 {
-            task.set_applied(applied, unapplied);
-        }
+        task.set_applied(cut, unapplied);
         Ok(task)
     }
 }

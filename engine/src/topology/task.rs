@@ -281,12 +281,21 @@ impl Task {
             }
         }
         let deferred = (!self.deferred.is_empty()).then(|| encode_deferred(&self.deferred));
-        if let Some(last) = self.changelog.last_mut() {
-            last.headers
+        // Each store's changelog is restored on its own: mark the last record of each.
+        let mut marked: Vec<Arc<str>> = Vec::new();
+        for record in self.changelog[mark..].iter_mut().rev() {
+            if marked.contains(&record.topic) {
+                continue;
+            }
+            marked.push(record.topic.clone());
+            record
+                .headers
                 .add(super::node::CHANGELOG_LAST, Some(b"1".to_vec()));
-            if let Some(deferred) = deferred {
-                last.headers
-                    .add(super::node::CHANGELOG_DEFERRED, Some(deferred.into_bytes()));
+            if let Some(deferred) = &deferred {
+                record.headers.add(
+                    super::node::CHANGELOG_DEFERRED,
+                    Some(deferred.as_bytes().to_vec()),
+                );
             }
         }
     }
