@@ -1545,3 +1545,212 @@ fn schema_notices_are_logged_once_per_schema_and_field() {
         "apache-avro's own duplicate is quiet: {err}"
     );
 }
+
+#[test]
+fn a_frozen_instance_whose_tasks_moved_on_leaves_no_trace_in_restored_state() {
+    let kafka = Kafka::mock(&["--topology", "ticket-counts", "--partitions", "2"]);
+    zombie_writes_leave_no_trace(&kafka);
+}
+
+#[test]
+fn real_kafka_a_frozen_instance_whose_tasks_moved_on_leaves_no_trace_in_restored_state() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    let kafka = Kafka::real(bootstrap, &["ticket-counts"], 2);
+    zombie_writes_leave_no_trace(&kafka);
+}
+
+/// The counts of `ticket-counts` at `addr` once its lag is 0, if it answers.
+fn settled_counts(addr: &str) -> Option<std::collections::BTreeMap<String, i64>> {
+    std::net::TcpStream::connect(addr).ok()?;
+    let (_, text) = http_get(addr, "/metrics");
+    if metric_sum(&text, "engine_consumer_lag") != Some(0.0) {
+        return None;
+    }
+    let (status, body) = http_get(addr, "/stores/tickets-per-plan?limit=1000");
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    Some(
+        v["entries"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| Some((e["key"].as_str()?.to_string(), e["value"].as_i64()?)))
+            .collect(),
+    )
+}
+
+/// `ticket-counts` A is frozen (SIGSTOP) mid-stream with writes queued; B takes its
+/// tasks over and counts everything; A is thawed (SIGCONT) and rejoins. Whatever A still
+/// had queued must not end up in the stores: a third instance restoring from the
+/// changelogs alone counts every ticket exactly once.
+fn zombie_writes_leave_no_trace(kafka: &Kafka) {
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("engine.toml");
+    // Every input writes the changelog at once, so a frozen instance holds some unsent.
+    std::fs::write(
+        &config,
+        "[runtime]\ncache_max_bytes = 0\ncommit_interval_ms = 100\n",
+    )
+    .unwrap();
+    let start = |name: &str, addr: &str| {
+        Running(
+            engine()
+                .args(["run", "ticket-counts", "--http", addr, "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(dir.path().join(name))
+                .args(["--kafka", "consumer.session.timeout.ms=6000"])
+                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .expect("engine run starts"),
+        )
+    };
+    const PLANS: u32 = 20;
+    const TICKETS: u32 = 20_000;
+    let lines: Vec<String> = (0..TICKETS)
+        .map(|n| {
+            let mut t = sample_ticket(n, TicketStatus::Pending);
+            t.plan_id = format!("plan-{}", n % PLANS);
+            serde_json::to_string(&t).unwrap()
+        })
+        .collect();
+    let addr_a = format!("127.0.0.1:{}", free_port());
+    let mut a = start("a", &addr_a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(std::net::TcpStream::connect(&addr_a).is_ok()
+        && metric_sum(
+            &http_get(&addr_a, "/metrics").1,
+            "engine_assigned_partitions",
+        )
+        .unwrap_or(0.0)
+            >= 2.0)
+    {
+        assert!(Instant::now() < deadline, "A never got its partitions");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Input keeps arriving (500 tickets every 100 ms), so A is frozen mid-stream.
+    let mut producer = engine()
+        .args([
+            "produce",
+            "bench.tickets.in",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+        ])
+        .args(["--key-field", "plan_id"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        for chunk in lines.chunks(500) {
+            for line in chunk {
+                writeln!(stdin, "{line}").unwrap();
+            }
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let expected: std::collections::BTreeMap<String, i64> = (0..PLANS)
+        .map(|p| (format!("plan-{p}"), i64::from(TICKETS / PLANS)))
+        .collect();
+    let wait = |what: &str, limit: Duration, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            let logs: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .filter_map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).ok())
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{}",
+                logs.join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    wait(
+        "A never got going",
+        Duration::from_secs(60),
+        Box::new(|| {
+            std::net::TcpStream::connect(&addr_a).is_ok()
+                && metric_sum(&http_get(&addr_a, "/metrics").1, "engine_records_in_total")
+                    .unwrap_or(0.0)
+                    >= 4000.0
+        }),
+    );
+    signal(&a.0, "-STOP");
+    feeder.join().unwrap();
+    assert!(producer.wait().unwrap().success());
+    let addr_b = format!("127.0.0.1:{}", free_port());
+    let mut b = start("b", &addr_b);
+    wait(
+        "B did not take over and count everything",
+        Duration::from_secs(120),
+        Box::new(|| settled_counts(&addr_b).is_some_and(|c| c == expected)),
+    );
+    signal(&a.0, "-CONT");
+    wait(
+        "A did not rejoin",
+        Duration::from_secs(60),
+        Box::new(|| {
+            metric_sum(
+                &http_get(&addr_a, "/metrics").1,
+                "engine_assigned_partitions",
+            )
+            .unwrap_or(0.0)
+                > 0.0
+                && settled_counts(&addr_a).is_some()
+                && settled_counts(&addr_b).is_some()
+        }),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // A's view after it rejoined: its restored tasks hold B's counts, not its own.
+    let mut merged = std::collections::BTreeMap::new();
+    for addr in [&addr_a, &addr_b] {
+        for (plan, count) in settled_counts(addr).unwrap_or_default() {
+            let previous = merged.insert(plan.clone(), count);
+            assert!(
+                previous.is_none_or(|p| p == count),
+                "{plan}: {previous:?} and {count} on two instances"
+            );
+        }
+    }
+    assert_eq!(
+        merged, expected,
+        "the two instances' stores after A rejoined"
+    );
+    for run in [&a, &b] {
+        signal(&run.0, "-TERM");
+    }
+    for run in [&mut a, &mut b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "an instance did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let addr_c = format!("127.0.0.1:{}", free_port());
+    let _c = start("c", &addr_c);
+    let mut last = None;
+    wait(
+        "a fresh instance does not restore the exact counts",
+        Duration::from_secs(60),
+        Box::new(|| {
+            last = settled_counts(&addr_c).filter(|c| c.values().sum::<i64>() > 0);
+            last.as_ref() == Some(&expected)
+        }),
+    );
+}

@@ -48,6 +48,10 @@ pub(crate) struct Restored {
     /// Writes of inputs at or after the committed offset, in log order, with the inputs
     /// they belong to.
     pub held: Vec<(Vec<(String, i64)>, Write)>,
+    /// The highest epoch of the task's owners seen (in the checkpoint or the log).
+    pub epoch: u64,
+    /// Records left out because an owner with a higher epoch had written before them.
+    pub fenced: u64,
 }
 
 /// A changelog record marking inputs complete.
@@ -155,14 +159,20 @@ pub(crate) fn checkpoint_path(
     })
 }
 
-fn read_checkpoint(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The offset a checkpoint names, and the epoch of the owner that wrote it.
+fn read_checkpoint(path: &Path) -> Option<(i64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut fields = text.split_whitespace();
+    let offset = fields.next()?.parse().ok()?;
+    let epoch = fields.next().and_then(|e| e.parse().ok()).unwrap_or(0);
+    Some((offset, epoch))
 }
 
-/// Writes a checkpoint: the changelog offset the store is complete up to (exclusive).
-pub(crate) fn write_checkpoint(path: &Path, offset: i64) -> std::io::Result<()> {
+/// Writes a checkpoint: the changelog offset the store is complete up to (exclusive),
+/// and the epoch of the owner writing it.
+pub(crate) fn write_checkpoint(path: &Path, offset: i64, epoch: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("checkpoint.tmp");
-    std::fs::write(&tmp, offset.to_string())?;
+    std::fs::write(&tmp, format!("{offset} {epoch}"))?;
     std::fs::rename(tmp, path)
 }
 
@@ -219,7 +229,7 @@ pub(crate) fn restore(
         let _ = std::fs::remove_file(path);
     }
     let start = match checkpointed {
-        Some(offset) if (low..=high).contains(&offset) => offset,
+        Some((offset, _)) if (low..=high).contains(&offset) => offset,
         _ => {
             store.clear().map_err(|e| RuntimeError::Client {
                 what: "store wipe",
@@ -231,10 +241,12 @@ pub(crate) fn restore(
     let mut restored = Restored {
         store: spec.name.clone(),
         records: 0,
-        from_checkpoint: checkpointed.is_some_and(|c| c == start),
+        from_checkpoint: checkpointed.is_some_and(|(c, _)| c == start),
         applied: HashMap::new(),
         marks: Vec::new(),
         held: Vec::new(),
+        epoch: checkpointed.map_or(0, |(_, e)| e),
+        fenced: 0,
     };
     let complete: HashMap<String, i64> =
         committed.iter().map(|(t, c)| (t.clone(), c - 1)).collect();
@@ -262,6 +274,19 @@ pub(crate) fn restore(
             Some(Ok(m)) => {
                 next = m.offset() + 1;
                 let Some(key) = m.key() else { continue };
+                if let Some(epoch) =
+                    header_text(&m, crate::topology::CHANGELOG_EPOCH).and_then(|e| e.parse().ok())
+                {
+                    if epoch < restored.epoch {
+                        // Written by an owner that had lost the task to a later one.
+                        restored.fenced += 1;
+                        continue;
+                    }
+                    restored.epoch = epoch;
+                }
+                if key == crate::topology::CHANGELOG_FENCE_KEY {
+                    continue;
+                }
                 let write = (key.to_vec(), m.payload().map(<[u8]>::to_vec));
                 let Some(inputs) = inputs_of(&m) else {
                     // Written by a punctuation while a cache held writes: not tied to
@@ -324,6 +349,8 @@ mod tests {
             applied: applied.iter().map(|(t, o)| (t.to_string(), *o)).collect(),
             marks,
             held: Vec::new(),
+            epoch: 0,
+            fenced: 0,
         }
     }
 

@@ -201,6 +201,21 @@ impl ConsumeContext {
     /// Flushes the outputs of revoked partitions and commits their offsets, each bounded
     /// by `flush_timeout`; partitions whose commit did not go through get no checkpoint.
     fn finish_revoked(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        if consumer.assignment_lost() {
+            // The group went on without this instance (its session expired, or it was
+            // fenced): the partitions may be another's already, so nothing more of
+            // theirs is written or committed here.
+            let dropped = self.tracker.drop_changelog(&numbers);
+            tracing::warn!(application = %self.application_id, ?partitions, dropped_changelog_records = dropped, "assignment lost (the session expired or the member was fenced): the revoked tasks' unsent writes are dropped and their offsets left uncommitted; the new owner processes those records again");
+            lock(&self.uncommitted_revoked).extend(partitions.iter().cloned());
+            let mut committed = lock(&self.committed_at_assignment);
+            for (topic, partition) in partitions {
+                self.tracker.deactivate(topic, *partition);
+                committed.remove(&(topic.clone(), *partition));
+            }
+            return;
+        }
         let deadline = Instant::now() + self.flush_timeout;
         if let Some(producer) = self.producer.get() {
             let mut flushed = producer.flush(self.flush_timeout);
@@ -212,7 +227,10 @@ impl ConsumeContext {
                 flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
             }
             if let Err(error) = flushed {
-                tracing::warn!(application = %self.application_id, %error, "not every output was acknowledged before the revocation; those offsets stay uncommitted");
+                // Their changelog records wait for those outputs; once the partitions
+                // are gone they must not be sent.
+                let dropped = self.tracker.drop_changelog(&numbers);
+                tracing::warn!(application = %self.application_id, %error, dropped_changelog_records = dropped, "not every output was acknowledged before the revocation; those offsets stay uncommitted and the revoked tasks' unsent changelog records are dropped");
             }
         }
         let commits = self
@@ -789,11 +807,14 @@ impl Loop<'_> {
             let changelog_waits = self.tracker.queued_changelog() > 0;
             self.tracker.set_waiting(self.paused || changelog_waits);
             let cached = self.settings.flush_caches_when_idle && self.has_cached_writes();
+            // A zombie keeps polling, paused or not, so the rebalance that takes its
+            // tasks away is served.
+            let poll = !self.paused || self.consumer.assignment_lost();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
                 _ = self.tracker.changed(), if self.paused || changelog_waits => {}
-                message = self.consumer.recv(), if !self.paused => {
+                message = self.consumer.recv(), if poll => {
                     match message {
                         Ok(message) => self.process(&message).await?,
                         Err(error) => self.consumer_error(error)?,
@@ -1028,6 +1049,10 @@ impl Loop<'_> {
 
     /// Sends the changelog records whose predecessors are all acknowledged.
     async fn send_ready_changelog(&mut self) {
+        if self.consumer.assignment_lost() {
+            // The revocation that follows drops them.
+            return;
+        }
         for queued in self.tracker.ready_changelog() {
             send(self.producer, self.tracker, &queued.record, queued.sources).await;
         }
@@ -1055,6 +1080,11 @@ impl Loop<'_> {
         // record's update dies with the old task while its offset commits.
         if self.rebalance_pending() {
             self.apply_rebalances().await?;
+        }
+        if self.consumer.assignment_lost() {
+            // A zombie until the group takes it back: the record is another's now (or
+            // fetched again after the rejoin).
+            return Ok(());
         }
         let taken = Instant::now();
         let now = now_ms();
@@ -1145,7 +1175,8 @@ impl Loop<'_> {
                 .map_err(|e| e.to_string())
                 .and_then(|()| end.map_err(|e| e.to_string()))
                 .and_then(|end| {
-                    super::restore::write_checkpoint(&path, end).map_err(|e| e.to_string())
+                    super::restore::write_checkpoint(&path, end, task.epoch())
+                        .map_err(|e| e.to_string())
                 });
             if let Err(error) = written {
                 tracing::warn!(application = %app, store = %store.spec().name, %error, "no checkpoint written: the next start restores the whole changelog");
@@ -1366,6 +1397,11 @@ async fn open_task(
             restores.iter().map(|(_, r)| r.clone()).collect();
         let cut = super::restore::cut(&results, &committed, &topology.source_topics());
         let unapplied = super::restore::unapplied(&results, &cut);
+        let epoch = results.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
+        let fenced: u64 = results.iter().map(|r| r.fenced).sum();
+        if fenced > 0 {
+            tracing::warn!(application = %app, partition, records = fenced, "changelog records written by an earlier owner after a later one took the task over (a zombie) are left out");
+        }
         for (store, restored) in restores {
             let (complete, dropped): (Vec<_>, Vec<_>) = restored
                 .held
@@ -1390,6 +1426,7 @@ async fn open_task(
         )
         .map_err(RuntimeError::Record)?;
         task.set_applied(cut, unapplied);
+        task.set_epoch(epoch);
         Ok(task)
     }
 }

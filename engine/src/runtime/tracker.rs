@@ -346,6 +346,18 @@ impl OffsetTracker {
         self.lock().changelog.len()
     }
 
+    /// Drops the queued changelog records of the tasks of `partitions` (revoked before
+    /// they could be sent): another instance owns those changelogs now. Returns how
+    /// many were dropped.
+    pub fn drop_changelog(&self, partitions: &[i32]) -> usize {
+        let mut state = self.lock();
+        let before = state.changelog.len();
+        state
+            .changelog
+            .retain(|c| !c.record.partition.is_some_and(|p| partitions.contains(&p)));
+        before - state.changelog.len()
+    }
+
     /// Every queued changelog record, ready or not (for shutdown and revocation, after
     /// the producer was flushed).
     pub fn drain_changelog(&self) -> Vec<QueuedChangelog> {

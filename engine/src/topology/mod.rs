@@ -25,7 +25,9 @@ pub use error::{
 };
 pub use internal::{InternalTopic, InternalTopicRole, WINDOWED_CHANGELOG_ADDITIONAL_RETENTION};
 pub use node::TaskStore;
-pub(crate) use node::{CHANGELOG_DEFERRED, CHANGELOG_LAST, CHANGELOG_POSITIONS};
+pub(crate) use node::{
+    CHANGELOG_DEFERRED, CHANGELOG_EPOCH, CHANGELOG_FENCE_KEY, CHANGELOG_LAST, CHANGELOG_POSITIONS,
+};
 pub use operators::{
     Branch, Emit, GlobalKTable, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
     SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,

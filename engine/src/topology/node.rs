@@ -184,6 +184,16 @@ pub(crate) const CHANGELOG_POSITIONS: &str = "engine.source.positions";
 /// inputs at or before the marked positions that are deferred and not yet complete.
 pub(crate) const CHANGELOG_DEFERRED: &str = "engine.source.deferred";
 
+/// Header on every changelog record: the epoch of the task instance that wrote it. Each
+/// new owner of a task takes an epoch above every one its restore saw, and a restore
+/// ignores a record whose epoch is below one already read: the late write of an
+/// instance that lost the task (a zombie).
+pub(crate) const CHANGELOG_EPOCH: &str = "engine.epoch";
+
+/// The key of the record a new owner writes to each changelog of its task once
+/// restored, carrying its epoch (a tombstone: it never reaches a store).
+pub(crate) const CHANGELOG_FENCE_KEY: &[u8] = b"\0engine.fence";
+
 /// Where a node's output goes: sink records, and store changelog records (kept apart:
 /// the runtime sends a changelog record only after the sink records produced before it
 /// are acknowledged).
@@ -196,6 +206,8 @@ pub(crate) struct Output<'a> {
     /// The input record being processed, stamped on changelog records so a restore knows
     /// which inputs the store already reflects.
     pub source: Option<&'a RecordMetadata>,
+    /// The task's epoch (see [`CHANGELOG_EPOCH`]), as a header value.
+    pub epoch: &'a [u8],
 }
 
 impl ChangelogWriter for Output<'_> {
@@ -209,6 +221,7 @@ impl ChangelogWriter for Output<'_> {
             return;
         };
         let mut headers = Headers::new();
+        headers.add(CHANGELOG_EPOCH, Some(self.epoch.to_vec()));
         if let Some(source) = self.source {
             headers.add(
                 super::policy::headers::SOURCE_TOPIC,

@@ -65,6 +65,9 @@ pub struct Task {
     completions_counted: usize,
     /// Input records held for the record cache, released by the last flush.
     released_holds: Vec<Deferred>,
+    /// This instance's epoch for the task, and its header value.
+    epoch: u64,
+    epoch_header: Vec<u8>,
     /// The record caches of the task's stores.
     caches: Vec<Arc<CachingStore>>,
     /// The first input record whose effect is only in a record cache since the last
@@ -200,6 +203,8 @@ impl Task {
             deferred: Default::default(),
             completions_counted: 0,
             released_holds: Vec::new(),
+            epoch: 0,
+            epoch_header: b"0".to_vec(),
             caches,
             cache_hold: None,
         };
@@ -317,6 +322,37 @@ impl Task {
     ) {
         self.applied = applied;
         self.unapplied = unapplied;
+    }
+
+    /// Takes `epoch` for the changelog records this task writes, and queues a fence
+    /// record with it to each changelog: from there on, a restore ignores the writes of
+    /// an earlier owner (see [`CHANGELOG_EPOCH`](super::node::CHANGELOG_EPOCH)).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.epoch_header = epoch.to_string().into_bytes();
+        for store in &self.stores {
+            let Some(topic) = &store.changelog_topic else {
+                continue;
+            };
+            let mut headers = Headers::new();
+            headers.add(
+                super::node::CHANGELOG_EPOCH,
+                Some(self.epoch_header.clone()),
+            );
+            self.changelog.push(ProducedRecord {
+                topic: topic.clone(),
+                partition: Some(self.info.partition),
+                key: Some(super::node::CHANGELOG_FENCE_KEY.to_vec()),
+                value: None,
+                timestamp: self.stream_time.max(0),
+                headers,
+            });
+        }
+    }
+
+    /// The task's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether a processor asked to stop fetching this task's partition.
@@ -695,6 +731,7 @@ impl Task {
                 timestamp,
                 stores: &self.stores,
                 source: metadata,
+                epoch: &self.epoch_header,
             },
             allowed_stores: &self.topology.nodes[node].stores,
             schedules: &mut self.schedules,
