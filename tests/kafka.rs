@@ -778,9 +778,10 @@ fn cached_counts_commit_only_once_flushed_so_restarts_after_stops_and_drops_lose
         );
 
         // 2. 60 records counted only in the cache when a second instance joins: the
-        //    revocation commits what is done and drops the cache with its task, so the
-        //    commit (and where this instance resumes a partition it gets back) must stop
-        //    at the first cached record; between them they count all 60 again, once.
+        //    revocation commits what is done and drops the cache of each task that
+        //    moves, so the commit (and where this instance resumes a partition it gets
+        //    back) must stop at the first cached record; Y counts those again, once,
+        //    while X's remaining tasks keep their caches (cooperative rebalancing).
         produce_keyed(&bootstrap, "in", &keyed_inputs(6, 10, 50)).await;
         let (handle_x, metrics_x, stop_x) = runner(dirs[1].path(), 60_000);
         wait_for(Duration::from_secs(30), || {
@@ -793,7 +794,7 @@ fn cached_counts_commit_only_once_flushed_so_restarts_after_stops_and_drops_lose
             x.assigned_partitions > 0
                 && y.assigned_partitions > 0
                 && x.assigned_partitions + y.assigned_partitions == 3
-                && x.records_in + y.records_in >= 120
+                && y.records_in > 0
         })
         .await;
         assert_eq!(committed_total(&bootstrap, "cached", "in", 3).await, 300);

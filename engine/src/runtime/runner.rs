@@ -430,24 +430,31 @@ fn now_ms() -> Timestamp {
 
 /// Consumer lag from librdkafka's local state: the high watermark its last fetch saw and
 /// this instance's position, so a scrape costs no broker round trip.
+///
+/// It holds the consumer weakly: the consumer's context holds the metrics that hold this,
+/// and a strong reference would keep a runner's consumer (and its group membership)
+/// alive after the runner's future is dropped without finishing.
 struct ConsumerLag {
-    consumer: Arc<StreamConsumer<ConsumeContext>>,
+    consumer: std::sync::Weak<StreamConsumer<ConsumeContext>>,
     tracker: Arc<OffsetTracker>,
 }
 
 impl LagSource for ConsumerLag {
     fn consumer_lag(&self) -> Vec<PartitionLag> {
-        // The assignment, with the offset after the last record handed to the engine.
-        let Ok(delivered) = self.consumer.position() else {
+        let Some(consumer) = self.consumer.upgrade() else {
             return Vec::new();
         };
-        let committed = lock(&self.consumer.context().committed_at_assignment);
+        // The assignment, with the offset after the last record handed to the engine.
+        let Ok(delivered) = consumer.position() else {
+            return Vec::new();
+        };
+        let committed = lock(&consumer.context().committed_at_assignment);
         delivered
             .elements()
             .iter()
             .filter_map(|e| {
                 let (topic, partition) = (e.topic(), e.partition());
-                let (low, high) = cached_watermarks(&self.consumer, topic, partition)?;
+                let (low, high) = cached_watermarks(&consumer, topic, partition)?;
                 // Processed beats delivered: a record being processed still counts as lag.
                 let position = self
                     .tracker
@@ -617,6 +624,14 @@ impl TopologyRunner {
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
+        if consumer_config
+            .get("partition.assignment.strategy")
+            .is_none()
+        {
+            // Incremental cooperative rebalancing (KIP-429): a rebalance revokes only the
+            // partitions that move, so the tasks that stay keep running, caches and all.
+            consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         let consumer: Arc<StreamConsumer<ConsumeContext>> = consumer_config
             .create_with_context(ConsumeContext {
                 application_id: app.clone(),
@@ -670,7 +685,7 @@ impl TopologyRunner {
             cache: crate::state::CacheBudget::new(settings.cache_max_bytes),
         };
         self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
-            consumer: consumer.clone(),
+            consumer: Arc::downgrade(&consumer),
             tracker: tracker.clone(),
         })));
         let result = run.process_until(&mut shutdown).await;
