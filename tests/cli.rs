@@ -1208,7 +1208,6 @@ fn real_kafka_an_instance_killed_mid_run_restarts_with_exact_store_contents() {
 /// `ticket-counts` killed with SIGKILL mid-stream and started again: its store counts
 /// every input exactly once, and no output counts past the truth.
 fn killed_instance_restarts_exactly(kafka: &Kafka) {
-    use std::io::Write;
     let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let state = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -1243,31 +1242,7 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
         .collect();
     let mut first = Running(start());
     // Input keeps arriving while the instance runs, and it is killed mid-stream.
-    let mut producer = engine()
-        .args([
-            "produce",
-            "bench.tickets.in",
-            "--schema",
-            TICKET_SCHEMA_FILE,
-        ])
-        .args(["--key-field", "plan_id"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        for chunk in lines.chunks(2000) {
-            for line in chunk {
-                writeln!(stdin, "{line}").unwrap();
-            }
-            stdin.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let (mut producer, feeder) = feed_tickets(bootstrap, registry, lines, 2000, 50);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(
@@ -1358,6 +1333,44 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
     });
     let last = highest;
     assert_eq!(last, expected);
+}
+
+/// Feeds ticket JSON `lines` to `engine produce bench.tickets.in` (keyed by plan), `chunk`
+/// at a time every `pause_ms`; returns the producer and the feeding thread.
+fn feed_tickets(
+    bootstrap: &str,
+    registry: &str,
+    lines: Vec<String>,
+    chunk: usize,
+    pause_ms: u64,
+) -> (Child, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let mut producer = engine()
+        .args([
+            "produce",
+            "bench.tickets.in",
+            "--schema",
+            TICKET_SCHEMA_FILE,
+        ])
+        .args(["--key-field", "plan_id"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for chunk in lines.chunks(chunk) {
+            for line in chunk {
+                writeln!(stdin, "{line}").unwrap();
+            }
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(pause_ms));
+        }
+    });
+    (producer, feeder)
 }
 
 /// Produces tickets 0 to 3 (PENDING) to `execution.tickets` and waits until the ticket
@@ -1629,32 +1642,7 @@ fn zombie_writes_leave_no_trace(kafka: &Kafka) {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Input keeps arriving (500 tickets every 100 ms), so A is frozen mid-stream.
-    let mut producer = engine()
-        .args([
-            "produce",
-            "bench.tickets.in",
-            "--schema",
-            TICKET_SCHEMA_FILE,
-        ])
-        .args(["--key-field", "plan_id"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        use std::io::Write;
-        for chunk in lines.chunks(500) {
-            for line in chunk {
-                writeln!(stdin, "{line}").unwrap();
-            }
-            stdin.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let (mut producer, feeder) = feed_tickets(bootstrap, registry, lines, 500, 100);
     let expected: std::collections::BTreeMap<String, i64> = (0..PLANS)
         .map(|p| (format!("plan-{p}"), i64::from(TICKETS / PLANS)))
         .collect();

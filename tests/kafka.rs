@@ -1965,6 +1965,25 @@ fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
     });
 }
 
+/// Runs `topology` on `broker` with its stores under `dir`, committing every 100 ms.
+fn spawn_with_state(
+    broker: &EmbeddedBroker,
+    dir: &std::path::Path,
+    topology: Topology,
+) -> (
+    tokio::task::JoinHandle<Result<(), engine::runtime::RuntimeError>>,
+    std::sync::Arc<engine::metrics::TopologyMetrics>,
+    engine::runtime::ShutdownTrigger,
+) {
+    let mut s = settings(broker);
+    s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
+    s.commit_interval = Duration::from_millis(100);
+    let runner = TopologyRunner::new(topology, s);
+    let metrics = runner.metrics();
+    let (trigger, shutdown) = Shutdown::new();
+    (tokio::spawn(runner.run(shutdown)), metrics, trigger)
+}
+
 /// As worker-agents does: every record is deferred; a `fast-` one finishes at once and
 /// is settled (store write, output, release) by the next call into the processor, often
 /// the `process` of a later record; a `slow-` one is settled by a punctuation once
@@ -2068,15 +2087,7 @@ fn a_deferred_record_is_not_restored_as_applied_when_a_store_write_of_another_la
         b.build().expect("valid")
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let run = |dir: &std::path::Path| {
-        let mut s = settings(&broker);
-        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
-        s.commit_interval = Duration::from_millis(100);
-        let runner = TopologyRunner::new(topology(), s);
-        let metrics = runner.metrics();
-        let (trigger, shutdown) = Shutdown::new();
-        (tokio::spawn(runner.run(shutdown)), metrics, trigger)
-    };
+    let run = |dir: &std::path::Path| spawn_with_state(&broker, dir, topology());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let inputs: Vec<(String, String)> = ["fast-1", "slow-2"]
@@ -2195,12 +2206,8 @@ fn every_store_of_a_task_restores_the_writes_of_committed_inputs() {
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |dir: &std::path::Path| {
-        let mut s = settings(&broker);
-        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
-        s.commit_interval = Duration::from_millis(100);
-        let runner = TopologyRunner::new(topology(), s);
-        let (trigger, shutdown) = Shutdown::new();
-        (tokio::spawn(runner.run(shutdown)), trigger)
+        let (handle, _metrics, trigger) = spawn_with_state(&broker, dir, topology());
+        (handle, trigger)
     };
     let inputs = |values: &[&str]| -> Vec<(String, String)> {
         values
@@ -2288,15 +2295,7 @@ fn a_task_with_two_stores_killed_mid_stream_restores_exact_counts_in_both() {
         b.build().expect("valid")
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let run = |dir: &std::path::Path| {
-        let mut s = settings(&broker);
-        s.state = RocksSettings::new(dir, 1 << 20, 1 << 20);
-        s.commit_interval = Duration::from_millis(100);
-        let runner = TopologyRunner::new(topology(), s);
-        let metrics = runner.metrics();
-        let (trigger, shutdown) = Shutdown::new();
-        (tokio::spawn(runner.run(shutdown)), metrics, trigger)
-    };
+    let run = |dir: &std::path::Path| spawn_with_state(&broker, dir, topology());
     const KEYS: usize = 8;
     const PER_KEY: usize = 1500;
     let rt = tokio::runtime::Runtime::new().unwrap();
