@@ -1382,7 +1382,8 @@ async fn open_task(
                 );
             }
         };
-        let mut restores = Vec::new();
+        // The stores of a task restore in parallel, each from its own changelog.
+        let mut restoring = Vec::new();
         for store in &stores {
             publish(store, true);
             let Some(topic) = store.changelog_topic() else {
@@ -1398,8 +1399,8 @@ async fn open_task(
                 committed.clone(),
             );
             let timeout = settings.startup_timeout;
-            let started = std::time::Instant::now();
-            let restored = tokio::task::spawn_blocking(move || {
+            let restore = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 super::restore::restore(
                     &client,
                     &bytes,
@@ -1410,20 +1411,24 @@ async fn open_task(
                     &committed,
                     timeout,
                 )
-            })
-            .await
-            .map_err(|e| RuntimeError::Crashed {
+                .map(|restored| (restored, started.elapsed()))
+            });
+            restoring.push((store, restore));
+        }
+        let mut restored_stores = Vec::new();
+        let mut results = Vec::new();
+        for (store, restore) in restoring {
+            let (restored, elapsed) = restore.await.map_err(|e| RuntimeError::Crashed {
                 application: app.clone(),
                 reason: e.to_string(),
             })??;
             TopologyMetrics::add(&metrics.restored_records, restored.records);
-            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, held = restored.held.len(), from_checkpoint = restored.from_checkpoint, elapsed_ms = started.elapsed().as_millis() as u64, "store restored");
-            restores.push((store, restored));
+            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, held = restored.held.len(), from_checkpoint = restored.from_checkpoint, elapsed_ms = elapsed.as_millis() as u64, "store restored");
+            restored_stores.push(store);
+            results.push(restored);
         }
         // Every store now holds the inputs before the committed offset; of the later
         // ones, apply those every changelog has completely, and process the rest again.
-        let results: Vec<super::restore::Restored> =
-            restores.iter().map(|(_, r)| r.clone()).collect();
         let cut = super::restore::cut(&results, &committed, &topology.source_topics());
         let unapplied = super::restore::unapplied(&results, &cut);
         let epoch = results.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
@@ -1431,7 +1436,7 @@ async fn open_task(
         if fenced > 0 {
             tracing::warn!(application = %app, partition, records = fenced, "changelog records written by an earlier owner after a later one took the task over (a zombie) are left out");
         }
-        for (store, restored) in restores {
+        for (store, restored) in restored_stores.into_iter().zip(results) {
             let (complete, dropped): (Vec<_>, Vec<_>) = restored
                 .held
                 .into_iter()
