@@ -1965,6 +1965,39 @@ fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
     });
 }
 
+/// `app`: topic `in` through `processor`, which uses the persistent stores `stores`
+/// (string keys, values through `value()`), to topic `out`.
+fn through_stores<V: 'static, S: engine::serde::Serde<V>, P>(
+    app: &str,
+    stores: &[&str],
+    value: impl Fn() -> S,
+    processor: impl Fn() -> P + Send + Sync + 'static,
+) -> Topology
+where
+    P: engine::topology::Processor<String, String, String, String>,
+{
+    let b = TopologyBuilder::new(app);
+    for store in stores {
+        b.add_store(engine::topology::StoreBuilder::persistent(
+            store,
+            Serdes::string(),
+            value(),
+        ));
+    }
+    b.stream(
+        "in",
+        ["in"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .process_with_stores("process", stores, processor)
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::string()),
+    );
+    b.build().expect("valid")
+}
+
 /// Runs `topology` on `broker` with its stores under `dir`, committing every 100 ms.
 fn spawn_with_state(
     broker: &EmbeddedBroker,
@@ -2182,28 +2215,7 @@ fn every_store_of_a_task_restores_the_writes_of_committed_inputs() {
     broker.create_topic("two-a-changelog", 1).unwrap();
     broker.create_topic("two-b-changelog", 1).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let topology = || {
-        let b = TopologyBuilder::new("two");
-        for store in ["a", "b"] {
-            b.add_store(engine::topology::StoreBuilder::persistent(
-                store,
-                Serdes::string(),
-                Serdes::string(),
-            ));
-        }
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .process_with_stores("write", &["a", "b"], || TwoStores)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-        b.build().expect("valid")
-    };
+    let topology = || through_stores("two", &["a", "b"], Serdes::string, || TwoStores);
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |dir: &std::path::Path| {
         let (handle, _metrics, trigger) = spawn_with_state(&broker, dir, topology());
@@ -2272,28 +2284,7 @@ fn a_task_with_two_stores_killed_mid_stream_restores_exact_counts_in_both() {
     broker.create_topic("twice-a-changelog", 2).unwrap();
     broker.create_topic("twice-b-changelog", 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let topology = || {
-        let b = TopologyBuilder::new("twice");
-        for store in ["a", "b"] {
-            b.add_store(engine::topology::StoreBuilder::persistent(
-                store,
-                Serdes::string(),
-                Serdes::i64(),
-            ));
-        }
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .process_with_stores("count", &["a", "b"], || CountTwice)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-        b.build().expect("valid")
-    };
+    let topology = || through_stores("twice", &["a", "b"], Serdes::i64, || CountTwice);
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |dir: &std::path::Path| spawn_with_state(&broker, dir, topology());
     const KEYS: usize = 8;
@@ -2391,29 +2382,9 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
                 .await
                 .unwrap();
         }
-        let b = TopologyBuilder::new("fencing");
-        b.add_store(engine::topology::StoreBuilder::persistent(
-            "s",
-            Serdes::string(),
-            Serdes::i64(),
-        ));
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .process_with_stores("read", &["s"], || ReadStore)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
         let dir = tempfile::tempdir().unwrap();
-        let mut s = settings(&broker);
-        s.state = RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
-        let runner = TopologyRunner::new(b.build().unwrap(), s);
-        let (trigger, shutdown) = Shutdown::new();
-        let handle = tokio::spawn(runner.run(shutdown));
+        let topology = through_stores("fencing", &["s"], Serdes::i64, || ReadStore);
+        let (handle, _metrics, trigger) = spawn_with_state(&broker, dir.path(), topology);
         let checks: Vec<(String, String)> = ["k", "other"]
             .iter()
             .map(|k| (k.to_string(), "check".to_string()))
