@@ -2410,3 +2410,98 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
         assert_eq!(changelog[3].key, "\0engine.fence");
     });
 }
+
+/// Counts per key over two co-partitioned input topics, `in` and `in2`.
+fn counter_over_two_topics(app: &str) -> Topology {
+    let b = TopologyBuilder::new(app);
+    b.stream(
+        "in",
+        ["in", "in2"],
+        Consumed::with(Serdes::string(), Serdes::string()),
+    )
+    .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+    .count("count", "per-key")
+    .to_stream("updates")
+    .to(
+        "out",
+        "out",
+        Produced::with(Serdes::string(), Serdes::i64()),
+    );
+    b.build().expect("valid")
+}
+
+#[test]
+fn a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
+    // Task N owns partition N of every input topic (and its stores): were `in` 2 on one
+    // instance and `in2` 2 on another, both would open task 2's stores and write its
+    // changelog. Per-topic assignment (cooperative-sticky) does not keep them together
+    // once partitions move.
+    let broker = broker(6);
+    broker.create_topic("in2", 6).unwrap();
+    broker.create_topic("pairs-per-key-changelog", 6).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let start = |i: usize| spawn_with_state(&broker, dirs[i].path(), counter_over_two_topics("pairs"));
+        let mut instances = Vec::new();
+        let held = |metrics: &engine::metrics::TopologyMetrics, topic: &str| -> BTreeSet<i32> {
+            metrics
+                .consumer_lag()
+                .into_iter()
+                .filter(|l| l.topic == topic)
+                .map(|l| l.partition)
+                .collect()
+        };
+        let mut round = 0;
+        let mut assignments = Vec::new();
+        // Joins and leaves: each moves some partitions and keeps the rest in place.
+        for (starting, leaving) in [
+            (Some(0), None),
+            (Some(1), None),
+            (Some(2), None),
+            (None, Some(1)),
+        ] {
+            if let Some(i) = starting {
+                instances.push(start(i));
+            }
+            if let Some(i) = leaving {
+                let (handle, _, trigger) = instances.remove(i);
+                trigger.trigger();
+                handle.await.unwrap().unwrap();
+            }
+            // Input on every partition, so each instance fetches (and knows the lag of)
+            // what it holds.
+            let inputs = keyed_inputs(24, 2, round);
+            round += 2;
+            produce_keyed(&bootstrap, "in", &inputs).await;
+            produce_keyed(&bootstrap, "in2", &inputs).await;
+            let settled = || {
+                instances.iter().all(|(_, m, _)| m.snapshot().assigned_partitions > 0)
+                    && instances
+                        .iter()
+                        .map(|(_, m, _)| held(m, "in").len() + held(m, "in2").len())
+                        .sum::<usize>()
+                        == 12
+            };
+            wait_for(Duration::from_secs(60), settled).await;
+            assignments.push(
+                instances
+                    .iter()
+                    .map(|(_, m, _)| (held(m, "in"), held(m, "in2")))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for (handle, _, trigger) in instances {
+            trigger.trigger();
+            handle.await.unwrap().unwrap();
+        }
+        eprintln!("assignments {assignments:?}");
+        for (first, second) in assignments.iter().flatten() {
+            assert_eq!(
+                first, second,
+                "one instance holds partitions {first:?} of in but {second:?} of in2: {assignments:?}"
+            );
+        }
+    });
+}

@@ -559,6 +559,7 @@ fn execute(
                     code: EXIT_SHUTDOWN_INCOMPLETE,
                     message: e.to_string(),
                 },
+                RuntimeError::Config(_) => usage(e.to_string()),
                 e => runtime(e.to_string()),
             })
         }

@@ -177,6 +177,9 @@ pub enum RuntimeError {
         /// Input records whose outputs were still unacknowledged.
         in_flight: usize,
     },
+    /// The configuration does not fit the topology; the message says how to fix it.
+    #[error("configuration refused: {0}")]
+    Config(String),
     /// A topology task panicked or was cancelled.
     #[error("topology `{application}` crashed: {reason}")]
     Crashed {

@@ -624,13 +624,13 @@ impl TopologyRunner {
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
-        if consumer_config
-            .get("partition.assignment.strategy")
-            .is_none()
-        {
-            // Incremental cooperative rebalancing (KIP-429): a rebalance revokes only the
-            // partitions that move, so the tasks that stay keep running, caches and all.
-            consumer_config.set("partition.assignment.strategy", "cooperative-sticky");
+        let strategy = assignment_strategy(
+            consumer_config.get("partition.assignment.strategy"),
+            &self.topology.source_topics(),
+        )
+        .map_err(RuntimeError::Config)?;
+        if let Some(strategy) = strategy {
+            consumer_config.set("partition.assignment.strategy", strategy);
         }
         if consumer_config.get("heartbeat.interval.ms").is_none() {
             // A cooperative rebalance takes two rounds, and members learn of the second
@@ -787,6 +787,31 @@ impl TopologyRunner {
             .check_copartitioning(&metadata)
             .map_err(RuntimeError::Topology)?;
         Ok(metadata)
+    }
+}
+
+/// The assignor for a topology's consumer, unless `configured` names one that fits.
+///
+/// Task N owns partition N of every topic it reads, with its stores: an assignor that
+/// places each topic's partitions on their own (cooperative-sticky, roundrobin) may give
+/// `a` 2 to one instance and `b` 2 to another, and both would open task 2. Only `range`
+/// keeps equal partition numbers together, so a task reading several topics gets it
+/// (eager: every rebalance revokes every partition); a task reading one topic gets
+/// incremental cooperative rebalancing (KIP-429), where the tasks that stay keep
+/// running, caches and all.
+fn assignment_strategy(
+    configured: Option<&str>,
+    sources: &[String],
+) -> Result<Option<&'static str>, String> {
+    match configured {
+        None if sources.len() > 1 => Ok(Some("range")),
+        None => Ok(Some("cooperative-sticky")),
+        Some(strategy) if sources.len() > 1 && strategy.trim() != "range" => Err(format!(
+            "consumer.partition.assignment.strategy = \"{strategy}\" does not keep the partitions of a task together: this topology's tasks read {} topics ({}), and each task must hold the same partition of all of them on one instance. Remove the property (the engine uses `range` for such topologies) or set it to \"range\"",
+            sources.len(),
+            sources.join(", ")
+        )),
+        Some(_) => Ok(None),
     }
 }
 
@@ -1705,5 +1730,29 @@ impl Loop<'_> {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assignment_strategy;
+
+    #[test]
+    fn a_task_reading_several_topics_gets_range_and_other_assignors_are_refused_with_the_fix() {
+        let one = ["in".to_string()];
+        let two = ["in".to_string(), "app-by-id-repartition".to_string()];
+        assert_eq!(
+            assignment_strategy(None, &one),
+            Ok(Some("cooperative-sticky"))
+        );
+        assert_eq!(assignment_strategy(Some("roundrobin"), &one), Ok(None));
+        assert_eq!(assignment_strategy(None, &two), Ok(Some("range")));
+        assert_eq!(assignment_strategy(Some("range"), &two), Ok(None));
+        let refused = assignment_strategy(Some("cooperative-sticky"), &two).unwrap_err();
+        assert!(
+            refused.contains("in, app-by-id-repartition")
+                && refused.contains("set it to \"range\""),
+            "{refused}"
+        );
     }
 }
