@@ -1673,12 +1673,23 @@ fn real_kafka_three_instances_joining_and_leaving_keep_exact_counts() {
     let Some(bootstrap) = support::real_kafka() else {
         return;
     };
-    churn(bootstrap);
+    churn(bootstrap, None);
+}
+
+#[test]
+fn real_kafka_three_instances_joining_and_leaving_keep_exact_counts_with_eager_rebalancing() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    // What a topology reading several topics gets (`range`): every rebalance revokes and
+    // reassigns every partition.
+    churn(bootstrap, Some("range"));
 }
 
 /// Instances a, b and c join one after the other under continuous input, then c and b
 /// stop: the counts stay exact, and no partition's output pauses 10 s or more.
-fn churn(bootstrap: String) {
+/// `strategy`: the consumer's assignor, if not the engine's default.
+fn churn(bootstrap: String, strategy: Option<&str>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let cluster = Cluster::real(bootstrap, 6).await;
@@ -1715,6 +1726,12 @@ fn churn(bootstrap: String) {
             let dir = tempfile::tempdir().unwrap();
             let mut s = cluster.settings();
             s.state = RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
+            if let Some(strategy) = strategy {
+                s.client.properties.insert(
+                    "consumer.partition.assignment.strategy".into(),
+                    strategy.into(),
+                );
+            }
             let runner = TopologyRunner::new(cluster.counter(&app, true), s);
             let metrics = runner.metrics();
             let (trigger, shutdown) = Shutdown::new();

@@ -125,13 +125,19 @@ struct PartitionProgress {
 }
 
 impl PartitionProgress {
-    fn committable(&self) -> Option<i64> {
+    /// The offset after the last record whose outputs are all acknowledged, whether or
+    /// not it is committed already.
+    fn complete_up_to(&self) -> Option<i64> {
         match self.pending.front() {
             Some((offset, _, _)) => Some(*offset),
             None if self.next_offset >= 0 => Some(self.next_offset),
             None => None,
         }
-        .filter(|&o| o > self.committed)
+    }
+
+    /// [`Self::complete_up_to`], if it is past the committed offset.
+    fn committable(&self) -> Option<i64> {
+        self.complete_up_to().filter(|&o| o > self.committed)
     }
 }
 
@@ -443,9 +449,9 @@ impl OffsetTracker {
         let state = self.lock();
         let index = *state.slots.get(&(topic.to_string(), partition))?;
         let p = &state.partitions[index as usize];
-        p.committable()
-            .or((p.next_offset >= 0).then_some(p.next_offset))
-            .filter(|_| p.active)
+        // Not `committable`: once the commit reached a pending record, it would fall back
+        // to the offset after the last record processed, past that pending one.
+        p.complete_up_to().filter(|_| p.active)
     }
 
     /// The offset after the last record processed from an assigned partition (`None`
@@ -496,6 +502,21 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 13)]);
         assert_eq!(t.position("in", 0), Some(13));
+    }
+
+    #[test]
+    fn the_position_stops_at_a_pending_record_already_committed_up_to() {
+        // 20 is held (a record cache, a deferral) and the commit up to it is confirmed:
+        // a consumer resuming at the position must get 20 again, not 22.
+        let t = OffsetTracker::default();
+        let s = t.slot("in", 0);
+        t.processed(s, 19, 0, 0);
+        t.processed(s, 20, 0, 1);
+        t.processed(s, 21, 0, 0);
+        assert_eq!(t.take_commits(|_, _| true), vec![("in".to_string(), 0, 20)]);
+        t.confirm("in", 0, 20);
+        assert!(t.take_commits(|_, _| true).is_empty());
+        assert_eq!(t.position("in", 0), Some(20));
     }
 
     #[test]
