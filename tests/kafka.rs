@@ -1993,6 +1993,21 @@ fn through_stores<V: 'static, S: engine::serde::Serde<V>, P>(
 where
     P: engine::topology::Processor<String, String, String, String>,
 {
+    through_stores_on(app, "in", "out", stores, value, processor)
+}
+
+/// [`through_stores`] from `input` to `output`.
+fn through_stores_on<V: 'static, S: engine::serde::Serde<V>, P>(
+    app: &str,
+    input: &str,
+    output: &str,
+    stores: &[&str],
+    value: impl Fn() -> S,
+    processor: impl Fn() -> P + Send + Sync + 'static,
+) -> Topology
+where
+    P: engine::topology::Processor<String, String, String, String>,
+{
     let b = TopologyBuilder::new(app);
     for store in stores {
         b.add_store(engine::topology::StoreBuilder::persistent(
@@ -2003,13 +2018,13 @@ where
     }
     b.stream(
         "in",
-        ["in"],
+        [input],
         Consumed::with(Serdes::string(), Serdes::string()),
     )
     .process_with_stores("process", stores, processor)
     .to(
         "out",
-        "out",
+        output,
         Produced::with(Serdes::string(), Serdes::string()),
     );
     b.build().expect("valid")
@@ -2520,5 +2535,180 @@ fn a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
                 "one instance holds partitions {first:?} of in but {second:?} of in2: {assignments:?}"
             );
         }
+    });
+}
+
+/// Answers a record with the length of the value its key has in store `s` (strings).
+struct StoredLength;
+
+impl engine::topology::Processor<String, String, String, String> for StoredLength {
+    fn process(
+        &mut self,
+        record: engine::record::Record<String, String>,
+        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
+    ) -> Result<(), engine::topology::ProcessingError> {
+        let held = ctx
+            .kv_store::<String, String>("s")
+            .and_then(|s| s.get(&record.key))
+            .map_err(|e| engine::topology::ProcessingError::new(e.to_string()))?;
+        ctx.forward(record.with_value(format!("{:?}", held.map(|v| v.len()))));
+        Ok(())
+    }
+}
+
+/// Writes `records` values of `len` bytes (stored framing included) to partition 0 of
+/// `topic`, keys `k00000000`, `k00000001`, ...
+fn fill_changelog(bootstrap: &str, topic: &str, records: usize, len: usize) {
+    use rdkafka::error::RDKafkaErrorCode;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .unwrap();
+    // A stored value: no expiry (framing byte 0), then the string.
+    let mut value = vec![0_u8];
+    value.resize(len, b'x');
+    for i in 0..records {
+        let key = format!("k{i:08}");
+        loop {
+            match producer.send(BaseRecord::to(topic).partition(0).key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => panic!("produce to {topic}: {e}"),
+            }
+        }
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+}
+
+#[test]
+fn real_kafka_a_1_gib_restore_keeps_the_consumer_in_the_group_while_the_other_tasks_run() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
+    // More than 1 GiB in task 0's changelog: 2^20 values of 1 KiB.
+    const RECORDS: usize = 1 << 20;
+    const LEN: usize = 1025;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::real(bootstrap.clone(), 2).await;
+        let app = cluster.app("big-restore");
+        let changelog = format!("{app}-s-changelog");
+        support::create_topics(
+            &bootstrap,
+            &[(&changelog, 2, &[("cleanup.policy", "compact")])],
+        )
+        .await;
+        let filled = std::time::Instant::now();
+        {
+            let (bootstrap, changelog) = (bootstrap.clone(), changelog.clone());
+            tokio::task::spawn_blocking(move || fill_changelog(&bootstrap, &changelog, RECORDS, LEN))
+                .await
+                .unwrap();
+        }
+        let ends = watermarks(&bootstrap, &changelog, 2).await;
+        assert_eq!(ends[0].1, RECORDS as i64, "the changelog holds every record");
+        eprintln!(
+            "{} MiB written to {changelog} in {:?}",
+            (RECORDS * LEN) >> 20,
+            filled.elapsed()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = cluster.settings();
+        s.state = RocksSettings::new(dir.path(), 64 << 20, 1 << 20);
+        // The shortest poll interval the broker allows (its minimum session timeout is
+        // 6 s): a loop that stops polling while it restores leaves the group after it.
+        for (key, value) in [
+            ("consumer.session.timeout.ms", "6000"),
+            ("consumer.max.poll.interval.ms", "6000"),
+        ] {
+            s.client.properties.insert(key.into(), value.into());
+        }
+        let topology = through_stores_on(
+            &app,
+            &cluster.input,
+            &cluster.output,
+            &["s"],
+            Serdes::string,
+            || StoredLength,
+        );
+        let runner = TopologyRunner::new(topology, s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        let started = std::time::Instant::now();
+        let handle = tokio::spawn(runner.run(shutdown));
+
+        // Task 1 has nothing to restore: it answers while task 0 restores.
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let ask = |partition: i32, key: &str| {
+            let (producer, input, key) = (producer.clone(), cluster.input.clone(), key.to_string());
+            async move {
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(&input)
+                            .partition(partition)
+                            .key(&key)
+                            .payload("check"),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        ask(1, "k00000001").await;
+        let first = consume(&bootstrap, &cluster.output, 1, Duration::from_secs(60)).await;
+        let restored_then = metrics.snapshot().restored_records;
+        assert_eq!(first[0].value, "None", "task 1 holds nothing: {first:?}");
+        eprintln!(
+            "task 1 answered {:?} after start, with {restored_then} of task 0's {RECORDS} records restored",
+            started.elapsed()
+        );
+        assert!(
+            restored_then < RECORDS as u64,
+            "task 1 answered only once task 0's restore was over"
+        );
+
+        // Task 0 answers from its restored store once the restore is over.
+        ask(0, &format!("k{:08}", RECORDS - 1)).await;
+        wait_for(Duration::from_secs(600), || {
+            metrics.snapshot().restored_records >= RECORDS as u64
+        })
+        .await;
+        let restore_took = started.elapsed();
+        let out = consume(&bootstrap, &cluster.output, 2, Duration::from_secs(30)).await;
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        let snapshot = metrics.snapshot();
+        eprintln!(
+            "restored {} records in {restore_took:?} from the start ({:.0} records/s, {:.0} MiB/s); {} assignments",
+            snapshot.restored_records,
+            snapshot.restored_records as f64 / restore_took.as_secs_f64(),
+            (snapshot.restored_records as f64 * LEN as f64 / f64::from(1 << 20))
+                / restore_took.as_secs_f64(),
+            snapshot.rebalances
+        );
+        let last = format!("k{:08}", RECORDS - 1);
+        let answer = out.iter().find(|r| r.key == last).expect("task 0 answered");
+        assert_eq!(answer.value, format!("Some({})", LEN - 1));
+        assert_eq!(
+            snapshot.restored_records, RECORDS as u64,
+            "restored once, whole"
+        );
+        assert_eq!(
+            snapshot.rebalances, 1,
+            "the consumer stayed in the group: one assignment, no rejoin"
+        );
     });
 }

@@ -129,6 +129,7 @@ pub struct TopologyMetrics {
     pub(crate) commits: AtomicU64,
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
+    pub(crate) rebalances: AtomicU64,
     pub(crate) restored_records: AtomicU64,
     pub(crate) replayed_skipped: AtomicU64,
     pub(crate) global_restored_records: AtomicU64,
@@ -157,6 +158,7 @@ impl Default for TopologyMetrics {
             commits: AtomicU64::new(0),
             punctuations: AtomicU64::new(0),
             assigned_partitions: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
             replayed_skipped: AtomicU64::new(0),
             global_restored_records: AtomicU64::new(0),
@@ -197,6 +199,9 @@ pub struct MetricsSnapshot {
     pub punctuations: u64,
     /// Partitions currently assigned to this instance.
     pub assigned_partitions: u64,
+    /// Assignments received from the group (each rebalance this instance took part in
+    /// that gave it partitions, the first included).
+    pub rebalances: u64,
     /// Changelog records applied while restoring stores.
     pub restored_records: u64,
     /// Records skipped because the restored stores already held their effect (their
@@ -227,6 +232,7 @@ impl TopologyMetrics {
             commits: r(&self.commits),
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),
+            rebalances: r(&self.rebalances),
             restored_records: r(&self.restored_records),
             replayed_skipped: r(&self.replayed_skipped),
             global_restored_records: r(&self.global_restored_records),

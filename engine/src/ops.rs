@@ -167,7 +167,7 @@ impl OpsState {
         let mut out = String::new();
         let topologies = read(&self.topologies);
         type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
-        let series: [(&str, &str, &str, Pick); 15] = [
+        let series: [(&str, &str, &str, Pick); 16] = [
             (
                 "engine_records_in_total",
                 "counter",
@@ -230,6 +230,12 @@ impl OpsState {
                 "gauge",
                 "Partitions assigned to this instance.",
                 |m| m.assigned_partitions,
+            ),
+            (
+                "engine_rebalances_total",
+                "counter",
+                "Assignments received from the consumer group.",
+                |m| m.rebalances,
             ),
             (
                 "engine_restored_records_total",

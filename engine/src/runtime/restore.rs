@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -129,19 +130,17 @@ fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> 
 }
 
 pub(crate) fn apply(store: &Arc<dyn BytesStore>, writes: Vec<Write>) -> Result<u64, RuntimeError> {
-    let n = writes.len() as u64;
-    for (key, value) in writes {
-        match value {
-            Some(v) => store.put(&key, &v),
-            None => store.delete(&key),
-        }
+    store
+        .write_batch(&writes)
         .map_err(|e| RuntimeError::Client {
             what: "store restore",
             reason: e.to_string(),
         })?;
-    }
-    Ok(n)
+    Ok(writes.len() as u64)
 }
+
+/// Writes applied to a store as one batch during a restore.
+const RESTORE_BATCH: usize = 4096;
 
 /// Where a store's checkpoint lives (persistent stores only).
 pub(crate) fn checkpoint_path(
@@ -202,6 +201,10 @@ pub(crate) fn changelog_end(
 
 /// Brings `store` up to date with its changelog partition, except the writes of inputs
 /// at or after `committed` (per source topic), which it returns held (see [`Restored`]).
+/// Adds the records it applies to `progress` as it goes. Once `cancel` is set (the
+/// task was revoked, or the instance stops) it returns `None` soon after, leaving a
+/// checkpoint where it stopped when it holds no writes back, so the next restore goes
+/// on from there.
 // One argument per part of the restore; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn restore(
@@ -213,7 +216,9 @@ pub(crate) fn restore(
     checkpoint: Option<&Path>,
     committed: &HashMap<String, i64>,
     timeout: Duration,
-) -> Result<Restored, RuntimeError> {
+    progress: &AtomicU64,
+    cancel: &AtomicBool,
+) -> Result<Option<Restored>, RuntimeError> {
     let consumer: BaseConsumer = client
         .client_config(ClientRole::Consumer)
         .set("group.id", format!("{topic}-restore"))
@@ -251,7 +256,7 @@ pub(crate) fn restore(
     let complete: HashMap<String, i64> =
         committed.iter().map(|(t, c)| (t.clone(), c - 1)).collect();
     if start >= high {
-        return Ok(restored);
+        return Ok(Some(restored));
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))
@@ -259,20 +264,45 @@ pub(crate) fn restore(
     consumer
         .assign(&tpl)
         .map_err(client_error("changelog assignment"))?;
-    let deadline = Instant::now() + timeout.max(Duration::from_secs(60));
+    // A restore that makes progress may take as long as it needs; one that reads
+    // nothing for this long is stuck.
+    let stuck_after = timeout.max(Duration::from_secs(60));
+    let mut last_progress = Instant::now();
     let mut next = start;
+    let mut batch: Vec<Write> = Vec::with_capacity(RESTORE_BATCH);
+    let flush = |batch: &mut Vec<Write>, restored: &mut Restored| -> Result<(), RuntimeError> {
+        let applied = apply(store, std::mem::take(batch))?;
+        restored.records += applied;
+        progress.fetch_add(applied, Ordering::Relaxed);
+        Ok(())
+    };
     while next < high {
-        if Instant::now() > deadline {
+        if cancel.load(Ordering::Relaxed) {
+            flush(&mut batch, &mut restored)?;
+            if let Some(path) = checkpoint
+                && restored.held.is_empty()
+            {
+                // Everything before `next` is in the store: the next owner of this store
+                // (likely this instance again) goes on from here.
+                let _ = write_checkpoint(path, next, restored.epoch);
+            }
+            return Ok(None);
+        }
+        if last_progress.elapsed() > stuck_after {
             return Err(RuntimeError::Client {
                 what: "changelog restore",
                 reason: format!("{topic} partition {partition}: stuck at offset {next} of {high}"),
             });
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
+        match consumer.poll(Duration::from_millis(100)) {
+            None => flush(&mut batch, &mut restored)?,
             Some(Err(e)) => return Err(client_error("changelog restore")(e)),
             Some(Ok(m)) => {
                 next = m.offset() + 1;
+                last_progress = Instant::now();
+                if batch.len() >= RESTORE_BATCH {
+                    flush(&mut batch, &mut restored)?;
+                }
                 let Some(key) = m.key() else { continue };
                 if let Some(epoch) =
                     header_text(&m, crate::topology::CHANGELOG_EPOCH).and_then(|e| e.parse().ok())
@@ -291,7 +321,7 @@ pub(crate) fn restore(
                 let Some(inputs) = inputs_of(&m) else {
                     // Written by a punctuation while a cache held writes: not tied to
                     // an input record.
-                    restored.records += apply(store, vec![write])?;
+                    batch.push(write);
                     continue;
                 };
                 if header_text(&m, crate::topology::CHANGELOG_LAST).is_some() {
@@ -307,14 +337,15 @@ pub(crate) fn restore(
                     });
                 }
                 if within(&inputs, &complete) {
-                    restored.records += apply(store, vec![write])?;
+                    batch.push(write);
                 } else {
                     restored.held.push((inputs, write));
                 }
             }
         }
     }
-    Ok(restored)
+    flush(&mut batch, &mut restored)?;
+    Ok(Some(restored))
 }
 
 /// The inputs a changelog record belongs to, from its headers; `None` if it names none.

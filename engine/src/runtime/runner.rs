@@ -109,6 +109,9 @@ pub(crate) struct ConsumeContext {
     /// Learns committed offsets of repartition topics, to delete what is committed.
     purger: Option<Arc<Mutex<super::topics::RepartitionPurger>>>,
     flush_timeout: Duration,
+    /// Whether tasks restore stores when they open: their partitions are paused at
+    /// assignment, before anything is fetched, and resumed once the task is ready.
+    pause_assigned: bool,
 }
 
 impl ClientContext for ConsumeContext {
@@ -185,6 +188,14 @@ impl ConsumerContext for ConsumeContext {
                     .chain(resumed)
                     .map(|(topic, partition, offset)| ((topic, partition), offset)),
             );
+            if self.pause_assigned
+                && let Err(error) = consumer.pause(tpl)
+            {
+                tracing::warn!(application = %self.application_id, %error, "could not pause the assigned partitions while their tasks restore");
+            }
+            if !partitions.is_empty() {
+                TopologyMetrics::add(&self.metrics.rebalances, 1);
+            }
             tracing::info!(application = %self.application_id, ?partitions, "partitions assigned");
             self.push_event(RebalanceEvent::Assigned(partitions));
         }
@@ -652,6 +663,7 @@ impl TopologyRunner {
                 purger: super::topics::RepartitionPurger::new(&self.topology, settings)
                     .map(|p| Arc::new(Mutex::new(p))),
                 flush_timeout: settings.shutdown_timeout,
+                pause_assigned: !self.topology.changelog_topics().is_empty(),
             })
             .map(Arc::new)
             .map_err(|source| RuntimeError::Client {
@@ -673,6 +685,7 @@ impl TopologyRunner {
             ops.set_running(&app, true);
         }
 
+        let (restored_tx, restored_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut run = Loop {
             topology: &self.topology,
             settings,
@@ -681,14 +694,24 @@ impl TopologyRunner {
             producer: &producer,
             consumer: &consumer,
             tasks: HashMap::new(),
-            globals: globals.stores(),
-            partition_counts,
             paused: false,
             task_paused: Default::default(),
             out: Vec::new(),
             slots: Vec::new(),
             announcer: announcer.as_ref(),
-            cache: crate::state::CacheBudget::new(settings.cache_max_bytes),
+            restoring: HashMap::new(),
+            restored_tx,
+            restored_rx,
+            next_restore: 0,
+            shared: SharedForTasks {
+                topology: self.topology.clone(),
+                settings: Arc::new(settings.clone()),
+                metrics: self.metrics.clone(),
+                globals: globals.stores(),
+                partition_counts,
+                // The memory the record caches of every task share (`cache_max_bytes`).
+                cache: crate::state::CacheBudget::new(settings.cache_max_bytes),
+            },
         };
         self.metrics.set_lag_source(Some(Arc::new(ConsumerLag {
             consumer: Arc::downgrade(&consumer),
@@ -824,9 +847,6 @@ struct Loop<'a> {
     producer: &'a Arc<EngineProducer>,
     consumer: &'a Arc<StreamConsumer<ConsumeContext>>,
     tasks: HashMap<i32, Task>,
-    /// The global tables' stores, shared by every task.
-    globals: Arc<Vec<crate::topology::TaskStore>>,
-    partition_counts: Arc<HashMap<String, i32>>,
     paused: bool,
     /// Partitions whose task asked to stop fetching (`ProcessorContext::pause_input`).
     task_paused: std::collections::HashSet<i32>,
@@ -834,7 +854,46 @@ struct Loop<'a> {
     slots: Vec<(String, i32, Slot)>,
     /// Publishes the partitions held after each rebalance, if instances announce.
     announcer: Option<&'a super::instances::Announcer>,
-    /// The memory the record caches of every task share (`cache_max_bytes`).
+    /// Tasks whose stores are restoring, off the processing loop; their partitions stay
+    /// paused until they are done, while the other tasks go on.
+    restoring: HashMap<i32, Restoring>,
+    /// Each restore says here (partition, restore id) that it is done.
+    restored_tx: tokio::sync::mpsc::UnboundedSender<(i32, u64)>,
+    restored_rx: tokio::sync::mpsc::UnboundedReceiver<(i32, u64)>,
+    next_restore: u64,
+    /// What a restore running off the loop needs of the runner.
+    shared: SharedForTasks,
+}
+
+/// A task being opened (its stores restored) off the processing loop.
+struct Restoring {
+    id: u64,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// Taken by [`Loop::join`].
+    handle: Option<tokio::task::JoinHandle<Result<Option<Task>, RuntimeError>>>,
+}
+
+impl Drop for Restoring {
+    /// A runner dropped without closing (its future cancelled) stops its restores too,
+    /// so they release the stores.
+    fn drop(&mut self) {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+/// The parts of an instance a task is opened with, owned so a restore can run on its
+/// own (a spawned future).
+#[derive(Clone)]
+struct SharedForTasks {
+    topology: Topology,
+    settings: Arc<RunSettings>,
+    metrics: Arc<TopologyMetrics>,
+    globals: Arc<Vec<crate::topology::TaskStore>>,
+    partition_counts: Arc<HashMap<String, i32>>,
     cache: Arc<crate::state::CacheBudget>,
 }
 
@@ -892,6 +951,9 @@ impl Loop<'_> {
                     }
                 }
                 _ = punctuation_tick.tick() => self.punctuate().await?,
+                Some((partition, id)) = self.restored_rx.recv() => {
+                    self.finish_restore(partition, id).await?
+                }
                 // Input drained: no more updates are coming to coalesce with, so holding
                 // them only delays them (and the commit of their records).
                 // (An async block, so no timer is created while the branch is disabled.)
@@ -956,11 +1018,29 @@ impl Loop<'_> {
                     let uncommitted =
                         std::mem::take(&mut *lock(&self.consumer.context().uncommitted_revoked));
                     let mut closing = Vec::new();
+                    let mut cancelled = Vec::new();
                     for (topic, partition) in partitions {
                         self.task_paused.remove(&partition);
                         if let Some(task) = self.tasks.remove(&partition) {
                             let committed = !uncommitted.contains(&(topic, partition));
                             closing.push((task, committed));
+                        } else if let Some(restoring) = self.restoring.remove(&partition) {
+                            restoring
+                                .cancel
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            cancelled.push((partition, restoring));
+                        }
+                    }
+                    // Their stores must be closed before the partitions can come back.
+                    for (partition, restoring) in cancelled {
+                        match Self::join(self.topology, restoring).await {
+                            // Restored before the cancel: nothing processed, nothing to
+                            // commit; its checkpoint saves the next restore.
+                            Ok(Some(task)) => closing.push((task, true)),
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::warn!(application = %self.topology.application_id(), partition, %error, "the restore of a revoked task failed")
+                            }
                         }
                     }
                     // Checkpoints ask the broker for the changelogs' ends.
@@ -976,20 +1056,16 @@ impl Loop<'_> {
                         self.set_paused(true, &partitions);
                     }
                     for (_, partition) in partitions {
-                        if !self.tasks.contains_key(&partition) {
-                            let task = open_task(
-                                self.topology,
-                                self.settings,
-                                self.metrics,
-                                &self.globals,
-                                &self.partition_counts,
-                                partition,
-                                now_ms(),
-                                &self.cache,
-                                self.consumer.context().start_offsets(partition),
-                            )
-                            .await?;
-                            self.tasks.insert(partition, task);
+                        if let Some(task) = self.tasks.remove(&partition) {
+                            self.install(partition, task);
+                        } else if self.restoring.contains_key(&partition) {
+                        } else if self.consumer.context().pause_assigned {
+                            // Restores run off the loop: the tasks already running go on,
+                            // and the consumer keeps polling (and stays in the group).
+                            self.start_restore(partition);
+                        } else {
+                            // Nothing to restore: ready at once.
+                            self.open_now(partition).await?;
                         }
                     }
                 }
@@ -1001,6 +1077,120 @@ impl Loop<'_> {
             tokio::spawn(announcer.announce(held));
         }
         Ok(())
+    }
+
+    /// Starts opening the task of `partition` (restoring its stores) off the loop; its
+    /// partitions stay paused until [`Self::finish_restore`] installs it.
+    fn start_restore(&mut self, partition: i32) {
+        let id = self.next_restore;
+        self.next_restore += 1;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opening = open_task(
+            self.shared.clone(),
+            partition,
+            now_ms(),
+            self.consumer.context().start_offsets(partition),
+            cancel.clone(),
+        );
+        let done = self.restored_tx.clone();
+        let handle = tokio::spawn(async move {
+            let opened = opening.await;
+            let _ = done.send((partition, id));
+            opened
+        });
+        self.restoring.insert(
+            partition,
+            Restoring {
+                id,
+                cancel,
+                handle: Some(handle),
+            },
+        );
+    }
+
+    /// Installs the task whose restore `id` says it is done (unless it was revoked and
+    /// its partition taken on by a later restore meanwhile).
+    async fn finish_restore(&mut self, partition: i32, id: u64) -> Result<(), RuntimeError> {
+        if self.restoring.get(&partition).is_none_or(|r| r.id != id) {
+            return Ok(());
+        }
+        if let Some(restoring) = self.restoring.remove(&partition)
+            && let Some(task) = Self::join(self.topology, restoring).await?
+        {
+            self.install(partition, task);
+        }
+        Ok(())
+    }
+
+    /// Opens the task of `partition` before going on: a record of it arrived while it
+    /// was restoring (fetched before the pause), or it has nothing to restore.
+    async fn open_now(&mut self, partition: i32) -> Result<(), RuntimeError> {
+        let task = match self.restoring.remove(&partition) {
+            Some(restoring) => Self::join(self.topology, restoring).await?,
+            None => {
+                open_task(
+                    self.shared.clone(),
+                    partition,
+                    now_ms(),
+                    self.consumer.context().start_offsets(partition),
+                    Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                )
+                .await?
+            }
+        };
+        if let Some(task) = task {
+            self.install(partition, task);
+        }
+        Ok(())
+    }
+
+    /// Waits for a restore to end. (Not a `&self` method: `Loop` is not `Sync`, and a
+    /// shared borrow of it held across the wait would make the runner's future `!Send`.)
+    async fn join(
+        topology: &Topology,
+        mut restoring: Restoring,
+    ) -> Result<Option<Task>, RuntimeError> {
+        let Some(handle) = restoring.handle.take() else {
+            return Ok(None);
+        };
+        handle.await.map_err(|e| RuntimeError::Crashed {
+            application: topology.application_id().to_string(),
+            reason: e.to_string(),
+        })?
+    }
+
+    /// A ready task takes its records: its partitions resume, unless the in-flight bound
+    /// or the task itself holds them.
+    fn install(&mut self, partition: i32, task: Task) {
+        self.tasks.insert(partition, task);
+        if !self.paused && !self.task_paused.contains(&partition) {
+            let partitions: Vec<_> = self
+                .assignment()
+                .into_iter()
+                .filter(|(_, p)| *p == partition)
+                .collect();
+            self.set_paused(false, &partitions);
+        }
+    }
+
+    /// Stops the restores still running and waits for them; the tasks whose restore
+    /// finished meanwhile join the others (to be closed with them).
+    async fn stop_restores(&mut self) {
+        let restoring: Vec<_> = self.restoring.drain().collect();
+        for (_, r) in &restoring {
+            r.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        for (partition, r) in restoring {
+            match Self::join(self.topology, r).await {
+                Ok(Some(task)) => {
+                    self.tasks.insert(partition, task);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(application = %self.topology.application_id(), partition, %error, "a restore failed while stopping")
+                }
+            }
+        }
     }
 
     fn assignment(&self) -> Vec<(String, i32)> {
@@ -1041,7 +1231,7 @@ impl Loop<'_> {
             let resume: Vec<_> = self
                 .assignment()
                 .into_iter()
-                .filter(|(_, p)| !self.task_paused.contains(p))
+                .filter(|(_, p)| !self.task_paused.contains(p) && !self.restoring.contains_key(p))
                 .collect();
             self.set_paused(false, &resume);
         }
@@ -1146,19 +1336,7 @@ impl Loop<'_> {
         };
         let slot = self.slot(raw.topic, partition);
         if !self.tasks.contains_key(&partition) {
-            let task = open_task(
-                self.topology,
-                self.settings,
-                self.metrics,
-                &self.globals,
-                &self.partition_counts,
-                partition,
-                now,
-                &self.cache,
-                self.consumer.context().start_offsets(partition),
-            )
-            .await?;
-            self.tasks.insert(partition, task);
+            self.open_now(partition).await?;
         }
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(());
@@ -1369,125 +1547,145 @@ async fn release_clients(
     })
 }
 
-/// Opens a task's stores, restores them from their changelogs, and creates the task.
-// Each argument is a separate part of the instance the task shares; a struct holding
-// them for this one call would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// Opens a task's stores, restores them from their changelogs, and creates the task;
+/// `None` if `cancel` was set meanwhile (the stores are closed again by then).
 async fn open_task(
-    topology: &Topology,
-    settings: &RunSettings,
-    metrics: &Arc<TopologyMetrics>,
-    globals: &Arc<Vec<crate::topology::TaskStore>>,
-    partition_counts: &Arc<HashMap<String, i32>>,
+    shared: SharedForTasks,
     partition: i32,
     now: Timestamp,
-    cache: &Arc<crate::state::CacheBudget>,
     committed: HashMap<String, i64>,
-) -> Result<Task, RuntimeError> {
-    {
-        let state = &settings.state;
-        let stores = Task::open_stores(topology, partition, state, cache).map_err(|e| {
-            RuntimeError::Client {
-                what: "store open",
-                reason: e.to_string(),
-            }
-        })?;
-        let app = topology.application_id().to_string();
-        let publish = |store: &crate::topology::TaskStore, restoring: bool| {
-            if let Some(ops) = &settings.ops {
-                ops.put_store(
-                    &store.spec().name,
-                    partition,
-                    crate::ops::QueryableStore {
-                        application: topology.application_id().to_string(),
-                        store: store.bytes().clone(),
-                        query: store.query().clone(),
-                        restoring,
-                    },
-                );
-            }
-        };
-        // The stores of a task restore in parallel, each from its own changelog.
-        let mut restoring = Vec::new();
-        for store in &stores {
-            publish(store, true);
-            let Some(topic) = store.changelog_topic() else {
-                publish(store, false);
-                continue;
-            };
-            let checkpoint = super::restore::checkpoint_path(state, &app, partition, store.spec());
-            let (client, bytes, spec, topic, committed) = (
-                settings.client.clone(),
-                store.bytes().clone(),
-                store.spec().clone(),
-                topic.to_string(),
-                committed.clone(),
-            );
-            let timeout = settings.startup_timeout;
-            let restore = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                super::restore::restore(
-                    &client,
-                    &bytes,
-                    &spec,
-                    &topic,
-                    partition,
-                    checkpoint.as_deref(),
-                    &committed,
-                    timeout,
-                )
-                .map(|restored| (restored, started.elapsed()))
-            });
-            restoring.push((store, restore));
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Option<Task>, RuntimeError> {
+    let SharedForTasks {
+        topology,
+        settings,
+        metrics,
+        globals,
+        partition_counts,
+        cache,
+    } = shared;
+    let state = &settings.state;
+    let stores = Task::open_stores(&topology, partition, state, &cache).map_err(|e| {
+        RuntimeError::Client {
+            what: "store open",
+            reason: e.to_string(),
         }
-        let mut restored_stores = Vec::new();
-        let mut results = Vec::new();
-        for (store, restore) in restoring {
-            let (restored, elapsed) = restore.await.map_err(|e| RuntimeError::Crashed {
+    })?;
+    let app = topology.application_id().to_string();
+    let publish = |store: &crate::topology::TaskStore, restoring: bool| {
+        if let Some(ops) = &settings.ops {
+            ops.put_store(
+                &store.spec().name,
+                partition,
+                crate::ops::QueryableStore {
+                    application: topology.application_id().to_string(),
+                    store: store.bytes().clone(),
+                    query: store.query().clone(),
+                    restoring,
+                },
+            );
+        }
+    };
+    // The stores of a task restore in parallel, each from its own changelog.
+    let mut restoring = Vec::new();
+    for store in &stores {
+        publish(store, true);
+        let Some(topic) = store.changelog_topic() else {
+            publish(store, false);
+            continue;
+        };
+        let checkpoint = super::restore::checkpoint_path(state, &app, partition, store.spec());
+        let (client, bytes, spec, topic, committed, metrics, cancel) = (
+            settings.client.clone(),
+            store.bytes().clone(),
+            store.spec().clone(),
+            topic.to_string(),
+            committed.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        );
+        let timeout = settings.startup_timeout;
+        let restore = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            super::restore::restore(
+                &client,
+                &bytes,
+                &spec,
+                &topic,
+                partition,
+                checkpoint.as_deref(),
+                &committed,
+                timeout,
+                &metrics.restored_records,
+                &cancel,
+            )
+            .map(|restored| restored.map(|r| (r, started.elapsed())))
+        });
+        restoring.push((store, restore));
+    }
+    let mut restored_stores = Vec::new();
+    let mut results = Vec::new();
+    let mut outcome = Ok(());
+    // Every restore is awaited, even after one failed or was cancelled: none may still
+    // write to a store once this returns.
+    for (store, restore) in restoring {
+        let restored = restore
+            .await
+            .map_err(|e| RuntimeError::Crashed {
                 application: app.clone(),
                 reason: e.to_string(),
-            })??;
-            TopologyMetrics::add(&metrics.restored_records, restored.records);
-            tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, held = restored.held.len(), from_checkpoint = restored.from_checkpoint, elapsed_ms = elapsed.as_millis() as u64, "store restored");
-            restored_stores.push(store);
-            results.push(restored);
-        }
-        // Every store now holds the inputs before the committed offset; of the later
-        // ones, apply those every changelog has completely, and process the rest again.
-        let cut = super::restore::cut(&results, &committed, &topology.source_topics());
-        let unapplied = super::restore::unapplied(&results, &cut);
-        let epoch = results.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
-        let fenced: u64 = results.iter().map(|r| r.fenced).sum();
-        if fenced > 0 {
-            tracing::warn!(application = %app, partition, records = fenced, "changelog records written by an earlier owner after a later one took the task over (a zombie) are left out");
-        }
-        for (store, restored) in restored_stores.into_iter().zip(results) {
-            let (complete, dropped): (Vec<_>, Vec<_>) = restored
-                .held
-                .into_iter()
-                .partition(|(inputs, _)| super::restore::within(inputs, &cut));
-            let writes = complete.into_iter().map(|(_, w)| w).collect();
-            let applied = super::restore::apply(store.bytes(), writes)?;
-            TopologyMetrics::add(&metrics.restored_records, applied);
-            if !dropped.is_empty() {
-                tracing::info!(application = %app, store = %restored.store, partition, records = dropped.len(), "changelog records of inputs not complete in every store (the previous owner stopped mid-way) are left out; those inputs are processed again");
+            })
+            .and_then(|r| r);
+        match restored {
+            Ok(Some((restored, elapsed))) => {
+                tracing::info!(application = %app, store = %restored.store, partition, records = restored.records, held = restored.held.len(), from_checkpoint = restored.from_checkpoint, elapsed_ms = elapsed.as_millis() as u64, "store restored");
+                restored_stores.push(store);
+                results.push(restored);
             }
-            publish(store, false);
+            Ok(None) => {}
+            Err(e) => outcome = Err(e),
         }
-        let mut task = Task::new(
-            topology,
-            partition,
-            stores,
-            globals.clone(),
-            partition_counts.clone(),
-            now,
-            metrics.clone(),
-        )
-        .map_err(RuntimeError::Record)?;
-        task.set_applied(cut, unapplied);
-        task.set_epoch(epoch);
-        Ok(task)
     }
+    outcome?;
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(application = %app, partition, "restore stopped: the task was revoked or the instance is stopping");
+        return Ok(None);
+    }
+    // Every store now holds the inputs before the committed offset; of the later
+    // ones, apply those every changelog has completely, and process the rest again.
+    let cut = super::restore::cut(&results, &committed, &topology.source_topics());
+    let unapplied = super::restore::unapplied(&results, &cut);
+    let epoch = results.iter().map(|r| r.epoch).max().unwrap_or(0) + 1;
+    let fenced: u64 = results.iter().map(|r| r.fenced).sum();
+    if fenced > 0 {
+        tracing::warn!(application = %app, partition, records = fenced, "changelog records written by an earlier owner after a later one took the task over (a zombie) are left out");
+    }
+    for (store, restored) in restored_stores.into_iter().zip(results) {
+        let (complete, dropped): (Vec<_>, Vec<_>) = restored
+            .held
+            .into_iter()
+            .partition(|(inputs, _)| super::restore::within(inputs, &cut));
+        let writes = complete.into_iter().map(|(_, w)| w).collect();
+        let applied = super::restore::apply(store.bytes(), writes)?;
+        TopologyMetrics::add(&metrics.restored_records, applied);
+        if !dropped.is_empty() {
+            tracing::info!(application = %app, store = %restored.store, partition, records = dropped.len(), "changelog records of inputs not complete in every store (the previous owner stopped mid-way) are left out; those inputs are processed again");
+        }
+        publish(store, false);
+    }
+    let mut task = Task::new(
+        &topology,
+        partition,
+        stores,
+        globals,
+        partition_counts,
+        now,
+        metrics.clone(),
+    )
+    .map_err(RuntimeError::Record)?;
+    task.set_applied(cut, unapplied);
+    task.set_epoch(epoch);
+    Ok(Some(task))
 }
 
 /// Hands a record to librdkafka once. A full queue gives the token back to retry with;
@@ -1653,6 +1851,7 @@ impl Loop<'_> {
     /// a store whose offsets were not committed gets no checkpoint.
     async fn close(&mut self, flush: bool, deadline: Instant) -> Result<(), RuntimeError> {
         let app = self.topology.application_id().to_string();
+        self.stop_restores().await;
         let started = Instant::now();
         let outputs_deadline = started + deadline.saturating_duration_since(started) * 3 / 4;
         let mut result = Ok(());

@@ -136,6 +136,16 @@ pub trait BytesStore: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
     /// Removes `key`.
     fn delete(&self, key: &[u8]) -> Result<()>;
+    /// Applies `writes` in order (`None`: a deletion); RocksDB takes them as one batch.
+    fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        for (key, value) in writes {
+            match value {
+                Some(v) => self.put(key, v)?,
+                None => self.delete(key)?,
+            }
+        }
+        Ok(())
+    }
     /// Entries with `from <= key < to` (unbounded where `None`), in key order.
     fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Number of entries (approximate for RocksDB).

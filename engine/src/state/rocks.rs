@@ -157,6 +157,16 @@ impl BytesStore for RocksStore {
     fn delete(&self, key: &[u8]) -> Result<()> {
         self.db.delete(key).map_err(|e| self.err(e))
     }
+    fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in writes {
+            match value {
+                Some(v) => batch.put(key, v),
+                None => batch.delete(key),
+            }
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
+    }
     fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mode = match from {
             Some(f) => IteratorMode::From(f, Direction::Forward),
