@@ -1735,3 +1735,498 @@ fn zombie_writes_leave_no_trace(kafka: &Kafka) {
         }),
     );
 }
+
+/// An Apache Kafka broker of a test's own (`scripts/kafka`), for real-tier tests that use
+/// the catalog's fixed topic names and groups while other tests use them on the shared
+/// broker. Stopped (SIGTERM) when dropped.
+struct OwnBroker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl OwnBroker {
+    fn start(log: &std::path::Path) -> OwnBroker {
+        let mut child = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("scripts/kafka starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let bootstrap = line
+            .trim()
+            .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
+            .unwrap_or_else(|| {
+                panic!(
+                    "scripts/kafka did not start: {line:?}\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        OwnBroker { child, bootstrap }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        signal(&self.child, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Feeds tickets `ticket-0`, `ticket-1`, ... (plan `plan-{n % plans}`, PENDING, due in an
+/// hour) to `engine produce TOPIC`, `chunk` every `pause_ms`, until `stop` is set; the
+/// thread returns how many it fed once the producer has exited.
+fn feed_tickets_until(
+    topic: &str,
+    bootstrap: &str,
+    registry: &str,
+    plans: u32,
+    (chunk, pause_ms): (u32, u64),
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    use std::io::Write;
+    let mut producer = engine()
+        .args(["produce", topic, "--schema", TICKET_SCHEMA_FILE])
+        .args(["--key-field", "plan_id"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..chunk {
+                let mut t = sample_ticket(n, TicketStatus::Pending);
+                t.plan_id = format!("plan-{}", n % plans);
+                t.sla.deadline = deadline;
+                writeln!(stdin, "{}", serde_json::to_string(&t).unwrap()).unwrap();
+                n += 1;
+            }
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(pause_ms));
+        }
+        drop(stdin);
+        assert!(producer.wait().unwrap().success(), "engine produce {n}");
+        n
+    })
+}
+
+/// Reads `topic` from the start until `stop` is set; returns when each record arrived,
+/// with its partition.
+fn arrivals(
+    bootstrap: String,
+    topic: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(i32, Instant)>> {
+    std::thread::spawn(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", format!("arrivals-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                seen.push((m.partition(), Instant::now()));
+            }
+        }
+        seen
+    })
+}
+
+/// Per event, the longest pause of any partition's output that began while it was the
+/// latest event, and the pauses of all partitions added up (a pause: more than 500 ms
+/// without output while input flowed).
+fn pauses_per_event(
+    arrivals: &[(i32, Instant)],
+    events: &[(Instant, String)],
+    input_until: Instant,
+) -> Vec<(String, Duration, Duration)> {
+    let mut last: std::collections::BTreeMap<i32, Instant> = Default::default();
+    let mut pauses = vec![(Duration::ZERO, Duration::ZERO); events.len()];
+    for &(partition, at) in arrivals {
+        if let Some(previous) = last.insert(partition, at) {
+            let gap = at - previous;
+            if gap <= Duration::from_millis(500) || previous > input_until {
+                continue;
+            }
+            // A partition of a killed instance goes quiet just before the kill is
+            // recorded: give the event a moment.
+            if let Some(i) = events
+                .iter()
+                .rposition(|(t, _)| *t <= previous + Duration::from_secs(1))
+            {
+                pauses[i].0 = pauses[i].0.max(gap);
+                pauses[i].1 += gap;
+            }
+        }
+    }
+    events
+        .iter()
+        .zip(pauses)
+        .map(|((_, what), (longest, total))| (what.clone(), longest, total))
+        .collect()
+}
+
+#[test]
+fn real_kafka_ten_rebalances_under_kills_stops_and_starts_keep_counts_exact_and_lose_no_ticket() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    rebalance_storm(None);
+}
+
+#[test]
+fn real_kafka_ten_eager_rebalances_under_kills_stops_and_starts_keep_counts_exact_and_lose_no_ticket()
+ {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    // As before cooperative rebalancing was the default: every rebalance revokes all.
+    rebalance_storm(Some("range"));
+}
+
+/// Three `ticket-counts` instances and one `worker-agents` under continuous input, on a
+/// broker of their own; ten rebalances of `ticket-counts` (SIGKILL, SIGTERM, start), two
+/// restarts of `worker-agents` (SIGKILL, SIGTERM). Then: every count exact, every
+/// ticket executed (none lost), and the longest output pause per rebalance reported.
+fn rebalance_storm(strategy: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(&dir.path().join("broker.log"));
+    let kafka = Kafka::real(
+        broker.bootstrap.clone(),
+        &["ticket-counts", "worker-agents"],
+        6,
+    );
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        "[runtime]\ncache_max_bytes = 0\ncommit_interval_ms = 100\n\n\
+         [topologies.worker-agents]\ntime_scale = 0.005\n",
+    )
+    .unwrap();
+    let start = |topology: &str, name: &str, addr: &str| {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let mut c = engine();
+        c.args(["run", topology, "--http", addr, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join(name))
+            .args([
+                "--kafka",
+                &format!(
+                    "consumer.session.timeout.ms={}",
+                    SESSION_TIMEOUT.as_millis()
+                ),
+            ]);
+        if let (Some(strategy), "ticket-counts") = (strategy, topology) {
+            c.args([
+                "--kafka",
+                &format!("consumer.partition.assignment.strategy={strategy}"),
+            ]);
+        }
+        Running(
+            c.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("engine run starts"),
+        )
+    };
+    let assigned = |addr: &str| {
+        std::net::TcpStream::connect(addr).is_ok()
+            && metric_sum(&http_get(addr, "/metrics").1, "engine_assigned_partitions")
+                .unwrap_or(0.0)
+                > 0.0
+    };
+    let logs = || {
+        ["a", "b", "c", "w"]
+            .iter()
+            .filter_map(|n| {
+                let log = std::fs::read_to_string(dir.path().join(format!("{n}.log"))).ok()?;
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                Some(format!(
+                    "--- {n}:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let wait = |what: &str, limit: Duration, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}\n{}", logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let names = ["a", "b", "c"];
+    let addrs: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut counts: Vec<Option<Running>> = names
+        .iter()
+        .zip(&addrs)
+        .map(|(name, addr)| Some(start("ticket-counts", name, addr)))
+        .collect();
+    let worker_addr = &addrs[3];
+    let mut worker = Some(start("worker-agents", "w", worker_addr));
+    wait(
+        "the instances never all got partitions",
+        Duration::from_secs(120),
+        &mut || addrs.iter().all(|a| assigned(a)),
+    );
+
+    // Tickets to each topology until the last event has settled.
+    const PLANS: u32 = 20;
+    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = arrivals(
+        bootstrap.clone(),
+        "bench.tickets.counts",
+        stop_watch.clone(),
+    );
+    let stop_input = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts_feeder = feed_tickets_until(
+        "bench.tickets.in",
+        bootstrap,
+        registry,
+        PLANS,
+        (20, 100),
+        stop_input.clone(),
+    );
+    // worker-agents finishes about 90 tickets a second here (a 5 ms simulated
+    // execution, picked up by a 100 ms punctuation when input is paused): 50 a second.
+    let worker_feeder = feed_tickets_until(
+        "execution.tickets",
+        bootstrap,
+        registry,
+        PLANS,
+        (5, 100),
+        stop_input.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+
+    let mut events: Vec<(Instant, String)> = Vec::new();
+    let plan: [(&str, usize); 10] = [
+        ("SIGKILL", 0),
+        ("start", 0),
+        ("SIGTERM", 1),
+        ("start", 1),
+        ("SIGKILL", 2),
+        ("start", 2),
+        ("SIGTERM", 0),
+        ("start", 0),
+        ("SIGKILL", 1),
+        ("start", 1),
+    ];
+    let mut worker_restarts = 0;
+    for (step, (action, i)) in plan.into_iter().enumerate() {
+        match action {
+            "start" => counts[i] = Some(start("ticket-counts", names[i], &addrs[i])),
+            "SIGKILL" => {
+                let mut run = counts[i].take().unwrap();
+                run.0.kill().unwrap();
+                run.0.wait().unwrap();
+            }
+            _ => {
+                let mut run = counts[i].take().unwrap();
+                signal(&run.0, "-TERM");
+                let (code, _) = exit_within(&mut run, Duration::from_secs(30));
+                assert_eq!(code, Some(0), "{} stopped cleanly\n{}", names[i], logs());
+            }
+        }
+        events.push((Instant::now(), format!("{action} {}", names[i])));
+        // worker-agents goes down with the third and the seventh event, and comes back
+        // with the next.
+        match step {
+            2 => {
+                let mut run = worker.take().unwrap();
+                run.0.kill().unwrap();
+                run.0.wait().unwrap();
+            }
+            6 => {
+                let mut run = worker.take().unwrap();
+                signal(&run.0, "-TERM");
+                let (code, _) = exit_within(&mut run, Duration::from_secs(30));
+                assert_eq!(code, Some(0), "worker-agents stopped cleanly\n{}", logs());
+            }
+            3 | 7 => {
+                worker = Some(start("worker-agents", "w", worker_addr));
+                worker_restarts += 1;
+            }
+            _ => {}
+        }
+        // Long enough for a killed member's session to expire and the group to settle.
+        std::thread::sleep(if action == "SIGKILL" {
+            SESSION_TIMEOUT + Duration::from_secs(3)
+        } else {
+            Duration::from_secs(5)
+        });
+    }
+    stop_input.store(true, std::sync::atomic::Ordering::Relaxed);
+    let input_until = Instant::now();
+    let began = events[0].0;
+    eprintln!("events done in {:?}", input_until - began);
+    let counted = counts_feeder.join().unwrap();
+    let executed = worker_feeder.join().unwrap();
+
+    let expected: std::collections::BTreeMap<String, i64> = (0..PLANS)
+        .map(|p| {
+            let of_plan = (0..counted).filter(|n| n % PLANS == p).count();
+            (format!("plan-{p}"), of_plan as i64)
+        })
+        .collect();
+    let mut merged = std::collections::BTreeMap::new();
+    wait(
+        "the three instances did not settle on exact counts",
+        Duration::from_secs(120),
+        &mut || {
+            merged.clear();
+            for addr in &addrs[..3] {
+                match settled_counts(addr) {
+                    Some(c) => merged.extend(c),
+                    None => return false,
+                }
+            }
+            merged == expected
+        },
+    );
+    eprintln!("counts settled {:?} after the first event", began.elapsed());
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    let pauses = pauses_per_event(&seen, &events, input_until);
+    eprintln!(
+        "assignor {}: per rebalance, the longest output pause of a partition / all partitions' pauses added up: {}",
+        strategy.unwrap_or("cooperative-sticky (default)"),
+        pauses
+            .iter()
+            .map(|(what, longest, total)| format!(
+                "{what}: {:.2} s / {:.2} s",
+                longest.as_secs_f64(),
+                total.as_secs_f64()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Every ticket executed, within its budget for each owner it had.
+    wait(
+        "worker-agents did not finish the tickets",
+        Duration::from_secs(300),
+        &mut || {
+            if std::net::TcpStream::connect(worker_addr).is_err() {
+                return false;
+            }
+            let text = http_get(worker_addr, "/metrics").1;
+            metric_sum(&text, "engine_consumer_lag") == Some(0.0)
+                && metric_sum(&text, "engine_in_flight") == Some(0.0)
+        },
+    );
+    eprintln!(
+        "worker-agents done {:?} after the first event",
+        began.elapsed()
+    );
+    let mut runs: std::collections::HashMap<String, (u32, u32)> = Default::default();
+    let results = engine_consume_all(bootstrap, registry, "execution.results", 2000);
+    for r in &results {
+        let v = &r["value"];
+        let entry = runs
+            .entry(v["ticket_id"].as_str().unwrap().to_string())
+            .or_default();
+        match v["status"].as_str().unwrap() {
+            "RUNNING" => entry.0 += 1,
+            "COMPLETED" => entry.1 += 1,
+            other => panic!("ticket {} ended {other}: {v}", v["ticket_id"]),
+        }
+    }
+    let lost: Vec<u32> = (0..executed)
+        .filter(|n| runs.get(&format!("ticket-{n}")).is_none_or(|r| r.1 == 0))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} tickets never completed, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    eprintln!("results read {:?} after the first event", began.elapsed());
+    let again = runs.values().filter(|r| r.0 > 1).count();
+    let most = runs.values().map(|r| r.0).max().unwrap_or(0);
+    eprintln!(
+        "worker-agents: {executed} tickets completed; {again} ran more than once (in flight when worker-agents was stopped or killed), at most {most} times"
+    );
+    assert!(
+        most <= 1 + worker_restarts,
+        "a ticket ran {most} times with {worker_restarts} restarts of worker-agents"
+    );
+
+    // Outputs may repeat an update but never count past the truth.
+    let highest = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::Message;
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap.as_str())
+            .set("group.id", format!("storm-reader-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["bench.tickets.counts"]).unwrap();
+        let mut highest = std::collections::BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while highest != expected {
+            let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+                break;
+            };
+            let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+            let count = i64::from_be_bytes(m.payload().unwrap().try_into().unwrap());
+            let h = highest.entry(key).or_insert(count);
+            *h = (*h).max(count);
+        }
+        highest
+    });
+    assert_eq!(highest, expected, "the highest count output per plan");
+    // A clean leave or a join rebalances at once; a killed member is noticed only when
+    // its session expires, so its partitions wait up to that long before the rebalance.
+    for (what, gap, _) in &pauses {
+        let limit = if what.starts_with("SIGKILL") {
+            SESSION_TIMEOUT * 2
+        } else {
+            SESSION_TIMEOUT
+        };
+        assert!(
+            *gap < limit,
+            "output paused {gap:?} after {what}: {pauses:?}"
+        );
+    }
+    drop(counts);
+    drop(worker);
+}
