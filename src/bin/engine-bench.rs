@@ -23,6 +23,8 @@ mod machine;
 mod pipeline;
 #[path = "engine_bench/processes.rs"]
 mod processes;
+#[path = "engine_bench/rebalance.rs"]
+mod rebalance;
 #[path = "engine_bench/report.rs"]
 mod report;
 #[path = "engine_bench/stateful.rs"]
@@ -42,6 +44,7 @@ const USAGE: &str = "\
 usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S]
                     [--latency-secs S] [--latency-rate R] [--codec-secs S]
                     [--engine-kafka K=V]... [--skip-pipeline] [--skip-state]
+                    [--skip-rebalance]
 
   --engine PATH     the `engine` binary (default: next to this one)
   --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
@@ -56,7 +59,9 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
                     and the tables say when any was given)
   --codec-secs S    time per codec case (default 2)
   --skip-pipeline   no ticket-pipeline figures (throughput, latency, memory, start-up)
-  --skip-state      no ticket-counts figures (stateful throughput, restore)";
+  --skip-state      no ticket-counts figures (stateful throughput, restore)
+  --skip-rebalance  no rebalance pauses (three ticket-counts processes on a real
+                    Apache Kafka broker that scripts/kafka runs)";
 
 struct Options {
     engine: PathBuf,
@@ -69,6 +74,7 @@ struct Options {
     codec_secs: f64,
     skip_pipeline: bool,
     skip_state: bool,
+    skip_rebalance: bool,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -87,6 +93,7 @@ fn parse_args() -> std::result::Result<Options, String> {
         codec_secs: 2.0,
         skip_pipeline: false,
         skip_state: false,
+        skip_rebalance: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -124,6 +131,7 @@ fn parse_args() -> std::result::Result<Options, String> {
             }
             "--skip-pipeline" => o.skip_pipeline = true,
             "--skip-state" => o.skip_state = true,
+            "--skip-rebalance" => o.skip_rebalance = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -204,6 +212,17 @@ fn run(options: &Options) -> Result<()> {
                 work_secs: options.work_secs,
             },
         )?;
+        figures.extend(outcome.figures);
+        setup.extend(outcome.setup);
+    }
+    if options.skip_rebalance {
+        figures.push(Figure::not_measured(
+            "rebalance",
+            "rebalance pauses",
+            "--skip-rebalance given",
+        ));
+    } else {
+        let outcome = rebalance::run(&engine)?;
         figures.extend(outcome.figures);
         setup.extend(outcome.setup);
     }

@@ -106,7 +106,7 @@ impl Input {
             .len()
     }
 
-    fn get(&self, i: usize) -> &(Vec<u8>, Vec<u8>, bool) {
+    pub(super) fn get(&self, i: usize) -> &(Vec<u8>, Vec<u8>, bool) {
         &self.pool[i % self.pool.len()]
     }
 

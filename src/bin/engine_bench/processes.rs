@@ -16,7 +16,7 @@ pub struct Stopping {
 }
 
 impl Stopping {
-    fn new(name: &'static str, child: Child) -> Self {
+    pub(super) fn new(name: &'static str, child: Child) -> Self {
         Self {
             name,
             child: Some(child),
@@ -58,6 +58,14 @@ impl Stopping {
         self.child
             .as_ref()
             .map_or(Ok(()), |c| signal_checked(c, "CONT"))
+    }
+
+    /// SIGKILL: a crash, nothing flushed or committed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, then up to 30 s for a clean exit (the engine flushes and commits), then
@@ -208,13 +216,29 @@ impl EngineCommand {
 
     /// Starts `engine run ARGS` against `broker`, logging to `log`.
     pub fn run(&self, args: &[&str], broker: &DevBroker, log: &str) -> Result<Stopping> {
+        self.run_on(
+            args,
+            &broker.bootstrap_servers,
+            broker.registry_url.as_deref(),
+            log,
+        )
+    }
+
+    /// Starts `engine run ARGS` against the broker at `bootstrap`, logging to `log`.
+    pub fn run_on(
+        &self,
+        args: &[&str],
+        bootstrap: &str,
+        registry: Option<&str>,
+        log: &str,
+    ) -> Result<Stopping> {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
         let mut c = self.command(&all);
-        c.env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap_servers)
+        c.env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .stdout(Stdio::null())
             .stderr(self.log(log)?);
-        if let Some(url) = &broker.registry_url {
+        if let Some(url) = registry {
             c.env("KAFKA_SCHEMA_REGISTRY_URL", url);
         }
         Ok(Stopping::new("engine run", c.spawn()?))
