@@ -1305,14 +1305,23 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
     );
     // Outputs may repeat an update (at-least-once) but never count past the truth: each
     // plan's highest update is exact.
-    let highest = tokio::runtime::Runtime::new().unwrap().block_on(async {
+    assert_eq!(highest_counts(bootstrap, &expected), expected);
+}
+
+/// The highest count `ticket-counts` output per plan on `bench.tickets.counts`, read
+/// until they are `expected` (or for 60 s).
+fn highest_counts(
+    bootstrap: &str,
+    expected: &std::collections::BTreeMap<String, i64>,
+) -> std::collections::BTreeMap<String, i64> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
         use rdkafka::consumer::{Consumer, StreamConsumer};
         use rdkafka::message::Message;
         let consumer: StreamConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set(
                 "group.id",
-                format!("kill-test-reader-{}", uuid::Uuid::new_v4()),
+                format!("counts-reader-{}", uuid::Uuid::new_v4()),
             )
             .set("auto.offset.reset", "earliest")
             .create()
@@ -1320,7 +1329,7 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
         consumer.subscribe(&["bench.tickets.counts"]).unwrap();
         let mut highest = std::collections::BTreeMap::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while highest != expected {
+        while highest != *expected {
             let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
                 break;
             };
@@ -1330,9 +1339,7 @@ fn killed_instance_restarts_exactly(kafka: &Kafka) {
             *h = (*h).max(count);
         }
         highest
-    });
-    let last = highest;
-    assert_eq!(last, expected);
+    })
 }
 
 /// Feeds ticket JSON `lines` to `engine produce bench.tickets.in` (keyed by plan), `chunk`
@@ -2190,29 +2197,7 @@ fn rebalance_storm(strategy: Option<&str>) {
     );
 
     // Outputs may repeat an update but never count past the truth.
-    let highest = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use rdkafka::consumer::{Consumer, StreamConsumer};
-        use rdkafka::message::Message;
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap.as_str())
-            .set("group.id", format!("storm-reader-{}", uuid::Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&["bench.tickets.counts"]).unwrap();
-        let mut highest = std::collections::BTreeMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while highest != expected {
-            let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
-                break;
-            };
-            let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
-            let count = i64::from_be_bytes(m.payload().unwrap().try_into().unwrap());
-            let h = highest.entry(key).or_insert(count);
-            *h = (*h).max(count);
-        }
-        highest
-    });
+    let highest = highest_counts(bootstrap, &expected);
     assert_eq!(highest, expected, "the highest count output per plan");
     // A clean leave or a join rebalances at once; a killed member is noticed only when
     // its session expires, so its partitions wait up to that long before the rebalance.

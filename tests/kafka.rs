@@ -433,15 +433,15 @@ fn real_kafka_round_trip() {
 /// Counts records per key in RocksDB, emitting each new count (without the record
 /// cache), or the coalesced counts the cache writes out (with it).
 fn counter(app: &str, caching: bool) -> Topology {
-    counter_on(app, "in", "out", caching)
+    counter_on(app, &["in"], "out", caching)
 }
 
-/// [`counter`] reading `input` and writing `output`.
-fn counter_on(app: &str, input: &str, output: &str, caching: bool) -> Topology {
+/// [`counter`] reading `inputs` (co-partitioned) and writing `output`.
+fn counter_on(app: &str, inputs: &[&str], output: &str, caching: bool) -> Topology {
     let b = TopologyBuilder::new(app);
     b.stream(
         "in",
-        [input],
+        inputs.to_vec(),
         Consumed::with(Serdes::string(), Serdes::string()),
     )
     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
@@ -530,7 +530,7 @@ impl Cluster {
     }
 
     fn counter(&self, app: &str, caching: bool) -> Topology {
-        counter_on(app, &self.input, &self.output, caching)
+        counter_on(app, &[&self.input], &self.output, caching)
     }
 }
 
@@ -2443,25 +2443,6 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
     });
 }
 
-/// Counts per key over two co-partitioned input topics, `in` and `in2`.
-fn counter_over_two_topics(app: &str) -> Topology {
-    let b = TopologyBuilder::new(app);
-    b.stream(
-        "in",
-        ["in", "in2"],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
-    .count("count", "per-key")
-    .to_stream("updates")
-    .to(
-        "out",
-        "out",
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
-    b.build().expect("valid")
-}
-
 #[test]
 fn a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
     // Task N owns partition N of every input topic (and its stores): were `in` 2 on one
@@ -2475,7 +2456,7 @@ fn a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let start = |i: usize| spawn_with_state(&broker, dirs[i].path(), counter_over_two_topics("pairs"));
+        let start = |i: usize| spawn_with_state(&broker, dirs[i].path(), counter_on("pairs", &["in", "in2"], "out", false));
         let mut instances = Vec::new();
         let held = |metrics: &engine::metrics::TopologyMetrics, topic: &str| -> BTreeSet<i32> {
             metrics

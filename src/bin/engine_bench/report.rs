@@ -283,13 +283,25 @@ const METHOD: &str = "
   hold does not delay what it sees), against the same rdkafka copy loop on the same broker
   and input, measured in the same run.
 - **Restore**: that process is stopped, and a second one starts with an empty
-  `--state-dir`, so each task rebuilds its store from the whole changelog when its
-  partition's first new record arrives (a few thousand records are produced for that).
-  Rate = the sum of `records=` over the `store restored` log lines / the sum of their
-  `elapsed_ms=` (tasks restore one at a time). Each elapsed_ms includes creating the
-  changelog consumer and asking for watermarks; the note gives that fixed cost (from
-  the first process, whose changelogs were empty) and the rate without it. The
+  `--state-dir`, so each task rebuilds its store from the whole changelog once its
+  partitions are assigned (a few thousand records are produced as well). Rate = the sum
+  of `records=` over the `store restored` log lines / the time from the first restore's
+  start to the last one's end (the tasks restore in parallel, off the processing loop).
+  Each restore includes creating its changelog consumer and asking for watermarks; the
+  note gives that fixed cost (from the first process, whose changelogs were empty). The
   changelog is bounded by the mock cluster's 5 MiB per partition.
+- **Rebalance**: on a real Apache Kafka broker that `scripts/kafka` starts for this
+  (the mock cluster holds back a member that joins after another left for a session
+  timeout), `engine run ticket-counts` under a steady input (murmur2-partitioned like
+  the engine's output, without the record cache, so every record is an output in its
+  input's partition), then a second and a third instance join, the third leaves
+  (SIGTERM) and the second crashes (SIGKILL), 10 s apart (16 s after the crash). A
+  consumer in the harness notes when each output arrives; a pause is more than 500 ms
+  without output from a partition, counted for the event it began after. Each figure is
+  the longest pause of any partition; the note adds up all partitions' pauses. The
+  sequence runs with the engine's default assignor (cooperative-sticky) and with the
+  eager `range`. A crashed member's partitions wait for its session to expire (6 s
+  here) before they move.
 - The mock cluster keeps at most 5 MiB per partition, so the input is sized to fit
   (see *input records* above); everything runs on the same machine, broker included.
 ";
