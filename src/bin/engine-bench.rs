@@ -222,7 +222,7 @@ fn run(options: &Options) -> Result<()> {
             "--skip-rebalance given",
         ));
     } else {
-        let outcome = rebalance::run(&engine)?;
+        let outcome = rebalance::run(&engine, &options.engine_kafka)?;
         figures.extend(outcome.figures);
         setup.extend(outcome.setup);
     }

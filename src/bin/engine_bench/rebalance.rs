@@ -36,8 +36,9 @@ const PAUSE: Duration = Duration::from_millis(500);
 /// pauses added up.
 type Pauses = (String, Duration, Duration);
 
-/// Runs both sequences on a broker of their own.
-pub fn run(engine: &EngineCommand) -> Result<PipelineOutcome> {
+/// Runs both sequences on a broker of their own; `engine_kafka` goes to every `engine
+/// run` as `--kafka K=V`.
+pub fn run(engine: &EngineCommand, engine_kafka: &[String]) -> Result<PipelineOutcome> {
     let broker_log = engine.log_path("kafka-broker.log");
     let mut child = Command::new("scripts/kafka")
         .stdout(Stdio::piped())
@@ -60,7 +61,7 @@ pub fn run(engine: &EngineCommand) -> Result<PipelineOutcome> {
         bootstrap,
         registry: dev.registry_url.clone(),
     };
-    let result = sequences(engine, &dev, &target);
+    let result = sequences(engine, &dev, &target, engine_kafka);
     dev.process.stop();
     kafka.stop();
     result
@@ -72,7 +73,12 @@ struct Target {
     registry: Option<String>,
 }
 
-fn sequences(engine: &EngineCommand, dev: &DevBroker, broker: &Target) -> Result<PipelineOutcome> {
+fn sequences(
+    engine: &EngineCommand,
+    dev: &DevBroker,
+    broker: &Target,
+    engine_kafka: &[String],
+) -> Result<PipelineOutcome> {
     // The input's schema registered in the registry the engine reads it with.
     let format = value_format(engine, dev, TOPOLOGY)?;
     let input = Arc::new(Input::keyed(format, 1000)?);
@@ -86,7 +92,14 @@ fn sequences(engine: &EngineCommand, dev: &DevBroker, broker: &Target) -> Result
     let mut figures = Vec::new();
     let mut setup = Vec::new();
     for (label, strategy) in [("cooperative", None), ("eager", Some("range"))] {
-        let (pauses, first) = sequence(engine, broker, &input, &config, label, strategy)?;
+        let (pauses, first) = sequence(
+            engine,
+            broker,
+            &input,
+            &config,
+            (label, strategy),
+            engine_kafka,
+        )?;
         for (event, longest, total) in pauses {
             figures.push(
                 Figure::new(
@@ -110,13 +123,18 @@ fn sequences(engine: &EngineCommand, dev: &DevBroker, broker: &Target) -> Result
                  partitions, {RATE} records/s over 1000 keys, `cache_max_bytes = 0`, \
                  `commit_interval_ms = 100`, session timeout {SESSION_TIMEOUT_MS} ms; {}; first \
                  instance's first output {:.1} s after its start; a pause is over {} ms without \
-                 output from a partition while input flows",
+                 output from a partition while input flows{}",
                 match strategy {
                     None => "the engine's default assignor (cooperative-sticky)".to_string(),
                     Some(s) => format!("`consumer.partition.assignment.strategy={s}`"),
                 },
                 first.as_secs_f64(),
-                PAUSE.as_millis()
+                PAUSE.as_millis(),
+                if engine_kafka.is_empty() {
+                    String::new()
+                } else {
+                    format!("; `--kafka {}`", engine_kafka.join(" --kafka "))
+                }
             ),
         ));
     }
@@ -131,8 +149,8 @@ fn sequence(
     broker: &Target,
     input: &Arc<Input>,
     config: &std::path::Path,
-    label: &str,
-    strategy: Option<&str>,
+    (label, strategy): (&str, Option<&str>),
+    engine_kafka: &[String],
 ) -> Result<(Vec<Pauses>, Duration)> {
     let state = engine.log_path(&format!("state-rebalance-{label}"));
     let _ = std::fs::remove_dir_all(&state);
@@ -155,6 +173,9 @@ fn sequence(
         ];
         if let Some(a) = &assignor {
             args.extend(["--kafka", a]);
+        }
+        for property in engine_kafka {
+            args.extend(["--kafka", property]);
         }
         engine.run_on(
             &args,
