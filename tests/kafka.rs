@@ -2361,20 +2361,21 @@ fn a_task_with_two_stores_killed_mid_stream_restores_exact_counts_in_both() {
     });
 }
 
-/// Answers `check` with the value of the record's key in store `s`.
-struct ReadStore;
+/// Answers a record with what its function makes of the value of the record's key in
+/// store `s`.
+struct ReadStore<V>(fn(Option<V>) -> String);
 
-impl engine::topology::Processor<String, String, String, String> for ReadStore {
+impl<V: 'static> engine::topology::Processor<String, String, String, String> for ReadStore<V> {
     fn process(
         &mut self,
         record: engine::record::Record<String, String>,
         ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
     ) -> Result<(), engine::topology::ProcessingError> {
         let held = ctx
-            .kv_store::<String, i64>("s")
+            .kv_store::<String, V>("s")
             .and_then(|s| s.get(&record.key))
             .map_err(|e| engine::topology::ProcessingError::new(e.to_string()))?;
-        ctx.forward(record.with_value(format!("{held:?}")));
+        ctx.forward(record.with_value((self.0)(held)));
         Ok(())
     }
 }
@@ -2415,7 +2416,9 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
                 .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let topology = through_stores("fencing", &["s"], Serdes::i64, || ReadStore);
+        let topology = through_stores("fencing", &["s"], Serdes::i64, || {
+            ReadStore(|held: Option<i64>| format!("{held:?}"))
+        });
         let (handle, _metrics, trigger) = spawn_with_state(&broker, dir.path(), topology);
         let checks: Vec<(String, String)> = ["k", "other"]
             .iter()
@@ -2530,24 +2533,6 @@ fn stopped(result: Result<(), engine::runtime::RuntimeError>) {
     }
 }
 
-/// Answers a record with the length of the value its key has in store `s` (strings).
-struct StoredLength;
-
-impl engine::topology::Processor<String, String, String, String> for StoredLength {
-    fn process(
-        &mut self,
-        record: engine::record::Record<String, String>,
-        ctx: &mut engine::topology::ProcessorContext<'_, String, String>,
-    ) -> Result<(), engine::topology::ProcessingError> {
-        let held = ctx
-            .kv_store::<String, String>("s")
-            .and_then(|s| s.get(&record.key))
-            .map_err(|e| engine::topology::ProcessingError::new(e.to_string()))?;
-        ctx.forward(record.with_value(format!("{:?}", held.map(|v| v.len()))));
-        Ok(())
-    }
-}
-
 /// Writes `records` values of `len` bytes (stored framing included) to partition 0 of
 /// `topic`, keys `k00000000`, `k00000001`, ...
 fn fill_changelog(bootstrap: &str, topic: &str, records: usize, len: usize) {
@@ -2631,7 +2616,7 @@ fn real_kafka_a_1_gib_restore_keeps_the_consumer_in_the_group_while_the_other_ta
             &cluster.output,
             &["s"],
             Serdes::string,
-            || StoredLength,
+            || ReadStore(|held: Option<String>| format!("{:?}", held.map(|v| v.len()))),
         );
         let runner = TopologyRunner::new(topology, s);
         let metrics = runner.metrics();
