@@ -2448,80 +2448,109 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
 
 #[test]
 fn a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
-    // Task N owns partition N of every input topic (and its stores): were `in` 2 on one
-    // instance and `in2` 2 on another, both would open task 2's stores and write its
-    // changelog. Per-topic assignment (cooperative-sticky) does not keep them together
-    // once partitions move.
-    let broker = broker(6);
-    broker.create_topic("in2", 6).unwrap();
-    broker.create_topic("pairs-per-key-changelog", 6).unwrap();
-    let bootstrap = broker.bootstrap_servers();
+    let cluster = Cluster::mock(6, "pairs", &["per-key"]);
+    if let Some(broker) = &cluster.mock {
+        broker.create_topic("in2", 6).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(co_partitioned(&cluster, "in2"));
+}
+
+#[test]
+fn real_kafka_a_task_reading_two_topics_gets_the_same_partition_of_both_on_one_instance() {
+    let Some(bootstrap) = support::real_kafka() else {
+        return;
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let start = |i: usize| spawn_with_state(&broker, dirs[i].path(), counter_on("pairs", &["in", "in2"], "out", false));
-        let mut instances = Vec::new();
-        let held = |metrics: &engine::metrics::TopologyMetrics, topic: &str| -> BTreeSet<i32> {
-            metrics
-                .consumer_lag()
-                .into_iter()
-                .filter(|l| l.topic == topic)
-                .map(|l| l.partition)
-                .collect()
-        };
-        let mut round = 0;
-        let mut assignments = Vec::new();
-        // Joins and leaves: each moves some partitions and keeps the rest in place.
-        for (starting, leaving) in [
-            (Some(0), None),
-            (Some(1), None),
-            (Some(2), None),
-            (None, Some(1)),
-        ] {
-            if let Some(i) = starting {
-                instances.push(start(i));
-            }
-            if let Some(i) = leaving {
-                let (handle, _, trigger) = instances.remove(i);
-                trigger.trigger();
-                stopped(handle.await.unwrap());
-            }
-            // Input on every partition, so each instance fetches (and knows the lag of)
-            // what it holds.
-            let inputs = keyed_inputs(24, 2, round);
-            round += 2;
-            produce_keyed(&bootstrap, "in", &inputs).await;
-            produce_keyed(&bootstrap, "in2", &inputs).await;
-            let settled = || {
-                instances.iter().all(|(_, m, _)| m.snapshot().assigned_partitions > 0)
-                    && instances
-                        .iter()
-                        .map(|(_, m, _)| held(m, "in").len() + held(m, "in2").len())
-                        .sum::<usize>()
-                        == 12
-            };
-            wait_for(Duration::from_secs(60), settled).await;
-            assignments.push(
-                instances
-                    .iter()
-                    .map(|(_, m, _)| (held(m, "in"), held(m, "in2")))
-                    .collect::<Vec<_>>(),
-            );
+        let cluster = Cluster::real(bootstrap, 6).await;
+        let second = support::unique("in2");
+        support::create_topics(&cluster.bootstrap, &[(&second, 6, &[])]).await;
+        co_partitioned(&cluster, &second).await;
+    });
+}
+
+/// Task N owns partition N of every input topic (and its stores): were the first input's
+/// partition 2 on one instance and `second`'s on another, both would open task 2's stores
+/// and write its changelog. Per-topic assignment (cooperative-sticky) does not keep them
+/// together once partitions move: three instances join one by one, one leaves.
+async fn co_partitioned(cluster: &Cluster, second: &str) {
+    let app = cluster.app("pairs");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |i: usize| {
+        let mut s = cluster.settings();
+        s.state = RocksSettings::new(dirs[i].path(), 1 << 20, 1 << 20);
+        s.commit_interval = Duration::from_millis(100);
+        let topology = counter_on(&app, &[&cluster.input, second], &cluster.output, false);
+        let runner = TopologyRunner::new(topology, s);
+        let metrics = runner.metrics();
+        let (trigger, shutdown) = Shutdown::new();
+        (tokio::spawn(runner.run(shutdown)), metrics, trigger)
+    };
+    let mut instances = Vec::new();
+    let held = |metrics: &engine::metrics::TopologyMetrics, topic: &str| -> BTreeSet<i32> {
+        metrics
+            .consumer_lag()
+            .into_iter()
+            .filter(|l| l.topic == topic)
+            .map(|l| l.partition)
+            .collect()
+    };
+    let mut round = 0;
+    let mut assignments = Vec::new();
+    // Joins and leaves: each moves some partitions and keeps the rest in place.
+    for (starting, leaving) in [
+        (Some(0), None),
+        (Some(1), None),
+        (Some(2), None),
+        (None, Some(1)),
+    ] {
+        if let Some(i) = starting {
+            instances.push(start(i));
         }
-        for (_, _, trigger) in &instances {
+        if let Some(i) = leaving {
+            let (handle, _, trigger) = instances.remove(i);
             trigger.trigger();
-        }
-        for (handle, _, _) in instances {
             stopped(handle.await.unwrap());
         }
-        eprintln!("assignments {assignments:?}");
-        for (first, second) in assignments.iter().flatten() {
-            assert_eq!(
-                first, second,
-                "one instance holds partitions {first:?} of in but {second:?} of in2: {assignments:?}"
-            );
-        }
-    });
+        // Input on every partition, so each instance fetches (and knows the lag of)
+        // what it holds.
+        let inputs = keyed_inputs(24, 2, round);
+        round += 2;
+        produce_keyed(&cluster.bootstrap, &cluster.input, &inputs).await;
+        produce_keyed(&cluster.bootstrap, second, &inputs).await;
+        let settled = || {
+            instances
+                .iter()
+                .all(|(_, m, _)| m.snapshot().assigned_partitions > 0)
+                && instances
+                    .iter()
+                    .map(|(_, m, _)| held(m, &cluster.input).len() + held(m, second).len())
+                    .sum::<usize>()
+                    == 12
+        };
+        wait_for(Duration::from_secs(60), settled).await;
+        assignments.push(
+            instances
+                .iter()
+                .map(|(_, m, _)| (held(m, &cluster.input), held(m, second)))
+                .collect::<Vec<_>>(),
+        );
+    }
+    for (_, _, trigger) in &instances {
+        trigger.trigger();
+    }
+    for (handle, _, _) in instances {
+        stopped(handle.await.unwrap());
+    }
+    eprintln!("assignments {assignments:?}");
+    for (of_first, of_second) in assignments.iter().flatten() {
+        assert_eq!(
+            of_first, of_second,
+            "one instance holds partitions {of_first:?} of {} but {of_second:?} of {second}: {assignments:?}",
+            cluster.input
+        );
+    }
 }
 
 /// A runner's end when others leave or join at the same time: a clean stop, or (its final
