@@ -1342,6 +1342,26 @@ fn highest_counts(
     })
 }
 
+/// `engine produce TOPIC` of ticket JSON lines (keyed by plan), and its stdin.
+fn ticket_producer(
+    topic: &str,
+    bootstrap: &str,
+    registry: &str,
+) -> (Child, std::process::ChildStdin) {
+    let mut producer = engine()
+        .args(["produce", topic, "--schema", TICKET_SCHEMA_FILE])
+        .args(["--key-field", "plan_id"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = producer.stdin.take().unwrap();
+    (producer, stdin)
+}
+
 /// Feeds ticket JSON `lines` to `engine produce bench.tickets.in` (keyed by plan), `chunk`
 /// at a time every `pause_ms`; returns the producer and the feeding thread.
 fn feed_tickets(
@@ -1352,22 +1372,7 @@ fn feed_tickets(
     pause_ms: u64,
 ) -> (Child, std::thread::JoinHandle<()>) {
     use std::io::Write;
-    let mut producer = engine()
-        .args([
-            "produce",
-            "bench.tickets.in",
-            "--schema",
-            TICKET_SCHEMA_FILE,
-        ])
-        .args(["--key-field", "plan_id"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
+    let (producer, mut stdin) = ticket_producer("bench.tickets.in", bootstrap, registry);
     let feeder = std::thread::spawn(move || {
         for chunk in lines.chunks(chunk) {
             for line in chunk {
@@ -1800,17 +1805,7 @@ fn feed_tickets_until(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<u32> {
     use std::io::Write;
-    let mut producer = engine()
-        .args(["produce", topic, "--schema", TICKET_SCHEMA_FILE])
-        .args(["--key-field", "plan_id"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
+    let (mut producer, mut stdin) = ticket_producer(topic, bootstrap, registry);
     let deadline = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

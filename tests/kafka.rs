@@ -1982,22 +1982,9 @@ fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
     });
 }
 
-/// `app`: topic `in` through `processor`, which uses the persistent stores `stores`
-/// (string keys, values through `value()`), to topic `out`.
+/// `app`: topic `input` through `processor`, which uses the persistent stores `stores`
+/// (string keys, values through `value()`), to topic `output`.
 fn through_stores<V: 'static, S: engine::serde::Serde<V>, P>(
-    app: &str,
-    stores: &[&str],
-    value: impl Fn() -> S,
-    processor: impl Fn() -> P + Send + Sync + 'static,
-) -> Topology
-where
-    P: engine::topology::Processor<String, String, String, String>,
-{
-    through_stores_on(app, "in", "out", stores, value, processor)
-}
-
-/// [`through_stores`] from `input` to `output`.
-fn through_stores_on<V: 'static, S: engine::serde::Serde<V>, P>(
     app: &str,
     input: &str,
     output: &str,
@@ -2247,7 +2234,11 @@ fn every_store_of_a_task_restores_the_writes_of_committed_inputs() {
     broker.create_topic("two-a-changelog", 1).unwrap();
     broker.create_topic("two-b-changelog", 1).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let topology = || through_stores("two", &["a", "b"], Serdes::string, || TwoStores);
+    let topology = || {
+        through_stores("two", "in", "out", &["a", "b"], Serdes::string, || {
+            TwoStores
+        })
+    };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |dir: &std::path::Path| {
         let (handle, _metrics, trigger) = spawn_with_state(&broker, dir, topology());
@@ -2316,7 +2307,11 @@ fn a_task_with_two_stores_killed_mid_stream_restores_exact_counts_in_both() {
     broker.create_topic("twice-a-changelog", 2).unwrap();
     broker.create_topic("twice-b-changelog", 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
-    let topology = || through_stores("twice", &["a", "b"], Serdes::i64, || CountTwice);
+    let topology = || {
+        through_stores("twice", "in", "out", &["a", "b"], Serdes::i64, || {
+            CountTwice
+        })
+    };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let run = |dir: &std::path::Path| spawn_with_state(&broker, dir, topology());
     const KEYS: usize = 8;
@@ -2416,7 +2411,7 @@ fn a_restore_ignores_changelog_writes_of_an_owner_older_than_one_before_it() {
                 .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let topology = through_stores("fencing", &["s"], Serdes::i64, || {
+        let topology = through_stores("fencing", "in", "out", &["s"], Serdes::i64, || {
             ReadStore(|held: Option<i64>| format!("{held:?}"))
         });
         let (handle, _metrics, trigger) = spawn_with_state(&broker, dir.path(), topology);
@@ -2639,7 +2634,7 @@ fn real_kafka_a_1_gib_restore_keeps_the_consumer_in_the_group_while_the_other_ta
         ] {
             s.client.properties.insert(key.into(), value.into());
         }
-        let topology = through_stores_on(
+        let topology = through_stores(
             &app,
             &cluster.input,
             &cluster.output,

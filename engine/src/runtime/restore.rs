@@ -271,6 +271,9 @@ pub(crate) fn restore(
     let mut next = start;
     let mut batch: Vec<Write> = Vec::with_capacity(RESTORE_BATCH);
     let flush = |batch: &mut Vec<Write>, restored: &mut Restored| -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let applied = apply(store, std::mem::take(batch))?;
         restored.records += applied;
         progress.fetch_add(applied, Ordering::Relaxed);
@@ -281,9 +284,10 @@ pub(crate) fn restore(
             flush(&mut batch, &mut restored)?;
             if let Some(path) = checkpoint
                 && restored.held.is_empty()
+                && store.flush().is_ok()
             {
-                // Everything before `next` is in the store: the next owner of this store
-                // (likely this instance again) goes on from here.
+                // Everything before `next` is in the store, durably: the next owner of
+                // this store (likely this instance again) goes on from here.
                 let _ = write_checkpoint(path, next, restored.epoch);
             }
             return Ok(None);
@@ -390,6 +394,86 @@ mod tests {
             positions: vec![("in".into(), position)],
             deferred: deferred.iter().map(|o| ("in".to_string(), *o)).collect(),
         }
+    }
+
+    #[test]
+    fn a_cancelled_restore_leaves_a_checkpoint_the_next_one_goes_on_from() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        // Enough that the restore is still reading when the cancel comes (under the mock
+        // cluster's 5 MiB per partition).
+        const RECORDS: i64 = 50_000;
+        let broker = crate::kafka::EmbeddedBroker::start(1).unwrap();
+        broker.create_topic("app-s-changelog", 1).unwrap();
+        let client = ClientSettings {
+            bootstrap_servers: broker.bootstrap_servers(),
+            ..Default::default()
+        };
+        let producer: BaseProducer = client.client_config(ClientRole::Producer).create().unwrap();
+        for i in 0..RECORDS {
+            let key = format!("k{i:05}");
+            producer
+                .send(BaseRecord::to("app-s-changelog").key(&key).payload("v"))
+                .unwrap();
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("s.checkpoint");
+        let spec = StoreSpec {
+            name: "s".into(),
+            kind: StoreKind::Persistent,
+            changelog: true,
+            default_ttl: None,
+            changelog_retention: None,
+            caching: false,
+            key_format: "bytes".into(),
+            value_format: "bytes".into(),
+        };
+        let store: Arc<dyn BytesStore> = Arc::new(crate::state::MemoryStore::default());
+        let run = |progress: &AtomicU64, cancel: &AtomicBool| {
+            restore(
+                &client,
+                &store,
+                &spec,
+                "app-s-changelog",
+                0,
+                Some(&checkpoint),
+                &HashMap::new(),
+                Duration::from_secs(10),
+                progress,
+                cancel,
+            )
+            .unwrap()
+        };
+
+        // Cancelled once the first batch is in.
+        let (progress, cancel) = (AtomicU64::new(0), AtomicBool::new(false));
+        let cancelled = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while progress.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                cancel.store(true, Ordering::Relaxed);
+            });
+            run(&progress, &cancel)
+        });
+        assert_eq!(cancelled, None);
+        let (stopped_at, _) = read_checkpoint(&checkpoint).expect("a checkpoint");
+        assert!(
+            0 < stopped_at && stopped_at < RECORDS,
+            "stopped mid-way: {stopped_at}"
+        );
+        assert_eq!(
+            store.approximate_len(),
+            stopped_at as u64,
+            "exactly what it read"
+        );
+
+        // The next restore reads only the rest.
+        let restored = run(&AtomicU64::new(0), &AtomicBool::new(false)).expect("not cancelled");
+        assert!(restored.from_checkpoint);
+        assert_eq!(restored.records, (RECORDS - stopped_at) as u64);
+        assert_eq!(store.approximate_len(), RECORDS as u64);
     }
 
     #[test]
