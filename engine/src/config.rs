@@ -15,8 +15,15 @@ use crate::serde::{AvroSettings, Fallback, SubjectNameStrategy};
 
 /// The one place defaults are set.
 pub mod defaults {
-    /// Offsets are committed this often (ms).
+    /// Offsets are committed this often (ms) under at-least-once.
     pub const COMMIT_INTERVAL_MS: u64 = 1_000;
+    /// Transactions are committed this often (ms) under exactly-once (Kafka Streams'
+    /// `commit.interval.ms` default under EOS).
+    pub const EOS_COMMIT_INTERVAL_MS: u64 = 100;
+    /// `transaction.timeout.ms` of the transactional producer under exactly-once (Kafka
+    /// Streams sets 10 s: a zombie's open transaction blocks `read_committed` readers of
+    /// its partitions until the broker aborts it).
+    pub const EOS_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
     /// Input records with unacknowledged outputs before partitions pause.
     pub const MAX_IN_FLIGHT: usize = 10_000;
     /// How long to wait for the broker at start-up (ms).
@@ -119,6 +126,42 @@ pub struct RuntimeSection {
     pub internal_topic_configs: BTreeMap<String, String>,
     /// How often committed records of repartition topics are deleted, ms.
     pub repartition_purge_interval_ms: Option<u64>,
+    /// `at_least_once` (default) or `exactly_once_v2`; also `--processing-guarantee`.
+    pub processing_guarantee: Option<ProcessingGuarantee>,
+}
+
+/// What a topology guarantees about its outputs, as Kafka Streams'
+/// `processing.guarantee`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    /// Offsets commit after the outputs they caused are acknowledged: after a crash the
+    /// records since the last commit are processed again, and their outputs may appear
+    /// twice.
+    #[default]
+    AtLeastOnce,
+    /// KIP-447: one transactional producer per instance; the outputs, changelog records
+    /// and consumed offsets of a commit interval commit together or not at all, and
+    /// `read_committed` readers see each input's effects once.
+    #[serde(rename = "exactly_once_v2")]
+    #[value(name = "exactly_once_v2")]
+    ExactlyOnceV2,
+}
+
+impl ProcessingGuarantee {
+    /// Whether this is exactly-once.
+    pub fn exactly_once(self) -> bool {
+        self == ProcessingGuarantee::ExactlyOnceV2
+    }
+
+    /// The name used in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessingGuarantee::AtLeastOnce => "at_least_once",
+            ProcessingGuarantee::ExactlyOnceV2 => "exactly_once_v2",
+        }
+    }
 }
 
 /// Values from flags and the environment (flags win; clap merges the two).
@@ -134,6 +177,8 @@ pub struct Overrides {
     pub kafka: Vec<String>,
     /// `--state-dir`.
     pub state_dir: Option<PathBuf>,
+    /// `--processing-guarantee` / `ENGINE_PROCESSING_GUARANTEE`.
+    pub processing_guarantee: Option<ProcessingGuarantee>,
 }
 
 /// A configuration problem, with how to fix it.
@@ -198,6 +243,8 @@ pub struct EngineConfig {
     pub internal_topic_configs: BTreeMap<String, String>,
     /// How often committed records of repartition topics are deleted.
     pub repartition_purge_interval: Duration,
+    /// At-least-once or exactly-once.
+    pub processing_guarantee: ProcessingGuarantee,
 }
 
 impl EngineConfig {
@@ -237,17 +284,24 @@ impl EngineConfig {
             }
         }
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        let guarantee = overrides
+            .processing_guarantee
+            .or(file.runtime.processing_guarantee)
+            .unwrap_or_default();
         let config = EngineConfig {
+            processing_guarantee: guarantee,
             bootstrap_servers: non_empty(overrides.bootstrap_servers.clone())
                 .or(non_empty(file.kafka.bootstrap_servers)),
             schema_registry_url: non_empty(overrides.schema_registry_url.clone())
                 .or(non_empty(file.schema_registry.url.clone())),
             kafka_properties: properties,
-            commit_interval: Duration::from_millis(
-                file.runtime
-                    .commit_interval_ms
-                    .unwrap_or(defaults::COMMIT_INTERVAL_MS),
-            ),
+            commit_interval: Duration::from_millis(file.runtime.commit_interval_ms.unwrap_or(
+                if guarantee.exactly_once() {
+                    defaults::EOS_COMMIT_INTERVAL_MS
+                } else {
+                    defaults::COMMIT_INTERVAL_MS
+                },
+            )),
             max_in_flight: file
                 .runtime
                 .max_in_flight
@@ -339,6 +393,9 @@ impl EngineConfig {
             properties: config.kafka_properties.clone(),
         };
         problems.extend(client.validate().into_iter().map(|e| e.to_string()));
+        if guarantee.exactly_once() {
+            problems.extend(client.contradictions_of_exactly_once());
+        }
         if let Some(problem) = config
             .advertised_http
             .as_deref()
@@ -365,6 +422,7 @@ impl EngineConfig {
         settings.replication_factor = self.replication_factor;
         settings.internal_topic_configs = self.internal_topic_configs.clone();
         settings.repartition_purge_interval = self.repartition_purge_interval;
+        settings.processing_guarantee = self.processing_guarantee;
         settings.state = crate::state::RocksSettings::new(
             &self.state_dir,
             self.block_cache_bytes,
@@ -441,6 +499,74 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `bootstrap`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn exactly_once_commits_every_100_ms_and_refuses_settings_that_contradict_it() {
+        let eos = |file: &str, kafka: &[&str]| {
+            let file: FileConfig = toml::from_str(file).unwrap();
+            let overrides = Overrides {
+                kafka: kafka.iter().map(|k| k.to_string()).collect(),
+                processing_guarantee: Some(ProcessingGuarantee::ExactlyOnceV2),
+                ..Default::default()
+            };
+            EngineConfig::resolve(file, &overrides)
+        };
+        let c = eos("", &[]).unwrap();
+        assert!(c.processing_guarantee.exactly_once());
+        assert_eq!(c.commit_interval, Duration::from_millis(100));
+        assert_eq!(
+            eos("[runtime]\ncommit_interval_ms = 250", &[])
+                .unwrap()
+                .commit_interval,
+            Duration::from_millis(250),
+            "an explicit interval wins"
+        );
+        let file: FileConfig =
+            toml::from_str("[runtime]\nprocessing_guarantee = \"exactly_once_v2\"").unwrap();
+        assert!(
+            EngineConfig::resolve(file, &Overrides::default())
+                .unwrap()
+                .processing_guarantee
+                .exactly_once(),
+            "also from the file"
+        );
+        let ConfigError::Invalid(problems) = eos(
+            "",
+            &[
+                "producer.enable.idempotence=false",
+                "isolation.level=read_uncommitted",
+                "transactional.id=mine",
+            ],
+        )
+        .unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems.iter().all(|p| p.contains("remove")
+                || p.contains("derives it from the application id")),
+            "each says how to fix it: {problems:#?}"
+        );
+        // The same settings are fine at least once (but the transactional id).
+        let file = FileConfig::default();
+        let overrides = Overrides {
+            kafka: vec![
+                "producer.enable.idempotence=false".into(),
+                "isolation.level=read_uncommitted".into(),
+            ],
+            ..Default::default()
+        };
+        assert!(EngineConfig::resolve(file, &overrides).is_ok());
+        let unknown = toml::from_str::<FileConfig>(
+            "[runtime]\nprocessing_guarantee = \"exactly_once\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown.contains("at_least_once") && unknown.contains("exactly_once_v2"),
+            "{unknown}"
         );
     }
 

@@ -130,6 +130,7 @@ pub struct TopologyMetrics {
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
     pub(crate) rebalances: AtomicU64,
+    pub(crate) transactions_aborted: AtomicU64,
     pub(crate) restored_records: AtomicU64,
     pub(crate) replayed_skipped: AtomicU64,
     pub(crate) global_restored_records: AtomicU64,
@@ -159,6 +160,7 @@ impl Default for TopologyMetrics {
             punctuations: AtomicU64::new(0),
             assigned_partitions: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
+            transactions_aborted: AtomicU64::new(0),
             restored_records: AtomicU64::new(0),
             replayed_skipped: AtomicU64::new(0),
             global_restored_records: AtomicU64::new(0),
@@ -202,6 +204,9 @@ pub struct MetricsSnapshot {
     /// Assignments received from the group (each rebalance this instance took part in
     /// that gave it partitions, the first included).
     pub rebalances: u64,
+    /// Transactions aborted under exactly-once (each rewound the tasks to their last
+    /// commit).
+    pub transactions_aborted: u64,
     /// Changelog records applied while restoring stores.
     pub restored_records: u64,
     /// Records skipped because the restored stores already held their effect (their
@@ -233,6 +238,7 @@ impl TopologyMetrics {
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),
             rebalances: r(&self.rebalances),
+            transactions_aborted: r(&self.transactions_aborted),
             restored_records: r(&self.restored_records),
             replayed_skipped: r(&self.replayed_skipped),
             global_restored_records: r(&self.global_restored_records),

@@ -167,7 +167,7 @@ impl OpsState {
         let mut out = String::new();
         let topologies = read(&self.topologies);
         type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
-        let series: [(&str, &str, &str, Pick); 16] = [
+        let series: [(&str, &str, &str, Pick); 17] = [
             (
                 "engine_records_in_total",
                 "counter",
@@ -236,6 +236,12 @@ impl OpsState {
                 "counter",
                 "Assignments received from the consumer group.",
                 |m| m.rebalances,
+            ),
+            (
+                "engine_transactions_aborted_total",
+                "counter",
+                "Transactions aborted under exactly-once (the tasks rewound to their last commit).",
+                |m| m.transactions_aborted,
             ),
             (
                 "engine_restored_records_total",

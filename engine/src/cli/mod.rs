@@ -74,6 +74,15 @@ struct Cli {
     /// Directory of RocksDB state stores.
     #[arg(long, global = true, env = "ENGINE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// `at_least_once` (default) or `exactly_once_v2` (Kafka Streams' EOS v2: outputs,
+    /// changelogs and offsets commit in one transaction every 100 ms; real Kafka only).
+    #[arg(
+        long,
+        global = true,
+        env = "ENGINE_PROCESSING_GUARANTEE",
+        value_name = "GUARANTEE"
+    )]
+    processing_guarantee: Option<crate::config::ProcessingGuarantee>,
     /// Log filter (tracing's EnvFilter syntax, e.g. `info,librdkafka=debug`).
     #[arg(long, global = true, env = "ENGINE_LOG", default_value = "info")]
     log: String,
@@ -270,6 +279,9 @@ where
                     .map(|v| v.cloned().collect())
                     .unwrap_or_default(),
                 state_dir: matches.get_one::<PathBuf>("state_dir").cloned(),
+                processing_guarantee: matches
+                    .get_one::<crate::config::ProcessingGuarantee>("processing_guarantee")
+                    .copied(),
             };
             return match EngineConfig::load(&overrides) {
                 Ok(config) => (extension.run)(&sub, &config, out),
@@ -297,6 +309,7 @@ where
         schema_registry_url: cli.schema_registry_url.clone(),
         kafka: cli.kafka.clone(),
         state_dir: cli.state_dir.clone(),
+        processing_guarantee: cli.processing_guarantee,
     };
     match execute(catalog, cli.command, &overrides, out) {
         Ok(()) => EXIT_OK,

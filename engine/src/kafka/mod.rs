@@ -36,6 +36,10 @@ const OWNED_PROPERTIES: &[(&str, &str)] = &[
         "enable.auto.offset.store",
         "the engine stores offsets itself",
     ),
+    (
+        "transactional.id",
+        "under `processing_guarantee = \"exactly_once_v2\"` the engine derives it from the application id and the instance id kept in the state directory",
+    ),
 ];
 
 /// Errors in client configuration.
@@ -111,6 +115,32 @@ impl ClientSettings {
             }
         }
         errors
+    }
+
+    /// The properties that contradict exactly-once processing, each with its fix: the
+    /// transactional producer needs idempotence, and inputs, restores and global tables
+    /// must read only committed records.
+    pub fn contradictions_of_exactly_once(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in &self.properties {
+            let (role, bare) = split_role(key);
+            let value = value.trim();
+            if bare == "enable.idempotence" && role != Some(ClientRole::Consumer) && value != "true"
+            {
+                problems.push(format!(
+                    "`{key}={value}` contradicts processing_guarantee = \"exactly_once_v2\": a transactional producer is idempotent; remove the property"
+                ));
+            }
+            if bare == "isolation.level"
+                && role != Some(ClientRole::Producer)
+                && value != "read_committed"
+            {
+                problems.push(format!(
+                    "`{key}={value}` contradicts processing_guarantee = \"exactly_once_v2\": inputs, changelog restores and global tables must read only committed records; remove the property"
+                ));
+            }
+        }
+        problems
     }
 
     /// The librdkafka configuration for one client role, with defaults the engine relies

@@ -13,6 +13,7 @@ mod restore;
 mod runner;
 mod topics;
 mod tracker;
+mod transactions;
 
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub struct RunSettings {
     pub internal_topic_configs: std::collections::BTreeMap<String, String>,
     /// How often the committed records of repartition topics are deleted.
     pub repartition_purge_interval: Duration,
+    /// At-least-once, or exactly-once with one transactional producer per instance.
+    pub processing_guarantee: crate::config::ProcessingGuarantee,
     /// Where health, metrics and stores are reported for the operations endpoint.
     pub ops: Option<std::sync::Arc<crate::ops::OpsState>>,
     /// `host:port` at which other instances reach this one's operations endpoint. With
@@ -99,6 +102,7 @@ impl RunSettings {
             repartition_purge_interval: Duration::from_millis(
                 crate::config::defaults::REPARTITION_PURGE_INTERVAL_MS,
             ),
+            processing_guarantee: Default::default(),
             ops: None,
             advertised_http: None,
         }

@@ -299,7 +299,21 @@ pub(crate) fn restore(
             });
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None => flush(&mut batch, &mut restored)?,
+            None => {
+                flush(&mut batch, &mut restored)?;
+                // Transaction markers (exactly-once changelogs) take offsets but are never
+                // delivered: the consumer's position says when they are passed. Under
+                // `read_committed` the position also waits for open transactions to end.
+                if let Ok(position) = consumer.position()
+                    && let Some(Offset::Offset(at)) = position
+                        .find_partition(topic, partition)
+                        .map(|e| e.offset())
+                    && at > next
+                {
+                    next = at;
+                    last_progress = Instant::now();
+                }
+            }
             Some(Err(e)) => return Err(client_error("changelog restore")(e)),
             Some(Ok(m)) => {
                 next = m.offset() + 1;

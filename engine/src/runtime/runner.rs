@@ -8,7 +8,7 @@
 //! committed before they go; shutdown drains, commits and closes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -64,6 +64,10 @@ impl ProducerContext for ProduceContext {
     type DeliveryOpaque = Box<DeliveryToken>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, token: Box<DeliveryToken>) {
+        if token.epoch != self.tracker.epoch() {
+            // Sent in a transaction since aborted: nothing waits for it any more.
+            return;
+        }
         match result {
             Ok(_) => {
                 TopologyMetrics::add(&self.metrics.records_out, 1);
@@ -73,6 +77,7 @@ impl ProducerContext for ProduceContext {
             Err((error, message)) => self.tracker.failed(DeliveryFailure {
                 sources: token.sources,
                 seq: token.seq,
+                asynchronous: true,
                 error: error.clone(),
                 topic: message.topic().to_string(),
                 key: message.key().map(<[u8]>::to_vec),
@@ -94,7 +99,15 @@ pub(crate) struct ConsumeContext {
     application_id: String,
     tracker: Arc<OffsetTracker>,
     metrics: Arc<TopologyMetrics>,
-    producer: OnceLock<Arc<EngineProducer>>,
+    /// The instance's producer (replaced when a transactional one is fenced).
+    producer: Mutex<Option<Arc<EngineProducer>>>,
+    /// Exactly-once: the producer is transactional, and a revocation commits the open
+    /// transaction (or aborts it, and the tasks kept go back to their committed state).
+    exactly_once: bool,
+    /// Set when a revocation aborted the transaction: the tasks kept must be rewound.
+    aborted: std::sync::atomic::AtomicBool,
+    /// Set when the transactional producer failed for good: it must be replaced.
+    producer_failed: std::sync::atomic::AtomicBool,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Whether `events` holds anything: read for every record, so without the lock.
     rebalanced: std::sync::atomic::AtomicBool,
@@ -213,6 +226,15 @@ impl ConsumeContext {
     /// by `flush_timeout`; partitions whose commit did not go through get no checkpoint.
     fn finish_revoked(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
         let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        if self.exactly_once {
+            self.finish_revoked_transaction(consumer, partitions);
+            let mut committed = lock(&self.committed_at_assignment);
+            for (topic, partition) in partitions {
+                self.tracker.deactivate(topic, *partition);
+                committed.remove(&(topic.clone(), *partition));
+            }
+            return;
+        }
         if consumer.assignment_lost() {
             // The group went on without this instance (its session expired, or it was
             // fenced): the partitions may be another's already, so nothing more of
@@ -228,12 +250,12 @@ impl ConsumeContext {
             return;
         }
         let deadline = Instant::now() + self.flush_timeout;
-        if let Some(producer) = self.producer.get() {
+        if let Some(producer) = lock(&self.producer).clone() {
             let mut flushed = producer.flush(self.flush_timeout);
             if flushed.is_ok() {
                 // Every output is acknowledged: the changelog records may follow.
                 for queued in self.tracker.drain_changelog() {
-                    send_now(producer, &self.tracker, &queued.record, queued.sources);
+                    send_now(&producer, &self.tracker, &queued.record, queued.sources);
                 }
                 flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
             }
@@ -271,6 +293,89 @@ impl ConsumeContext {
         for (topic, partition) in partitions {
             self.tracker.deactivate(topic, *partition);
             committed.remove(&(topic.clone(), *partition));
+        }
+    }
+
+    /// Exactly-once: commits the open transaction, which holds the revoked tasks' work
+    /// (and the other tasks', whose offsets commit with it); or, when the assignment was
+    /// lost or the commit fails, aborts it: the next owner processes the revoked
+    /// partitions' records again, and the tasks kept here go back to their committed
+    /// state ([`Loop::rewind`]).
+    fn finish_revoked_transaction(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[(String, i32)],
+    ) {
+        let Some(producer) = lock(&self.producer).clone() else {
+            return;
+        };
+        let committed = if consumer.assignment_lost() {
+            Err(super::transactions::TransactionFailure {
+                reason: "the assignment was lost (the session expired or the member was fenced)"
+                    .into(),
+                fatal: false,
+            })
+        } else {
+            let deadline = Instant::now() + self.flush_timeout;
+            let mut flushed = producer.flush(self.flush_timeout);
+            if flushed.is_ok() {
+                for queued in self.tracker.drain_changelog() {
+                    send_now(&producer, &self.tracker, &queued.record, queued.sources);
+                }
+                flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+            }
+            let commits = self.tracker.take_commits(|_, _| true);
+            flushed
+                .map_err(|e| super::transactions::TransactionFailure {
+                    reason: format!("not every output was acknowledged: {}", kafka_reason(&e)),
+                    fatal: false,
+                })
+                .and_then(|()| {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1));
+                    super::transactions::commit(
+                        &*producer,
+                        &commits,
+                        consumer.group_metadata().as_ref(),
+                        left,
+                    )
+                })
+                .map(|()| commits)
+        };
+        match committed {
+            Ok(commits) => {
+                self.committed_in_transaction(&commits);
+                tracing::info!(application = %self.application_id, ?partitions, ?commits, "transaction committed before the revocation");
+            }
+            Err(failure) => {
+                tracing::warn!(application = %self.application_id, ?partitions, reason = %failure.reason, "transaction aborted at the revocation: the revoked partitions' records since the last commit are processed again by their next owner, and the tasks kept here go back to their committed state");
+                let replace = failure.fatal
+                    || super::transactions::abort(&*producer, self.flush_timeout)
+                        .inspect_err(|e| tracing::warn!(application = %self.application_id, reason = %e.reason, "the transactional producer is replaced"))
+                        .is_err();
+                if replace {
+                    self.producer_failed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+                self.tracker.reset();
+                self.aborted
+                    .store(true, std::sync::atomic::Ordering::Release);
+                lock(&self.uncommitted_revoked).extend(partitions.iter().cloned());
+            }
+        }
+    }
+
+    /// Learns the offsets a committed transaction held.
+    fn committed_in_transaction(&self, commits: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in commits {
+            self.tracker.confirm(topic, *partition, *offset);
+            if let Some(purger) = &self.purger {
+                lock(purger).committed(topic, *partition, *offset);
+            }
+        }
+        if !commits.is_empty() {
+            TopologyMetrics::add(&self.metrics.commits, 1);
         }
     }
 
@@ -519,6 +624,36 @@ fn cached_watermarks<C: ConsumerContext>(
         .then_some((low, high))
 }
 
+/// The instance's producer: transactional under exactly-once, with Kafka Streams'
+/// `transaction.timeout.ms` unless the configuration sets one.
+fn create_producer(
+    settings: &RunSettings,
+    transactional_id: Option<&str>,
+    tracker: &Arc<OffsetTracker>,
+    metrics: &Arc<TopologyMetrics>,
+) -> Result<Arc<EngineProducer>, RuntimeError> {
+    let mut config = settings.client.client_config(ClientRole::Producer);
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+        if config.get("transaction.timeout.ms").is_none() {
+            config.set(
+                "transaction.timeout.ms",
+                crate::config::defaults::EOS_TRANSACTION_TIMEOUT_MS.to_string(),
+            );
+        }
+    }
+    config
+        .create_with_context(ProduceContext {
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+        })
+        .map(Arc::new)
+        .map_err(|source| RuntimeError::Client {
+            what: "producer",
+            reason: kafka_reason(&source),
+        })
+}
+
 /// Runs one topology on Kafka until shutdown or a fatal error.
 pub struct TopologyRunner {
     topology: Topology,
@@ -554,23 +689,30 @@ impl TopologyRunner {
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RuntimeError> {
         let app = self.topology.application_id().to_string();
         let tracker = Arc::new(OffsetTracker::default());
-        // Send order matters only where changelog records wait for earlier outputs.
-        tracker.track_send_order(!self.topology.changelog_topics().is_empty());
         let settings = &self.settings;
-
-        let producer: Arc<EngineProducer> = Arc::new(
-            settings
-                .client
-                .client_config(ClientRole::Producer)
-                .create_with_context(ProduceContext {
-                    tracker: tracker.clone(),
-                    metrics: self.metrics.clone(),
-                })
-                .map_err(|source| RuntimeError::Client {
-                    what: "producer",
-                    reason: kafka_reason(&source),
-                })?,
-        );
+        let exactly_once = settings.processing_guarantee.exactly_once();
+        // Send order matters only where changelog records wait for earlier outputs; in a
+        // transaction they all commit together, so they go at once.
+        tracker.track_send_order(!exactly_once && !self.topology.changelog_topics().is_empty());
+        let transactional_id = if exactly_once {
+            let instance = super::transactions::instance_id(&settings.state.state_dir, &app)
+                .map_err(|e| RuntimeError::Client {
+                    what: "instance id",
+                    reason: format!(
+                        "cannot keep the instance id in {}: {e}",
+                        settings.state.state_dir.display()
+                    ),
+                })?;
+            Some(super::transactions::transactional_id(&app, &instance))
+        } else {
+            None
+        };
+        let producer = create_producer(
+            settings,
+            transactional_id.as_deref(),
+            &tracker,
+            &self.metrics,
+        )?;
 
         if let Some(ops) = &settings.ops {
             ops.add_topology(&app, self.metrics.clone());
@@ -632,6 +774,23 @@ impl TopologyRunner {
             return Ok(());
         };
         let globals = globals?;
+        if let Some(id) = &transactional_id {
+            let (transactional, timeout) = (producer.clone(), settings.startup_timeout);
+            let started = tokio::task::spawn_blocking(move || {
+                super::transactions::start(&*transactional, timeout)
+            });
+            let Some(started) = until_stopped(&mut shutdown, &app, started).await else {
+                return Ok(());
+            };
+            started
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|reason| RuntimeError::Client {
+                    what: "transactional producer",
+                    reason,
+                })?;
+            tracing::info!(application = %app, transactional_id = %id, "exactly-once: transactional producer ready");
+        }
 
         let mut consumer_config = settings.client.client_config(ClientRole::Consumer);
         consumer_config.set("group.id", &app);
@@ -654,7 +813,10 @@ impl TopologyRunner {
                 application_id: app.clone(),
                 tracker: tracker.clone(),
                 metrics: self.metrics.clone(),
-                producer: OnceLock::new(),
+                producer: Mutex::new(Some(producer.clone())),
+                exactly_once,
+                aborted: Default::default(),
+                producer_failed: Default::default(),
                 events: Mutex::new(Vec::new()),
                 rebalanced: Default::default(),
                 resume: Mutex::new(HashMap::new()),
@@ -670,8 +832,6 @@ impl TopologyRunner {
                 what: "consumer",
                 reason: kafka_reason(&source),
             })?;
-        // Set once, before any rebalance can happen (subscription is below).
-        let _ = consumer.context().producer.set(producer.clone());
         let sources = self.topology.source_topics();
         let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
         consumer
@@ -691,7 +851,8 @@ impl TopologyRunner {
             settings,
             metrics: &self.metrics,
             tracker: &tracker,
-            producer: &producer,
+            producer: producer.clone(),
+            transactional_id: transactional_id.clone(),
             consumer: &consumer,
             tasks: HashMap::new(),
             paused: false,
@@ -723,6 +884,8 @@ impl TopologyRunner {
         let deadline = Instant::now() + settings.shutdown_timeout;
         // After a failure the failed record's effect may sit in a cache: not written.
         let closed = run.close(result.is_ok(), deadline).await;
+        // The one in use now (a fenced transactional producer is replaced).
+        let producer = run.producer.clone();
         drop(run);
         let released = release_clients(
             &app, deadline, announcer, reader, consumer, producer, globals, settings,
@@ -844,7 +1007,9 @@ struct Loop<'a> {
     settings: &'a RunSettings,
     metrics: &'a Arc<TopologyMetrics>,
     tracker: &'a Arc<OffsetTracker>,
-    producer: &'a Arc<EngineProducer>,
+    producer: Arc<EngineProducer>,
+    /// Exactly-once: the transactional id of `producer` (and of its replacements).
+    transactional_id: Option<String>,
     consumer: &'a Arc<StreamConsumer<ConsumeContext>>,
     tasks: HashMap<i32, Task>,
     paused: bool,
@@ -944,8 +1109,12 @@ impl Loop<'_> {
                     // Kafka Streams flushes on commit: what the caches hold is written
                     // out first, and the records it came from commit once it is
                     // acknowledged (a later commit).
-                    self.flush_tasks().await?;
-                    self.commit();
+                    if self.transactional_id.is_some() {
+                        self.commit_transaction().await?;
+                    } else {
+                        self.flush_tasks().await?;
+                        self.commit();
+                    }
                     if let Some(purger) = &self.consumer.context().purger {
                         lock(purger).maybe_purge();
                     }
@@ -1070,6 +1239,21 @@ impl Loop<'_> {
                     }
                 }
             }
+        }
+        let context = self.consumer.context();
+        if context
+            .aborted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            // A revocation aborted the transaction: the tasks kept lost their work since
+            // the last commit too.
+            if context
+                .producer_failed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                self.replace_producer().await?;
+            }
+            self.rewind().await?;
         }
         if rebalanced && let Some(announcer) = self.announcer {
             // After the tasks opened: a query sent here now finds (or waits for) the store.
@@ -1278,7 +1462,7 @@ impl Loop<'_> {
             self.tracker.release(released, outputs);
         }
         for record in produced {
-            send(self.producer, self.tracker, record, sources.clone()).await;
+            send(&self.producer, self.tracker, record, sources.clone()).await;
         }
         self.tracker.queue_changelog(changelog, &sources);
     }
@@ -1290,7 +1474,7 @@ impl Loop<'_> {
             return;
         }
         for queued in self.tracker.ready_changelog() {
-            send(self.producer, self.tracker, &queued.record, queued.sources).await;
+            send(&self.producer, self.tracker, &queued.record, queued.sources).await;
         }
     }
 
@@ -1685,6 +1869,7 @@ async fn open_task(
     .map_err(RuntimeError::Record)?;
     task.set_applied(cut, unapplied);
     task.set_epoch(epoch);
+    task.set_exactly_once(settings.processing_guarantee.exactly_once());
     Ok(Some(task))
 }
 
@@ -1728,6 +1913,7 @@ fn try_send(
             tracker.failed(DeliveryFailure {
                 sources: token.sources,
                 seq: token.seq,
+                asynchronous: false,
                 error,
                 topic: record.topic.to_string(),
                 key: record.key.clone(),
@@ -1748,7 +1934,12 @@ fn send_now(
     sources: Sources,
 ) {
     let seq = tracker.next_seq();
-    let mut token = Box::new(DeliveryToken { sources, seq });
+    let epoch = tracker.epoch();
+    let mut token = Box::new(DeliveryToken {
+        sources,
+        seq,
+        epoch,
+    });
     while let Err(back) = try_send(producer, tracker, record, token) {
         token = back;
         std::thread::sleep(Duration::from_millis(2));
@@ -1765,7 +1956,12 @@ async fn send(
     sources: Sources,
 ) {
     let seq = tracker.next_seq();
-    let mut token = Box::new(DeliveryToken { sources, seq });
+    let epoch = tracker.epoch();
+    let mut token = Box::new(DeliveryToken {
+        sources,
+        seq,
+        epoch,
+    });
     while let Err(back) = try_send(producer, tracker, record, token) {
         token = back;
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -1777,6 +1973,11 @@ impl Loop<'_> {
     async fn handle_failures(&mut self) -> Result<(), RuntimeError> {
         for failure in self.tracker.take_failures() {
             TopologyMetrics::add(&self.metrics.production_errors, 1);
+            if self.transactional_id.is_some() && failure.asynchronous {
+                // The transaction cannot commit any more: its other records are lost
+                // with it, so no policy can skip just this one.
+                return self.failed_in_transaction(failure).await;
+            }
             let (partition, offset) = failure
                 .sources
                 .source
@@ -1827,8 +2028,258 @@ impl Loop<'_> {
                     self.tracker.add_output_all(&failure.sources);
                     self.tracker.acknowledged_all(&failure.sources);
                     self.tracker.settled(failure.seq);
-                    send(self.producer, self.tracker, &record, failure.sources).await;
+                    send(&self.producer, self.tracker, &record, failure.sources).await;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: writes out the record caches and commits the transaction with the
+    /// offsets after every record processed; a failure aborts it and rewinds.
+    async fn commit_transaction(&mut self) -> Result<(), RuntimeError> {
+        if self.consumer.assignment_lost() {
+            // A zombie: the revocation that follows aborts.
+            return Ok(());
+        }
+        self.flush_tasks().await?;
+        self.send_ready_changelog().await;
+        match self
+            .try_commit_transaction(self.settings.shutdown_timeout)
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(failure) => self.abort_and_rewind(failure).await,
+        }
+    }
+
+    /// Flushes the producer, applies the production error policy, and commits the
+    /// transaction with every complete offset. `Err` only for a failure that stops the
+    /// topology; `Ok(Err)` when the transaction must be aborted.
+    async fn try_commit_transaction(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Result<(), super::transactions::TransactionFailure>, RuntimeError> {
+        use super::transactions::TransactionFailure;
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| kafka_reason(&e)));
+        if let Err(reason) = flushed {
+            return Ok(Err(TransactionFailure {
+                reason: format!("not every output was acknowledged: {reason}"),
+                fatal: false,
+            }));
+        }
+        self.handle_failures().await?;
+        if self.tracker.queued_changelog() > 0 || self.tracker.awaiting_acknowledgement() > 0 {
+            // A dead-letter record replaced a refused one: it must be in too.
+            self.send_ready_changelog().await;
+            let producer = self.producer.clone();
+            let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        }
+        let commits = self.tracker.take_commits(|_, _| true);
+        let (producer, consumer, to_commit) = (
+            self.producer.clone(),
+            self.consumer.clone(),
+            commits.clone(),
+        );
+        let committed = tokio::task::spawn_blocking(move || {
+            super::transactions::commit(
+                &*producer,
+                &to_commit,
+                consumer.group_metadata().as_ref(),
+                timeout,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(TransactionFailure {
+                reason: e.to_string(),
+                fatal: false,
+            })
+        });
+        if committed.is_ok() {
+            self.consumer.context().committed_in_transaction(&commits);
+            tracing::debug!(application = %self.topology.application_id(), ?commits, "transaction committed");
+        }
+        Ok(committed)
+    }
+
+    /// A record the broker refused inside the transaction: an error the transaction
+    /// cannot survive (fencing, a timeout the coordinator aborted it for) aborts it and
+    /// rewinds; one that would come back on every retry (the record or the topic is
+    /// refused) stops the topology.
+    async fn failed_in_transaction(
+        &mut self,
+        failure: super::tracker::DeliveryFailure,
+    ) -> Result<(), RuntimeError> {
+        let permanent = matches!(
+            failure.error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidRecord
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::PolicyViolation
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+            )
+        );
+        let offset = failure.sources.source.map_or(-1, |(_, o)| o);
+        if permanent {
+            return Err(RuntimeError::Record(RecordError {
+                class: ErrorClass::Production,
+                topic: failure.topic.clone(),
+                partition: -1,
+                offset,
+                field: None,
+                message: format!(
+                    "the broker refused a record for `{}` (caused by input offset {offset}): {}. Under exactly_once_v2 a refused output aborts its transaction, so the error policy cannot skip it; the inputs since the last commit are processed again at the next start",
+                    failure.topic,
+                    kafka_reason(&failure.error)
+                ),
+            }));
+        }
+        let fatal = self.producer.client().fatal_error().is_some();
+        self.abort_and_rewind(super::transactions::TransactionFailure {
+            reason: format!(
+                "a record for `{}` was refused: {}",
+                failure.topic,
+                kafka_reason(&failure.error)
+            ),
+            fatal,
+        })
+        .await
+    }
+
+    /// Aborts the open transaction (replacing the producer when it cannot go on), then
+    /// rewinds every task to the last commit. The instance keeps running.
+    async fn abort_and_rewind(
+        &mut self,
+        failure: super::transactions::TransactionFailure,
+    ) -> Result<(), RuntimeError> {
+        let app = self.topology.application_id().to_string();
+        tracing::warn!(application = %app, reason = %failure.reason, partitions = ?self.assignment(), "transaction aborted: every task goes back to its last commit (inputs rewound, stores restored from their changelogs)");
+        TopologyMetrics::add(&self.metrics.transactions_aborted, 1);
+        let replace = failure.fatal
+            || {
+                let (producer, timeout) = (self.producer.clone(), self.settings.shutdown_timeout);
+                tokio::task::spawn_blocking(move || super::transactions::abort(&*producer, timeout))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|f| f.reason))
+                .inspect_err(|reason| tracing::warn!(application = %app, %reason, "the transactional producer is replaced"))
+                .is_err()
+            };
+        self.tracker.reset();
+        if replace {
+            self.replace_producer().await?;
+        }
+        self.rewind().await
+    }
+
+    /// A new transactional producer with the same transactional id (which fences the
+    /// old one, if it still lives).
+    async fn replace_producer(&mut self) -> Result<(), RuntimeError> {
+        let Some(id) = self.transactional_id.clone() else {
+            return Ok(());
+        };
+        let producer = create_producer(self.settings, Some(&id), self.tracker, self.metrics)?;
+        let (starting, timeout) = (producer.clone(), self.settings.startup_timeout);
+        tokio::task::spawn_blocking(move || super::transactions::start(&*starting, timeout))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|reason| RuntimeError::Client {
+                what: "transactional producer",
+                reason,
+            })?;
+        let context = self.consumer.context();
+        *lock(&context.producer) = Some(producer.clone());
+        context
+            .producer_failed
+            .store(false, std::sync::atomic::Ordering::Release);
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Dropping a producer waits for librdkafka's threads: not on the executor.
+        tokio::task::spawn_blocking(move || drop(old));
+        tracing::info!(application = %self.topology.application_id(), transactional_id = %id, "new transactional producer ready");
+        Ok(())
+    }
+
+    /// After an abort: closes every task without a checkpoint (its stores may hold
+    /// writes the aborted transaction took back; reopening wipes and restores them from
+    /// the committed changelog), seeks every assigned partition back to its committed
+    /// offset, and reopens the tasks. Restores in progress go on: they read only
+    /// committed records and processed nothing.
+    async fn rewind(&mut self) -> Result<(), RuntimeError> {
+        self.slots.clear();
+        let assignment: Vec<(String, i32)> = self
+            .assignment()
+            .into_iter()
+            .filter(|(_, p)| !self.restoring.contains_key(p))
+            .collect();
+        let tasks: Vec<Task> = std::mem::take(&mut self.tasks).into_values().collect();
+        let reopen: Vec<i32> = tasks.iter().map(Task::partition).collect();
+        crate::executor::block_off_executor(|| {
+            for task in tasks {
+                self.close_task(task, false);
+            }
+        });
+        if assignment.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &assignment {
+            tpl.add_partition(topic, *partition);
+        }
+        let timeout = self.settings.startup_timeout;
+        let reset = self
+            .settings
+            .client
+            .client_config(ClientRole::Consumer)
+            .get("auto.offset.reset")
+            .map(str::to_string);
+        let rewound = crate::executor::block_off_executor(|| {
+            let committed = self
+                .consumer
+                .committed_offsets(tpl, timeout)
+                .map(|c| partitions_of_offsets(&c))
+                .map_err(|e| kafka_reason(&e))?;
+            for (topic, partition, offset) in &committed {
+                let to = if *offset >= 0 {
+                    Offset::Offset(*offset)
+                } else if matches!(reset.as_deref(), Some("latest" | "largest" | "end")) {
+                    Offset::End
+                } else {
+                    Offset::Beginning
+                };
+                self.consumer
+                    .seek(topic, *partition, to, timeout)
+                    .map_err(|e| format!("{topic} partition {partition}: {}", kafka_reason(&e)))?;
+            }
+            Ok::<_, String>(committed)
+        });
+        let committed = rewound.map_err(|reason| RuntimeError::Client {
+            what: "rewind to the committed offsets",
+            reason,
+        })?;
+        tracing::info!(application = %self.topology.application_id(), ?committed, "partitions rewound to their committed offsets");
+        lock(&self.consumer.context().committed_at_assignment).extend(
+            committed
+                .into_iter()
+                .map(|(topic, partition, offset)| ((topic, partition), offset)),
+        );
+        for partition in reopen {
+            if self.consumer.context().pause_assigned {
+                let partitions: Vec<_> = assignment
+                    .iter()
+                    .filter(|(_, p)| *p == partition)
+                    .cloned()
+                    .collect();
+                self.set_paused(true, &partitions);
+                self.start_restore(partition);
+            } else {
+                self.open_now(partition).await?;
             }
         }
         Ok(())
@@ -1850,6 +2301,9 @@ impl Loop<'_> {
     /// could not be finished is logged and returned as [`RuntimeError::ShutdownIncomplete`];
     /// a store whose offsets were not committed gets no checkpoint.
     async fn close(&mut self, flush: bool, deadline: Instant) -> Result<(), RuntimeError> {
+        if self.transactional_id.is_some() {
+            return self.close_transaction(flush, deadline).await;
+        }
         let app = self.topology.application_id().to_string();
         self.stop_restores().await;
         let started = Instant::now();
@@ -1926,6 +2380,89 @@ impl Loop<'_> {
                     unfinished,
                     uncommitted,
                     in_flight,
+                }))
+            }
+        }
+    }
+}
+
+impl Loop<'_> {
+    /// [`Loop::close`] under exactly-once: the last transaction commits (after a clean
+    /// stop) or aborts (after a failure); the stores get checkpoints only if it
+    /// committed.
+    async fn close_transaction(
+        &mut self,
+        flush: bool,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        let app = self.topology.application_id().to_string();
+        self.stop_restores().await;
+        let mut result = Ok(());
+        let committed = if !flush {
+            Err("the topology failed".to_string())
+        } else if self.consumer.assignment_lost() {
+            Err("the assignment was lost".to_string())
+        } else {
+            match self.flush_tasks().await {
+                Err(e) => {
+                    result = Err(e);
+                    Err("the record caches could not be written out".to_string())
+                }
+                Ok(()) => {
+                    self.send_ready_changelog().await;
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1));
+                    match self.try_commit_transaction(left).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(failure)) => Err(failure.reason),
+                        Err(e) => {
+                            let reason = e.to_string();
+                            result = Err(e);
+                            Err(reason)
+                        }
+                    }
+                }
+            }
+        };
+        let tasks: Vec<Task> = std::mem::take(&mut self.tasks).into_values().collect();
+        match committed {
+            Ok(()) => {
+                tracing::info!(application = %app, "final transaction committed");
+                crate::executor::block_off_executor(|| {
+                    for task in tasks {
+                        self.close_task(task, true);
+                    }
+                });
+                result
+            }
+            Err(unfinished) => {
+                let (producer, timeout) = (
+                    self.producer.clone(),
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1)),
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::transactions::abort(&*producer, timeout)
+                })
+                .await;
+                self.tracker.reset();
+                crate::executor::block_off_executor(|| {
+                    for task in tasks {
+                        self.close_task(task, false);
+                    }
+                });
+                if !flush {
+                    tracing::info!(application = %app, "final transaction aborted: the inputs since the last commit are processed again at the next start");
+                    return result;
+                }
+                tracing::error!(application = %app, %unfinished, "shutdown incomplete: the final transaction was aborted; the inputs since the last commit are processed again at the next start");
+                result.and(Err(RuntimeError::ShutdownIncomplete {
+                    application: app,
+                    unfinished: format!("the final transaction did not commit ({unfinished})"),
+                    uncommitted: Vec::new(),
+                    in_flight: 0,
                 }))
             }
         }

@@ -50,6 +50,9 @@ pub(crate) struct DeliveryToken {
     pub sources: Sources,
     /// Position of the record in send order.
     pub seq: u64,
+    /// The tracker's epoch when it was sent: deliveries of an earlier epoch (records of
+    /// an aborted transaction) are ignored.
+    pub epoch: u64,
 }
 
 /// Which sends are settled (acknowledged, or handled by the error policy), in send order:
@@ -101,6 +104,9 @@ pub(crate) struct QueuedChangelog {
 pub(crate) struct DeliveryFailure {
     pub sources: Sources,
     pub seq: u64,
+    /// Reported by the broker (or librdkafka) after the send, not refused by `send`: in
+    /// a transaction, such a failure makes the transaction abort.
+    pub asynchronous: bool,
     pub error: KafkaError,
     pub topic: String,
     pub key: Option<Vec<u8>>,
@@ -159,6 +165,8 @@ pub(crate) struct OffsetTracker {
     in_flight: AtomicUsize,
     waiting: AtomicBool,
     notify: Notify,
+    /// Bumped when everything in flight is given up (an aborted transaction).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl OffsetTracker {
@@ -432,6 +440,27 @@ impl OffsetTracker {
             }
         }
         out
+    }
+
+    /// The current epoch, for the tokens of records sent now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Gives up everything in flight (a transaction was aborted): every partition is
+    /// forgotten, queued changelog records and failures are dropped, and deliveries of
+    /// records sent before are ignored from now on.
+    pub fn reset(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut state = self.lock();
+        for p in state.partitions.iter_mut().filter(|p| p.active) {
+            p.active = false;
+            p.pending.clear();
+        }
+        state.changelog.clear();
+        state.failures.clear();
+        state.order = SendOrder::default();
+        self.in_flight.store(0, Ordering::Relaxed);
     }
 
     /// The broker confirmed a commit.

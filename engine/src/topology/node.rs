@@ -284,6 +284,8 @@ pub(crate) struct TaskControl {
     pub completed: Vec<super::processor::Deferred>,
     /// Whether a processor asked to stop fetching this task's partition.
     pub pause: bool,
+    /// Exactly-once: offsets commit with each transaction, so none can be deferred.
+    pub exactly_once: bool,
 }
 
 /// The operations a typed `ProcessorContext` forwards to; object-safe so the typed

@@ -231,7 +231,17 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
     /// produced up to that call is acknowledged. `None` in a punctuation (there is no
     /// input record). If processing the record then fails, the error policy handles the
     /// record and the deferral is dropped.
+    ///
+    /// Also `None` under exactly-once (`processing_guarantee = "exactly_once_v2"`): the
+    /// offsets of a commit interval commit in its transaction with the outputs, so a
+    /// record cannot stay uncommitted while later ones commit. Work that outlives
+    /// `process` keeps what it needs in a store instead (written in the same
+    /// transaction) and picks it up again in `init` after a restart, as
+    /// `worker-agents` does with its pending tickets.
     pub fn defer(&mut self) -> Option<Deferred> {
+        if self.inner.control().exactly_once {
+            return None;
+        }
         let metadata = self.inner.metadata()?;
         let deferred = Deferred {
             topic: metadata.topic.clone(),

@@ -225,6 +225,12 @@ impl Task {
         Ok(task)
     }
 
+    /// Runs the task under exactly-once: processors cannot defer records
+    /// ([`ProcessorContext::defer`](super::ProcessorContext::defer) returns `None`).
+    pub fn set_exactly_once(&mut self, on: bool) {
+        self.control.exactly_once = on;
+    }
+
     /// The partition this task owns.
     pub fn partition(&self) -> i32 {
         self.info.partition
