@@ -17,10 +17,15 @@
 //!   goes to `execution.tickets.dlq` as JSON, with `original_error`, `error_type`,
 //!   `retry_count` and `last_failure_timestamp`.
 //!
-//! Unlike the service it replaces, a ticket's offset is committed only once its final
-//! result is acknowledged by the broker (the record is deferred while it waits and runs),
-//! so a crash re-runs unfinished tickets instead of losing them; and undecodable records
-//! reach the dead-letter topic.
+//! Unlike the service it replaces, a crash never loses a ticket: every ticket accepted
+//! and not finished is kept in the `ticket-jobs` store (with its changelog), written with
+//! the ticket's acceptance and deleted with its final result, and a task picks those
+//! tickets up again when it opens, on whichever instance. Under at-least-once the
+//! ticket's record is also deferred until its final result is acknowledged; under
+//! exactly-once (where records cannot be deferred) the store alone carries the pending
+//! work, and its writes commit in the same transaction as the results, so a ticket gets
+//! exactly one final result. An execution interrupted by a crash runs again (its RUNNING
+//! result is reported again). Undecodable records reach the dead-letter topic.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,6 +58,8 @@ pub const RESULTS: &str = "execution.results";
 pub const DEAD_LETTER: &str = "execution.tickets.dlq";
 /// ticket id -> final status (COMPLETED or FAILED) of the tickets this worker finished.
 pub const OUTCOME_STORE: &str = "ticket-outcomes";
+/// ticket id -> ticket, for the tickets accepted and not finished (waiting or running).
+pub const JOBS_STORE: &str = "ticket-jobs";
 
 fn store_error(e: engine::state::StoreError) -> ProcessingError {
     ProcessingError::new(e.to_string())
@@ -468,6 +475,9 @@ impl Execute {
         ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
             .and_then(|mut s| s.put(&job.ticket.ticket_id, &status))
             .map_err(store_error)?;
+        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
+            .and_then(|mut s| s.delete(&job.ticket.ticket_id))
+            .map_err(store_error)?;
         if let Some(d) = job.deferred {
             ctx.complete(d);
         }
@@ -641,6 +651,29 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
     fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ProcessingError> {
         self.runtime = tokio::runtime::Handle::try_current().ok();
         ctx.schedule(self.settings.poll_interval, PunctuationType::WallClockTime);
+        // Tickets accepted by this task before (here or on another instance) and not
+        // finished: they wait and run again. The first punctuation starts them.
+        let pending = ctx
+            .kv_store::<String, ExecutionTicket>(JOBS_STORE)
+            .and_then(|s| s.all())
+            .map_err(store_error)?;
+        if !pending.is_empty() {
+            tracing::info!(
+                partition = ctx.partition(),
+                tickets = pending.len(),
+                "resuming the tickets accepted and not finished"
+            );
+        }
+        for (id, ticket) in pending {
+            self.jobs.insert(
+                id.clone(),
+                Job {
+                    ticket,
+                    deferred: None,
+                },
+            );
+            self.waiting.push(id);
+        }
         Ok(())
     }
 
@@ -656,6 +689,12 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
             ctx.count_skipped();
             return Ok(());
         }
+        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
+            .and_then(|mut s| s.put(&id, &ticket))
+            .map_err(store_error)?;
+        // At-least-once: the record also stays uncommitted until the ticket's final
+        // result is acknowledged (`None` under exactly-once: the store write commits
+        // with the transaction).
         let deferred = ctx.defer();
         self.jobs.insert(id.clone(), Job { ticket, deferred });
         self.waiting.push(id);
@@ -707,6 +746,11 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
         )
         .with_ttl(Duration::from_secs(7 * 24 * 3600)),
     );
+    b.add_store(StoreBuilder::persistent(
+        JOBS_STORE,
+        Serdes::string(),
+        Serdes::json::<ExecutionTicket>(),
+    ));
     let outputs = b
         .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
         .process("validate", || Validate)
@@ -715,7 +759,7 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
             "tickets-by-plan",
             Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>()),
         )
-        .process_with_stores("execute", &[OUTCOME_STORE], move || {
+        .process_with_stores("execute", &[OUTCOME_STORE, JOBS_STORE], move || {
             Execute::new(settings.clone())
         });
     let branches = outputs.branch(

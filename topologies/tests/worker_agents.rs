@@ -80,6 +80,10 @@ fn settings(executor: impl Executor) -> WorkerSettings {
 }
 
 fn worker(settings: WorkerSettings) -> Worker {
+    worker_with(settings, false)
+}
+
+fn worker_with(settings: WorkerSettings, exactly_once: bool) -> Worker {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -97,6 +101,7 @@ fn worker(settings: WorkerSettings) -> Worker {
         worker::build_with(&ctx, settings).unwrap(),
         TestDriverOptions {
             start_time: NOW,
+            exactly_once,
             ..Default::default()
         },
     );
@@ -202,6 +207,68 @@ fn a_ticket_runs_and_its_record_stays_uncommitted_until_its_result() {
         w.driver.deferred_records().is_empty(),
         "released with its result"
     );
+}
+
+#[test]
+fn under_exactly_once_a_ticket_running_at_a_crash_runs_again_after_it_and_gets_one_final_result() {
+    let executor = TestExecutor::default();
+    let w = worker_with(settings(executor.clone()), true);
+    w.send(ticket("a", &[]));
+    w.send(ticket("b", &["a"]));
+    assert_eq!(
+        statuses(&w.results(1)),
+        [("a".to_string(), ExecutionStatus::Running)]
+    );
+    assert!(
+        w.driver.deferred_records().is_empty(),
+        "no record is deferred under exactly-once: the offsets commit with the transaction"
+    );
+    assert_eq!(
+        w.driver
+            .store_entries::<String, ExecutionTicket>(worker::JOBS_STORE)
+            .unwrap()
+            .len(),
+        2,
+        "both accepted tickets are kept, with the acceptance"
+    );
+    // The commit, then a crash: the execution in progress and everything in memory are
+    // gone; the new task finds both tickets in the store.
+    {
+        // Processors start on the runtime, as the engine opens tasks.
+        let _entered = w._runtime.enter();
+        w.driver.restart().unwrap();
+    }
+    executor.open.store(true, Ordering::SeqCst);
+    let after = w.results(4);
+    assert_eq!(
+        statuses(&after),
+        [
+            ("a".to_string(), ExecutionStatus::Running),
+            ("a".to_string(), ExecutionStatus::Completed),
+            ("b".to_string(), ExecutionStatus::Running),
+            ("b".to_string(), ExecutionStatus::Completed),
+        ],
+        "a runs again from the start, b still waits for it"
+    );
+    for _ in 0..20 {
+        w.driver
+            .advance_wall_clock(Duration::from_millis(5))
+            .unwrap();
+    }
+    assert!(w.results.is_empty(), "one final result per ticket");
+    assert_eq!(
+        w.driver
+            .store_entries::<String, ExecutionTicket>(worker::JOBS_STORE)
+            .unwrap(),
+        vec![],
+        "finished tickets leave the store with their result"
+    );
+    // A ticket delivered again (a replay) after its result is a duplicate.
+    w.send(ticket("a", &[]));
+    w.driver
+        .advance_wall_clock(Duration::from_millis(5))
+        .unwrap();
+    assert!(w.results.is_empty());
 }
 
 #[test]

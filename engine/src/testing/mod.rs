@@ -53,6 +53,9 @@ pub struct TestDriverOptions {
     /// emitted. `Some(bytes)`: caches hold at most `bytes` together and keep updates
     /// until [`TestDriver::commit`] or an eviction, as the runtime does between commits.
     pub buffered_cache_bytes: Option<usize>,
+    /// Run the task as under `processing_guarantee = "exactly_once_v2"`: processors
+    /// cannot defer records (`ProcessorContext::defer` returns `None`).
+    pub exactly_once: bool,
 }
 
 struct DriverState {
@@ -68,6 +71,28 @@ struct DriverState {
     deferred: Vec<(String, i64)>,
     /// Whether caches keep updates until `commit` (else they flush after every record).
     buffered: bool,
+    /// What a restart needs to open the task again.
+    counts: Arc<HashMap<String, i32>>,
+    budget: Arc<CacheBudget>,
+    exactly_once: bool,
+}
+
+/// Hands a restarted task the stores its previous life wrote.
+struct Reopen(HashMap<String, Arc<dyn crate::state::BytesStore>>);
+
+impl crate::state::StoreSupplier for Reopen {
+    fn open(
+        &self,
+        _application: &str,
+        _partition: i32,
+        spec: &crate::state::StoreSpec,
+    ) -> crate::state::Result<Arc<dyn crate::state::BytesStore>> {
+        Ok(self
+            .0
+            .get(&spec.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(crate::state::MemoryStore::default())))
+    }
 }
 
 /// Runs a topology in-process; see the module documentation.
@@ -116,16 +141,20 @@ impl TestDriver {
                 topology.application_id()
             ),
         };
+        let counts = Arc::new(counts);
         let task = match Task::new(
             &topology,
             0,
             stores,
             globals.clone(),
-            Arc::new(counts),
+            counts.clone(),
             options.start_time,
             metrics.clone(),
         ) {
-            Ok(task) => task,
+            Ok(mut task) => {
+                task.set_exactly_once(options.exactly_once);
+                task
+            }
             Err(e) => panic!(
                 "topology `{}` failed to start: {e}",
                 topology.application_id()
@@ -142,6 +171,9 @@ impl TestDriver {
                 metrics,
                 deferred: Vec::new(),
                 buffered: options.buffered_cache_bytes.is_some(),
+                counts,
+                budget,
+                exactly_once: options.exactly_once,
             })),
         }
     }
@@ -220,6 +252,55 @@ impl TestDriver {
     /// record.
     pub fn commit(&self) -> Result<(), RecordError> {
         self.state.borrow_mut().flush()
+    }
+
+    /// What a commit followed by a crash and a restart of the instance does to the task:
+    /// the record caches are written out (the commit), then the processors are dropped
+    /// with everything they hold in memory and created again (their `init` runs) over
+    /// the stores as they were. Deferred records are forgotten (the runtime would
+    /// process them again; pipe them again to say so).
+    ///
+    /// # Errors
+    /// The commit's flush or a processor's `init` failed.
+    pub fn restart(&self) -> Result<(), RecordError> {
+        let mut state = self.state.borrow_mut();
+        state.flush()?;
+        let kept: HashMap<String, Arc<dyn crate::state::BytesStore>> = state
+            .task
+            .stores()
+            .iter()
+            .filter_map(|s| {
+                let undo = s.undo.clone()?;
+                Some((
+                    s.spec.name.clone(),
+                    undo as Arc<dyn crate::state::BytesStore>,
+                ))
+            })
+            .collect();
+        let stores =
+            Task::open_stores(&state.topology, 0, &Reopen(kept), &state.budget).map_err(|e| {
+                RecordError {
+                    class: crate::topology::ErrorClass::Processing,
+                    topic: String::new(),
+                    partition: 0,
+                    offset: -1,
+                    field: None,
+                    message: format!("stores cannot open again: {e}"),
+                }
+            })?;
+        let mut task = Task::new(
+            &state.topology,
+            0,
+            stores,
+            state.globals.clone(),
+            state.counts.clone(),
+            state.wall_clock,
+            state.metrics.clone(),
+        )?;
+        task.set_exactly_once(state.exactly_once);
+        state.task = task;
+        state.deferred.clear();
+        Ok(())
     }
 
     /// Input records a processor holds with `ProcessorContext::defer` and has not
