@@ -171,6 +171,28 @@ fn bad_configuration_is_refused_with_how_to_fix_it() {
         err.contains("--advertised-http") && err.contains("HOST:PORT"),
         "{err}"
     );
+
+    // Exactly-once refuses what contradicts it, each with its fix.
+    let (code, _, err) = output(engine().args([
+        "run",
+        "ticket-pipeline",
+        "--bootstrap-servers",
+        "localhost:9092",
+        "--processing-guarantee",
+        "exactly_once_v2",
+        "--kafka",
+        "consumer.isolation.level=read_uncommitted",
+        "--kafka",
+        "transactional.id=mine",
+    ]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("consumer.isolation.level=read_uncommitted")
+            && err.contains("must read only committed records; remove the property")
+            && err.contains("transactional.id")
+            && err.contains("instance id kept in the state directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -2209,4 +2231,481 @@ fn rebalance_storm(strategy: Option<&str>) {
     }
     drop(counts);
     drop(worker);
+}
+
+/// What a `read_committed` reader sees of `ticket-pipeline` and `ticket-counts` on a
+/// broker.
+#[derive(Debug, Default)]
+struct CommittedOutputs {
+    /// How many times each ticket id came out of the pipeline.
+    tickets: std::collections::HashMap<String, u32>,
+    /// Per plan, the counts `ticket-counts` wrote, in order.
+    counts: std::collections::BTreeMap<String, Vec<i64>>,
+}
+
+impl CommittedOutputs {
+    /// Reads `bench.tickets.out` and `bench.tickets.counts` from the start with
+    /// `isolation.level=read_committed`, until both have been quiet for 5 s.
+    fn read(bootstrap: &str) -> CommittedOutputs {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("verifier-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer
+            .subscribe(&["bench.tickets.out", "bench.tickets.counts"])
+            .unwrap();
+        let mut seen = CommittedOutputs::default();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(5) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            quiet_since = Instant::now();
+            let value = m.payload().unwrap();
+            if m.topic() == "bench.tickets.out" {
+                // Confluent framing (magic byte, schema id), then the Avro record, whose
+                // first field is `ticket_id`: a zigzag varint length and the bytes.
+                let (length, at) = zigzag(&value[5..]);
+                let start = 5 + at;
+                let id = String::from_utf8(value[start..start + length as usize].to_vec()).unwrap();
+                *seen.tickets.entry(id).or_default() += 1;
+            } else {
+                let plan = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+                let count = i64::from_be_bytes(value.try_into().unwrap());
+                seen.counts.entry(plan).or_default().push(count);
+            }
+        }
+        seen
+    }
+
+    /// Outputs beyond the first of a ticket.
+    fn duplicate_outputs(&self) -> u32 {
+        self.tickets.values().map(|n| n - 1).sum()
+    }
+
+    /// Count updates that do not rise above the plan's previous one: a count written
+    /// again after a crash.
+    fn repeated_counts(&self) -> usize {
+        self.counts
+            .values()
+            .map(|c| c.windows(2).filter(|w| w[1] <= w[0]).count())
+            .sum()
+    }
+
+    /// Each plan's last count.
+    fn final_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        self.counts
+            .iter()
+            .filter_map(|(plan, c)| Some((plan.clone(), *c.last()?)))
+            .collect()
+    }
+}
+
+/// An Avro long (zigzag varint) at the start of `bytes`, and its length in bytes.
+fn zigzag(bytes: &[u8]) -> (i64, usize) {
+    let (mut value, mut shift) = (0_u64, 0);
+    for (i, b) in bytes.iter().enumerate() {
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return (((value >> 1) as i64) ^ -((value & 1) as i64), i + 1);
+        }
+        shift += 7;
+    }
+    panic!("truncated varint");
+}
+
+/// The expected final counts of `tickets` tickets over `plans` plans (`plan-{n % plans}`).
+fn counts_of(tickets: u32, plans: u32) -> std::collections::BTreeMap<String, i64> {
+    (0..plans)
+        .map(|p| {
+            let n = (0..tickets).filter(|n| n % plans == p).count();
+            (format!("plan-{p}"), n as i64)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// `ticket-pipeline` and `ticket-counts` in one `engine run` on a broker of their own,
+/// under continuous input (2,000 tickets/s), SIGKILLed `kills` times at random points
+/// and started again (static membership: a restart takes its partitions back at once),
+/// then stopped with SIGTERM. Returns what `read_committed` readers see, and how many
+/// tickets went in.
+fn kill_loop(guarantee: &str, kills: u32) -> (CommittedOutputs, u32) {
+    const PLANS: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(&dir.path().join("kafka.log"));
+    let kafka = Kafka::real(
+        broker.bootstrap.clone(),
+        &["ticket-pipeline", "ticket-counts"],
+        2,
+    );
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        format!("[runtime]\nprocessing_guarantee = \"{guarantee}\"\n"),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = |life: u32| dir.path().join(format!("life-{life}.log"));
+    let start = |life: u32| {
+        Running(
+            engine()
+                .args(["run", "ticket-pipeline", "ticket-counts", "--http", &addr])
+                .arg("--config")
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(dir.path().join("state"))
+                .args(["--kafka", "consumer.group.instance.id=kill-loop"])
+                .args(["--kafka", "consumer.session.timeout.ms=10000"])
+                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log(life)).unwrap())
+                .spawn()
+                .expect("engine run starts"),
+        )
+    };
+    let records_in = || {
+        std::net::TcpStream::connect(&addr)
+            .ok()
+            .and_then(|_| metric_sum(&http_get(&addr, "/metrics").1, "engine_records_in_total"))
+            .unwrap_or(0.0)
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = feed_tickets_until(
+        "bench.tickets.in",
+        bootstrap,
+        registry,
+        PLANS,
+        (100, 50),
+        stop.clone(),
+    );
+    // Kill points spread over the first second of processing after each restart.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut random_ms = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % 1000
+    };
+    let mut running = start(0);
+    for life in 0..kills {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while records_in() < 500.0 {
+            assert!(
+                Instant::now() < deadline,
+                "life {life} never processed input:\n{}",
+                std::fs::read_to_string(log(life)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(random_ms()));
+        running.0.kill().unwrap(); // SIGKILL: mid-transaction, no commit, no checkpoint
+        running.0.wait().unwrap();
+        running = start(life + 1);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fed = feeder.join().unwrap();
+    // The last life catches up, then stops cleanly (its last transaction commits).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the last life did not catch up:\n{}",
+            std::fs::read_to_string(log(kills)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        if std::net::TcpStream::connect(&addr).is_err() {
+            continue;
+        }
+        // The lag gauge has no series for a partition still restoring (paused, it
+        // fetches nothing): the counts must add up too.
+        let text = http_get(&addr, "/metrics").1;
+        if metric_sum(&text, "engine_assigned_partitions") == Some(4.0)
+            && settled_counts(&addr).is_some_and(|c| c.values().sum::<i64>() == i64::from(fed))
+        {
+            break;
+        }
+    }
+    signal(&running.0, "-TERM");
+    let (code, _) = exit_within(&mut running, Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "clean stop:\n{}",
+        std::fs::read_to_string(log(kills)).unwrap_or_default()
+    );
+    let seen = CommittedOutputs::read(bootstrap);
+    eprintln!(
+        "{guarantee}, {kills} kills: {fed} tickets fed; {} distinct out, {} duplicates; {} count updates, {} repeated",
+        seen.tickets.len(),
+        seen.duplicate_outputs(),
+        seen.counts.values().map(Vec::len).sum::<usize>(),
+        seen.repeated_counts()
+    );
+    drop(kafka);
+    drop(broker);
+    (seen, fed)
+}
+
+#[test]
+fn real_kafka_exactly_once_under_twenty_kills_gives_one_output_per_input_and_exact_counts() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    let (seen, fed) = kill_loop("exactly_once_v2", 20);
+    assert_exactly_once(&seen, fed);
+}
+
+/// The same kills under at-least-once: nothing is lost, but inputs processed since the
+/// last commit come out again, which the verifier above sees (so it can fail).
+#[test]
+fn real_kafka_at_least_once_under_the_same_kills_repeats_outputs() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    let (seen, fed) = kill_loop("at_least_once", 5);
+    let missing = (0..fed)
+        .filter(|n| !seen.tickets.contains_key(&format!("ticket-{n}")))
+        .count();
+    assert_eq!(missing, 0, "nothing lost ({fed} fed)");
+    assert!(
+        seen.duplicate_outputs() > 0 || seen.repeated_counts() > 0,
+        "five kills mid-stream under at-least-once repeat some output"
+    );
+}
+
+/// How an exactly-once instance is frozen in [`frozen_instance`].
+enum Freeze {
+    /// Past its session timeout, while a second instance takes its partitions over.
+    PastItsSession,
+    /// Past its `transaction.timeout.ms` (2 s) but within its session: the broker aborts
+    /// its open transaction, the group keeps it.
+    PastItsTransactionTimeout,
+}
+
+/// `ticket-pipeline` and `ticket-counts` under exactly-once in instance A (and B for
+/// [`Freeze::PastItsSession`]) on a broker of their own, under continuous input; A is
+/// frozen with SIGSTOP mid-stream, then thawed with SIGCONT, and must go on (rejoin the
+/// group, or recover from its aborted transaction). Returns what `read_committed`
+/// readers see once both stopped cleanly, and how many tickets went in.
+fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
+    const PLANS: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(&dir.path().join("kafka.log"));
+    let kafka = Kafka::real(
+        broker.bootstrap.clone(),
+        &["ticket-pipeline", "ticket-counts"],
+        2,
+    );
+    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        "[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n",
+    )
+    .unwrap();
+    let kafka_args: &[&str] = match freeze {
+        Freeze::PastItsSession => &["--kafka", "consumer.session.timeout.ms=6000"],
+        Freeze::PastItsTransactionTimeout => &[
+            "--kafka",
+            "consumer.session.timeout.ms=45000",
+            "--kafka",
+            "producer.transaction.timeout.ms=2000",
+        ],
+    };
+    let start = |name: &str, addr: &str| {
+        Running(
+            engine()
+                .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
+                .arg("--config")
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(dir.path().join(name))
+                .args(kafka_args)
+                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+                .env("ENGINE_LOG", "info,librdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .expect("engine run starts"),
+        )
+    };
+    let logs = || {
+        ["a", "b"]
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).ok())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let metric = |addr: &str, name: &str| {
+        std::net::TcpStream::connect(addr)
+            .ok()
+            .and_then(|_| metric_sum(&http_get(addr, "/metrics").1, name))
+            .unwrap_or(0.0)
+    };
+    let wait = |what: &str, limit: Duration, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let addr_a = format!("127.0.0.1:{}", free_port());
+    let mut a = start("a", &addr_a);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = feed_tickets_until(
+        "bench.tickets.in",
+        bootstrap,
+        registry,
+        PLANS,
+        (100, 50),
+        stop.clone(),
+    );
+    wait("A never got going", Duration::from_secs(90), &|| {
+        metric(&addr_a, "engine_records_in_total") >= 4000.0
+    });
+    signal(&a.0, "-STOP");
+    let addr_b = format!("127.0.0.1:{}", free_port());
+    let mut b = None;
+    match freeze {
+        Freeze::PastItsSession => {
+            b = Some(start("b", &addr_b));
+            wait(
+                "B did not take every partition over and process",
+                Duration::from_secs(120),
+                &|| {
+                    metric(&addr_b, "engine_assigned_partitions") == 4.0
+                        && metric(&addr_b, "engine_records_in_total") >= 4000.0
+                },
+            );
+        }
+        Freeze::PastItsTransactionTimeout => std::thread::sleep(Duration::from_secs(6)),
+    }
+    signal(&a.0, "-CONT");
+    match freeze {
+        Freeze::PastItsSession => wait("A did not rejoin", Duration::from_secs(90), &|| {
+            metric(&addr_a, "engine_assigned_partitions") > 0.0
+                && metric(&addr_b, "engine_assigned_partitions") < 4.0
+        }),
+        Freeze::PastItsTransactionTimeout => {
+            wait(
+                "A's transaction was not aborted",
+                Duration::from_secs(60),
+                &|| metric(&addr_a, "engine_transactions_aborted_total") >= 1.0,
+            );
+            let before = metric(&addr_a, "engine_records_in_total");
+            wait("A did not go on", Duration::from_secs(60), &|| {
+                metric(&addr_a, "engine_records_in_total") >= before + 2000.0
+            });
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fed = feeder.join().unwrap();
+    let addrs: Vec<&str> = match &b {
+        Some(_) => vec![&addr_a, &addr_b],
+        None => vec![&addr_a],
+    };
+    wait(
+        "the instances did not catch up",
+        Duration::from_secs(120),
+        &|| {
+            let held: f64 = addrs
+                .iter()
+                .map(|a| metric(a, "engine_assigned_partitions"))
+                .sum();
+            // Each instance's counts, once its lag is 0 (a restoring partition has no lag
+            // series: the counts must add up too).
+            let counted: Option<i64> = addrs
+                .iter()
+                .map(|a| {
+                    let held = std::net::TcpStream::connect(a).is_ok()
+                        && http_get(a, "/stores/tickets-per-plan?limit=1").0 != 404;
+                    if held {
+                        settled_counts(a).map(|c| c.values().sum::<i64>())
+                    } else {
+                        Some(0)
+                    }
+                })
+                .sum();
+            held == 4.0 && counted == Some(i64::from(fed))
+        },
+    );
+    for run in std::iter::once(&mut a).chain(b.as_mut()) {
+        signal(&run.0, "-TERM");
+        let (code, _) = exit_within(run, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "clean stop:\n{}", logs());
+    }
+    let seen = CommittedOutputs::read(bootstrap);
+    eprintln!(
+        "{fed} tickets fed; {} distinct out, {} duplicates; {} count updates, {} repeated",
+        seen.tickets.len(),
+        seen.duplicate_outputs(),
+        seen.counts.values().map(Vec::len).sum::<usize>(),
+        seen.repeated_counts()
+    );
+    (seen, fed)
+}
+
+/// Every ticket fed came out of the pipeline exactly once, and the counts are exact and
+/// never repeat an update.
+fn assert_exactly_once(seen: &CommittedOutputs, fed: u32) {
+    let missing = (0..fed)
+        .filter(|n| !seen.tickets.contains_key(&format!("ticket-{n}")))
+        .count();
+    assert_eq!(
+        missing, 0,
+        "every input came out of the pipeline ({fed} fed)"
+    );
+    assert_eq!(
+        seen.duplicate_outputs(),
+        0,
+        "no input came out twice ({fed} fed)"
+    );
+    let (counted, expected) = (seen.final_counts(), counts_of(fed, 20));
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(plan, n)| counted.get(*plan) != Some(n))
+        .map(|(plan, n)| (plan, *n, counted.get(plan), seen.counts.get(plan)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "exact final counts; (plan, expected, counted, updates): {wrong:?}"
+    );
+    assert_eq!(
+        seen.repeated_counts(),
+        0,
+        "no count was written twice or went back: {:?}",
+        seen.counts
+    );
+}
+
+#[test]
+fn real_kafka_exactly_once_a_frozen_zombie_writes_nothing_visible_and_rejoins() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    let (seen, fed) = frozen_instance(Freeze::PastItsSession);
+    assert_exactly_once(&seen, fed);
+}
+
+#[test]
+fn real_kafka_exactly_once_a_transaction_timed_out_by_the_broker_is_aborted_and_the_instance_recovers()
+ {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    let (seen, fed) = frozen_instance(Freeze::PastItsTransactionTimeout);
+    assert_exactly_once(&seen, fed);
 }
