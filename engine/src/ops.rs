@@ -115,6 +115,12 @@ impl OpsState {
         write(&self.stores).remove(&(name.to_string(), partition));
     }
 
+    /// Whether store `name`'s partition is published for queries.
+    #[cfg(test)]
+    pub(crate) fn holds_store(&self, name: &str, partition: i32) -> bool {
+        read(&self.stores).contains_key(&(name.to_string(), partition))
+    }
+
     pub(crate) fn put_route(&self, store: &str, route: StoreRoute) {
         write(&self.routes).insert(store.to_string(), route);
     }

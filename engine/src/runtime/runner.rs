@@ -1731,6 +1731,29 @@ async fn release_clients(
     })
 }
 
+/// How long a task waits for the stores of its previous incarnation in this process to
+/// be released (a task closed and reopened at once: an abort's rewind, a partition
+/// revoked and assigned back) before its open fails.
+const STORE_RELEASE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Calls `open` until it succeeds, fails otherwise than with a store this process still
+/// holds, or `patience` has passed.
+async fn when_released<T>(
+    mut open: impl FnMut() -> Result<T, crate::state::StoreError>,
+    patience: Duration,
+) -> Result<T, crate::state::StoreError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match open() {
+            Err(e) if e.held_in_this_process() && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "store still held by this process; waiting for its release");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Opens a task's stores, restores them from their changelogs, and creates the task;
 /// `None` if `cancel` was set meanwhile (the stores are closed again by then).
 async fn open_task(
@@ -1749,11 +1772,14 @@ async fn open_task(
         cache,
     } = shared;
     let state = &settings.state;
-    let stores = Task::open_stores(&topology, partition, state, &cache).map_err(|e| {
-        RuntimeError::Client {
-            what: "store open",
-            reason: e.to_string(),
-        }
+    let stores = when_released(
+        || Task::open_stores(&topology, partition, state, &cache),
+        STORE_RELEASE_PATIENCE,
+    )
+    .await
+    .map_err(|e| RuntimeError::Client {
+        what: "store open",
+        reason: e.to_string(),
     })?;
     let app = topology.application_id().to_string();
     let publish = |store: &crate::topology::TaskStore, restoring: bool| {
@@ -1769,6 +1795,14 @@ async fn open_task(
                 },
             );
         }
+    };
+    // Until the task is made, an early return (cancelled, failed) withdraws the stores
+    // from queries: published, a store would stay open (and locked) in this process.
+    let mut published = Published {
+        ops: settings.ops.as_deref(),
+        stores: stores.iter().map(|s| s.spec().name.clone()).collect(),
+        partition,
+        armed: true,
     };
     // The stores of a task restore in parallel, each from its own changelog.
     let mut restoring = Vec::new();
@@ -1870,7 +1904,26 @@ async fn open_task(
     task.set_applied(cut, unapplied);
     task.set_epoch(epoch);
     task.set_exactly_once(settings.processing_guarantee.exactly_once());
+    published.armed = false;
     Ok(Some(task))
+}
+
+/// The stores a task being opened published for queries; withdrawn when dropped armed.
+struct Published<'a> {
+    ops: Option<&'a crate::ops::OpsState>,
+    stores: Vec<String>,
+    partition: i32,
+    armed: bool,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        if let (true, Some(ops)) = (self.armed, self.ops) {
+            for store in &self.stores {
+                ops.remove_store(store, self.partition);
+            }
+        }
+    }
 }
 
 /// Hands a record to librdkafka once. A full queue gives the token back to retry with;
@@ -2471,7 +2524,111 @@ impl Loop<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::assignment_strategy;
+    use super::{assignment_strategy, when_released};
+    use crate::state::StoreError;
+    use std::time::Duration;
+
+    /// A task whose restore was cancelled (revoked while restoring) must leave nothing
+    /// open: not even the stores it published for queries, or the next open of the
+    /// partition in this process finds them locked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_open_withdraws_its_stores_and_the_partition_opens_again() {
+        use crate::serde::Serdes;
+        use crate::topology::{Consumed, Grouped, TopologyBuilder};
+        let broker = crate::kafka::EmbeddedBroker::start(1).unwrap();
+        broker.create_topic("in", 1).unwrap();
+        broker.create_topic("app-counts-changelog", 1).unwrap();
+        let b = TopologyBuilder::new("app");
+        b.stream(
+            "in",
+            ["in"],
+            Consumed::with(Serdes::string(), Serdes::string()),
+        )
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .count("count", "counts")
+        .to_stream("updates")
+        .for_each("ignore", |_k, _v| {});
+        let topology = b.build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = super::RunSettings::new(broker.bootstrap_servers());
+        settings.state = crate::state::RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
+        let ops = std::sync::Arc::new(crate::ops::OpsState::default());
+        settings.ops = Some(ops.clone());
+        let shared = super::SharedForTasks {
+            topology: topology.clone(),
+            settings: std::sync::Arc::new(settings),
+            metrics: Default::default(),
+            globals: Default::default(),
+            partition_counts: std::sync::Arc::new(
+                [
+                    ("in".to_string(), 1),
+                    ("app-counts-changelog".to_string(), 1),
+                ]
+                .into(),
+            ),
+            cache: crate::state::CacheBudget::new(1 << 20),
+        };
+        let open = |cancelled: bool| {
+            super::open_task(
+                shared.clone(),
+                0,
+                0,
+                Default::default(),
+                std::sync::Arc::new(std::sync::atomic::AtomicBool::new(cancelled)),
+            )
+        };
+        assert!(open(true).await.unwrap().is_none(), "cancelled");
+        assert!(
+            !ops.holds_store("counts", 0),
+            "a cancelled task's stores are withdrawn from queries"
+        );
+        let task = open(false).await.expect("the partition opens again");
+        assert!(task.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_store_still_held_by_this_process_is_opened_once_released() {
+        let held = || {
+            StoreError::Rocks {
+            store: "s".into(),
+            path: "/state/app/0/s".into(),
+            message: "IO error: lock hold by current process, acquire time 1 acquiring thread 2: /state/app/0/s/LOCK: No locks available".into(),
+        }
+        };
+        let mut attempts = 0;
+        let opened = when_released(
+            || {
+                attempts += 1;
+                if attempts < 3 {
+                    Err(held())
+                } else {
+                    Ok(attempts)
+                }
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(opened.unwrap(), 3, "retried until released");
+        let never = when_released(|| Err::<(), _>(held()), Duration::from_millis(100)).await;
+        assert!(
+            never.unwrap_err().held_in_this_process(),
+            "gives up after its patience"
+        );
+        let mut calls = 0;
+        let other = when_released(
+            || {
+                calls += 1;
+                Err::<(), _>(StoreError::Rocks {
+                    store: "s".into(),
+                    path: "/state".into(),
+                    message: "Corruption".into(),
+                })
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(other.is_err() && calls == 1, "other errors are not retried");
+    }
 
     #[test]
     fn a_task_reading_several_topics_gets_range_and_other_assignors_are_refused_with_the_fix() {

@@ -219,6 +219,17 @@ pub trait StoreSupplier: Send + Sync {
     ) -> Result<Arc<dyn BytesStore>>;
 }
 
+impl StoreError {
+    /// RocksDB refused to open a store because this process still has it open: a
+    /// handle of the task that had it before (closed a moment ago, while a query or a
+    /// restore still held it) has not been released yet. Opening again shortly succeeds.
+    pub fn held_in_this_process(&self) -> bool {
+        // RocksDB's own lock table for the process: `LockFile` refuses a file this
+        // process already locked with "lock hold by current process".
+        matches!(self, StoreError::Rocks { message, .. } if message.contains("lock hold by current process"))
+    }
+}
+
 /// Opens every store in memory (the test driver's supplier).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InMemorySupplier;

@@ -221,6 +221,19 @@ mod tests {
     }
 
     #[test]
+    fn a_store_this_process_still_holds_is_refused_as_such_and_opens_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
+        let first = settings.open("app", 0, &spec()).unwrap();
+        let Err(refused) = settings.open("app", 0, &spec()) else {
+            panic!("opened twice")
+        };
+        assert!(refused.held_in_this_process(), "{refused}");
+        drop(first);
+        assert!(settings.open("app", 0, &spec()).is_ok());
+    }
+
+    #[test]
     fn rocks_and_memory_stores_agree() {
         let dir = tempfile::tempdir().unwrap();
         let settings = RocksSettings::new(dir.path(), 1 << 20, 1 << 20);
