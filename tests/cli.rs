@@ -907,6 +907,27 @@ fn the_three_services_run_as_three_processes_against_engine_dev() {
 }
 
 #[test]
+fn real_kafka_the_three_services_under_exactly_once_reconcile_with_failures_and_a_kill_of_each() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    // A broker of its own: the catalog's topic names are fixed, and the test above uses
+    // them on the shared one.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = OwnBroker::start(&dir.path().join("kafka.log"));
+    let kafka = Kafka::real(
+        broker.bootstrap.clone(),
+        &[
+            "orchestrator-dynamic",
+            "execution-ticket-service",
+            "worker-agents",
+        ],
+        2,
+    );
+    three_services(&kafka, true);
+}
+
+#[test]
 fn real_kafka_the_three_services_run_as_three_processes_and_create_their_internal_topics() {
     let Some(bootstrap) = support::real_kafka() else {
         return;
@@ -1025,19 +1046,37 @@ fn build_topology(name: &str) -> engine::topology::Topology {
 /// finishes with one final result that the ticket API agrees with, failures are
 /// compensated and raise incidents.
 fn three_services_reconcile(kafka: &Kafka) {
+    three_services(kafka, false);
+}
+
+/// [`three_services_reconcile`], or under exactly-once with a fifth of the executions'
+/// attempts failing and each service SIGKILLed once mid-run and started again (static
+/// membership: it takes its partitions back at once). The checks read the topics with
+/// `engine consume`, whose consumer reads committed records only (librdkafka's default
+/// `isolation.level`).
+fn three_services(kafka: &Kafka, exactly_once_with_kills: bool) {
     use std::collections::{BTreeMap, HashMap, HashSet};
     use topologies::decisions::{CognitivePlan, GeneratorSettings, generate_decisions};
 
     let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("engine.toml");
+    // Under the kills, executions take 10-100 ms, so the worker dies with some running.
+    let time_scale = if exactly_once_with_kills { 0.2 } else { 0.01 };
+    let workers = format!(
+        "[topologies.worker-agents]\ntime_scale = {time_scale}\nretry_backoff_ms = 20\nretry_backoff_max_ms = 100\n"
+    );
     std::fs::write(
         &config,
-        "[topologies.worker-agents]\ntime_scale = 0.01\nretry_backoff_ms = 20\nretry_backoff_max_ms = 100\n",
+        if exactly_once_with_kills {
+            format!("{workers}failure_rate = 0.2\n[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n")
+        } else {
+            workers
+        },
     )
     .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let service = |name: &str, http: Option<&str>| {
+    let service = |name: &str, http: Option<&str>, life: u32| {
         let mut c = engine();
         c.args(["run", name, "--config"])
             .arg(&config)
@@ -1046,18 +1085,37 @@ fn three_services_reconcile(kafka: &Kafka) {
             .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(dir.path().join(format!("{name}-{life}.log"))).unwrap());
+        if exactly_once_with_kills {
+            c.args(["--kafka", &format!("consumer.group.instance.id={name}-0")]);
+        }
         if let Some(http) = http {
             c.args(["--http", http]);
         }
         Running(c.spawn().expect("engine run starts"))
     };
-    let _orchestrator = service("orchestrator-dynamic", None);
-    let _tickets = service("execution-ticket-service", Some(&addr));
-    let _workers = service("worker-agents", None);
+    let (orchestrator_addr, worker_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let services = [
+        (
+            "orchestrator-dynamic",
+            exactly_once_with_kills.then_some(orchestrator_addr.as_str()),
+        ),
+        ("execution-ticket-service", Some(addr.as_str())),
+        (
+            "worker-agents",
+            exactly_once_with_kills.then_some(worker_addr.as_str()),
+        ),
+    ];
+    let mut running: Vec<Running> = services
+        .iter()
+        .map(|(name, http)| service(name, *http, 0))
+        .collect();
 
     let decisions = generate_decisions(
-        20,
+        if exactly_once_with_kills { 60 } else { 20 },
         &GeneratorSettings {
             seed: 7,
             failure_rate: 0.15,
@@ -1099,6 +1157,27 @@ fn three_services_reconcile(kafka: &Kafka) {
         ],
         &lines,
     );
+    if exactly_once_with_kills {
+        // Each service dies once while tickets flow, mid-transaction, and comes back:
+        // the orchestrator and the ticket service once tickets are stored, the worker
+        // once it holds tickets waiting or running.
+        let holds = |addr: &str, store: &str| {
+            std::net::TcpStream::connect(addr).is_ok()
+                && http_get(addr, &format!("/stores/{store}?limit=1"))
+                    .1
+                    .contains("\"key\"")
+        };
+        for (i, (name, http)) in services.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !(holds(&addr, "tickets") && (i < 2 || holds(&worker_addr, "ticket-jobs"))) {
+                assert!(Instant::now() < deadline, "{name} never got work");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            running[i].0.kill().unwrap();
+            running[i].0.wait().unwrap();
+            running[i] = service(name, *http, 1);
+        }
+    }
 
     // Every original ticket finishes, as the ticket API reports it.
     let originals = engine_consume(bootstrap, registry, "execution.tickets", expected_tickets);
@@ -1163,6 +1242,22 @@ fn three_services_reconcile(kafka: &Kafka) {
     let incidents = engine_consume(bootstrap, registry, "orchestration.incidents", 1);
     assert_eq!(incidents.len(), 1, "failures raise incidents");
     assert_eq!(incidents[0]["value"]["incident_type"], "TICKET_FAILED");
+    if exactly_once_with_kills {
+        let log = |life: u32| {
+            std::fs::read_to_string(dir.path().join(format!("worker-agents-{life}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("engine::runtime") || l.contains("resuming"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            log(1).contains("resuming the tickets accepted and not finished"),
+            "the worker was killed with tickets in progress, and its next life resumed them:\n{}\n---\n{}",
+            log(0),
+            log(1)
+        );
+    }
 }
 
 #[test]
@@ -1193,6 +1288,25 @@ fn engine_demo_reconciles_and_says_so_in_json() {
         !err.contains("logicalType") && !err.contains("apache_avro"),
         "the shipped contracts' notices are INFO, below the demo's first screen: {err}"
     );
+
+    // The same under exactly-once (on the embedded broker: transactions, without the
+    // hiding of aborted records that the real-broker tests check).
+    let (code, out, err) = output(engine().args([
+        "demo",
+        "--processing-guarantee",
+        "exactly_once_v2",
+        "--decisions",
+        "30",
+        "--failure-rate",
+        "0.2",
+        "--json",
+        "--log",
+        "warn",
+    ]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["passed"], true, "{summary}");
+    assert_eq!(summary["processing_guarantee"], "exactly_once_v2");
 
     let (code, _, err) = output(engine().args(["demo", "--failure-rate", "2"]));
     assert_eq!(code, 2);

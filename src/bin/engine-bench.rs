@@ -17,6 +17,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod codec;
 #[path = "engine_bench/codec_bench.rs"]
 mod codec_bench;
+#[path = "engine_bench/eos.rs"]
+mod eos;
 #[path = "engine_bench/machine.rs"]
 mod machine;
 #[path = "engine_bench/pipeline.rs"]
@@ -44,7 +46,7 @@ const USAGE: &str = "\
 usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S]
                     [--latency-secs S] [--latency-rate R] [--codec-secs S]
                     [--engine-kafka K=V]... [--skip-pipeline] [--skip-state]
-                    [--skip-rebalance]
+                    [--skip-rebalance] [--skip-eos]
 
   --engine PATH     the `engine` binary (default: next to this one)
   --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
@@ -61,7 +63,9 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
   --skip-pipeline   no ticket-pipeline figures (throughput, latency, memory, start-up)
   --skip-state      no ticket-counts figures (stateful throughput, restore)
   --skip-rebalance  no rebalance pauses (three ticket-counts processes on a real
-                    Apache Kafka broker that scripts/kafka runs)";
+                    Apache Kafka broker that scripts/kafka runs)
+  --skip-eos        no exactly-once figures (ticket-pipeline and ticket-counts under
+                    both guarantees, each on a real broker that scripts/kafka runs)";
 
 struct Options {
     engine: PathBuf,
@@ -75,6 +79,7 @@ struct Options {
     skip_pipeline: bool,
     skip_state: bool,
     skip_rebalance: bool,
+    skip_eos: bool,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -94,6 +99,7 @@ fn parse_args() -> std::result::Result<Options, String> {
         skip_pipeline: false,
         skip_state: false,
         skip_rebalance: false,
+        skip_eos: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -132,6 +138,7 @@ fn parse_args() -> std::result::Result<Options, String> {
             "--skip-pipeline" => o.skip_pipeline = true,
             "--skip-state" => o.skip_state = true,
             "--skip-rebalance" => o.skip_rebalance = true,
+            "--skip-eos" => o.skip_eos = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -223,6 +230,17 @@ fn run(options: &Options) -> Result<()> {
         ));
     } else {
         let outcome = rebalance::run(&engine, &options.engine_kafka)?;
+        figures.extend(outcome.figures);
+        setup.extend(outcome.setup);
+    }
+    if options.skip_eos {
+        figures.push(Figure::not_measured(
+            "exactly-once",
+            "exactly-once figures",
+            "--skip-eos given",
+        ));
+    } else {
+        let outcome = eos::run(&engine, &options.engine_kafka)?;
         figures.extend(outcome.figures);
         setup.extend(outcome.setup);
     }

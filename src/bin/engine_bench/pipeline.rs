@@ -68,7 +68,7 @@ pub(super) struct Input {
 }
 
 impl Input {
-    fn new(format: ValueFormat) -> Result<Self> {
+    pub(super) fn new(format: ValueFormat) -> Result<Self> {
         let plan = EncodePlan::new(&Schema::parse_str(EXECUTION_TICKET_SCHEMA)?)?;
         let mut pool = Vec::with_capacity(POOL);
         for (i, mut ticket) in sample_tickets(POOL).into_iter().enumerate() {
@@ -567,6 +567,7 @@ fn engine_run(
         rounds.next,
         latency_rate,
         Duration::from_secs(options.latency_secs),
+        PARTITIONS,
     )?;
     if let Some(status) = run.exited() {
         return Err(exited(status));
@@ -590,6 +591,7 @@ fn engine_run(
         rounds.next,
         latency_rate,
         Duration::from_secs(options.latency_secs),
+        PARTITIONS,
     )?;
     if let Some(status) = second.exited() {
         return Err(exited(status));
@@ -697,14 +699,14 @@ fn engine_run(
     Ok(figures)
 }
 
-struct Latency {
-    samples: Vec<u64>,
-    expected: usize,
-    from_timestamps: usize,
+pub(super) struct Latency {
+    pub samples: Vec<u64>,
+    pub expected: usize,
+    pub from_timestamps: usize,
 }
 
 /// `q`-quantile of sorted nanosecond samples, in milliseconds (nearest rank).
-fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
+pub(super) fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -712,14 +714,16 @@ fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
     Some(sorted[rank - 1] as f64 / 1e6)
 }
 
-/// Produces at `rate` for `duration`, stamping each record, and times its outputs.
-fn measure_latency(
+/// Produces at `rate` for `duration`, stamping each record, and times its outputs on
+/// `partitions` partitions.
+pub(super) fn measure_latency(
     bootstrap: &str,
     watcher: &BaseConsumer,
     input: &Input,
     offset: usize,
     rate: f64,
     duration: Duration,
+    partitions: i32,
 ) -> Result<Latency> {
     // Start reading the output exactly where it ends now.
     // The mock cluster holds an empty fetch for the whole fetch.wait.max.ms, however soon
@@ -730,7 +734,7 @@ fn measure_latency(
         .set("fetch.wait.max.ms", "1")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions {
         let (_, high) = watcher.fetch_watermarks(OUTPUT, p, TIMEOUT)?;
         tpl.add_partition_offset(OUTPUT, p, Offset::Offset(high))?;
     }

@@ -257,6 +257,27 @@ pub struct DevBroker {
 }
 
 /// A fresh directory for the children's logs.
+/// Starts an Apache Kafka broker of its own (`scripts/kafka`, run from the repository
+/// root), logging to `log`; returns it and its bootstrap address.
+pub fn real_broker(engine: &EngineCommand, log: &str) -> Result<(Stopping, String)> {
+    let broker_log = engine.log_path(log);
+    let mut child = Command::new("scripts/kafka")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&broker_log)?)
+        .spawn()
+        .map_err(|e| format!("scripts/kafka (run engine-bench from the repository root): {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("scripts/kafka has no stdout")?)
+        .read_line(&mut line)?;
+    let kafka = Stopping::new("scripts/kafka", child);
+    let bootstrap = line
+        .trim()
+        .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
+        .ok_or_else(|| format!("scripts/kafka did not start; see {}", broker_log.display()))?
+        .to_string();
+    Ok((kafka, bootstrap))
+}
+
 pub fn log_dir(base: &Path) -> Result<PathBuf> {
     let dir = base.join(format!("engine-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

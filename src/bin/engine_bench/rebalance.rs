@@ -7,8 +7,6 @@
 //! the note.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::Result;
 use super::pipeline::{INPUT, Input, PipelineOutcome, client, value_format};
-use super::processes::{DevBroker, EngineCommand, Stopping};
+use super::processes::{DevBroker, EngineCommand, Stopping, real_broker};
 use super::report::Figure;
 
 const TOPOLOGY: &str = "ticket-counts";
@@ -39,21 +37,7 @@ type Pauses = (String, Duration, Duration);
 /// Runs both sequences on a broker of their own; `engine_kafka` goes to every `engine
 /// run` as `--kafka K=V`.
 pub fn run(engine: &EngineCommand, engine_kafka: &[String]) -> Result<PipelineOutcome> {
-    let broker_log = engine.log_path("kafka-broker.log");
-    let mut child = Command::new("scripts/kafka")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&broker_log)?)
-        .spawn()
-        .map_err(|e| format!("scripts/kafka (run engine-bench from the repository root): {e}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("scripts/kafka has no stdout")?)
-        .read_line(&mut line)?;
-    let mut kafka = Stopping::new("scripts/kafka", child);
-    let bootstrap = line
-        .trim()
-        .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
-        .ok_or_else(|| format!("scripts/kafka did not start; see {}", broker_log.display()))?
-        .to_string();
+    let (mut kafka, bootstrap) = real_broker(engine, "kafka-broker.log")?;
     eprintln!("engine-bench: rebalance: Apache Kafka at {bootstrap}");
     // `engine dev` for its schema registry only.
     let mut dev = engine.dev("engine-dev-rebalance.log", &["--partitions", "1"])?;
