@@ -568,6 +568,7 @@ fn engine_run(
         latency_rate,
         Duration::from_secs(options.latency_secs),
         PARTITIONS,
+        1,
     )?;
     if let Some(status) = run.exited() {
         return Err(exited(status));
@@ -592,6 +593,7 @@ fn engine_run(
         latency_rate,
         Duration::from_secs(options.latency_secs),
         PARTITIONS,
+        1,
     )?;
     if let Some(status) = second.exited() {
         return Err(exited(status));
@@ -715,7 +717,9 @@ pub(super) fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
 }
 
 /// Produces at `rate` for `duration`, stamping each record, and times its outputs on
-/// `partitions` partitions.
+/// `partitions` partitions (read with `fetch.wait.max.ms` = `fetch_wait_ms`).
+// One argument per part of the run.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn measure_latency(
     bootstrap: &str,
     watcher: &BaseConsumer,
@@ -724,6 +728,7 @@ pub(super) fn measure_latency(
     rate: f64,
     duration: Duration,
     partitions: i32,
+    fetch_wait_ms: u32,
 ) -> Result<Latency> {
     // Start reading the output exactly where it ends now.
     // The mock cluster holds an empty fetch for the whole fetch.wait.max.ms, however soon
@@ -731,7 +736,7 @@ pub(super) fn measure_latency(
     let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", "engine-bench-latency")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "1")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
