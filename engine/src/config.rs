@@ -545,8 +545,9 @@ mod tests {
         };
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(
-            problems.iter().all(|p| p.contains("remove")
-                || p.contains("derives it from the application id")),
+            problems
+                .iter()
+                .all(|p| p.contains("remove") || p.contains("derives it from the application id")),
             "each says how to fix it: {problems:#?}"
         );
         // The same settings are fine at least once (but the transactional id).
@@ -559,11 +560,10 @@ mod tests {
             ..Default::default()
         };
         assert!(EngineConfig::resolve(file, &overrides).is_ok());
-        let unknown = toml::from_str::<FileConfig>(
-            "[runtime]\nprocessing_guarantee = \"exactly_once\"",
-        )
-        .unwrap_err()
-        .to_string();
+        let unknown =
+            toml::from_str::<FileConfig>("[runtime]\nprocessing_guarantee = \"exactly_once\"")
+                .unwrap_err()
+                .to_string();
         assert!(
             unknown.contains("at_least_once") && unknown.contains("exactly_once_v2"),
             "{unknown}"

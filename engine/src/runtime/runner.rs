@@ -694,19 +694,18 @@ impl TopologyRunner {
         // Send order matters only where changelog records wait for earlier outputs; in a
         // transaction they all commit together, so they go at once.
         tracker.track_send_order(!exactly_once && !self.topology.changelog_topics().is_empty());
-        let transactional_id = if exactly_once {
-            let instance = super::transactions::instance_id(&settings.state.state_dir, &app)
-                .map_err(|e| RuntimeError::Client {
-                    what: "instance id",
-                    reason: format!(
-                        "cannot keep the instance id in {}: {e}",
-                        settings.state.state_dir.display()
-                    ),
-                })?;
-            Some(super::transactions::transactional_id(&app, &instance))
+        // Held until the runner returns: no other instance takes this transactional id.
+        let claim = if exactly_once {
+            Some(
+                super::transactions::claim_instance(&settings.state.state_dir, &app)
+                    .map_err(RuntimeError::Config)?,
+            )
         } else {
             None
         };
+        let transactional_id = claim
+            .as_ref()
+            .map(|c| super::transactions::transactional_id(&app, &c.id));
         let producer = create_producer(
             settings,
             transactional_id.as_deref(),

@@ -23,6 +23,47 @@ use crate::kafka::kafka_reason;
 
 /// The name of the file, in `<state dir>/<application>/`, holding the instance id.
 const INSTANCE_ID_FILE: &str = "instance.id";
+/// The file, next to it, that the running instance holds locked.
+const INSTANCE_LOCK_FILE: &str = "instance.lock";
+
+/// Holds the instance id of a state directory for the life of the instance: a second
+/// instance on the same state directory would share its transactional id, and the two
+/// would fence each other's producer forever.
+#[derive(Debug)]
+pub(crate) struct InstanceClaim {
+    /// The instance id.
+    pub id: String,
+    _lock: std::fs::File,
+}
+
+/// Claims the instance id of `application` in `state_dir` (created on first use), or
+/// says why not.
+pub(crate) fn claim_instance(state_dir: &Path, application: &str) -> Result<InstanceClaim, String> {
+    let dir = state_dir.join(application);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(INSTANCE_LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!(
+                "the state directory {} is in use by another running instance of `{application}`: under exactly_once_v2 an instance's transactional id comes from its state directory, and two instances sharing one would fence each other. Give each instance its own --state-dir (runtime.state_dir)",
+                state_dir.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", path.display()));
+        }
+    }
+    let id = instance_id(state_dir, application)
+        .map_err(|e| format!("cannot keep the instance id in {}: {e}", dir.display()))?;
+    Ok(InstanceClaim { id, _lock: lock })
+}
 
 /// This instance's id for `application`: read from the state directory, or created
 /// there on first use.
@@ -142,6 +183,29 @@ pub(crate) fn start<P: Producer<C>, C: rdkafka::producer::ProducerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_running_instance_claims_a_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim_instance(dir.path(), "app").unwrap();
+        let refused = claim_instance(dir.path(), "app").unwrap_err();
+        assert!(
+            refused.contains("in use by another running instance of `app`")
+                && refused.contains("its own --state-dir"),
+            "{refused}"
+        );
+        assert!(
+            claim_instance(dir.path(), "other").is_ok(),
+            "per application"
+        );
+        let id = first.id.clone();
+        drop(first);
+        assert_eq!(
+            claim_instance(dir.path(), "app").unwrap().id,
+            id,
+            "released with the instance, the same id"
+        );
+    }
 
     #[test]
     fn the_instance_id_is_kept_in_the_state_directory() {
