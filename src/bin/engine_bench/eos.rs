@@ -294,6 +294,8 @@ fn one_run(
         rate: RECORDS as f64 / started.elapsed().as_secs_f64().max(1e-9),
         ..Measured::default()
     };
+    // Its consumer would go on fetching in the background through the latency run.
+    drop(watcher);
     if topology == "ticket-pipeline" {
         let watcher: BaseConsumer = client(&bootstrap).create()?;
         let latency = measure_latency(
