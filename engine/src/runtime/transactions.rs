@@ -48,17 +48,26 @@ pub(crate) fn claim_instance(state_dir: &Path, application: &str) -> Result<Inst
         .write(true)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    // `File::try_lock` is newer than the crate's minimum Rust version.
+    // SAFETY: the descriptor belongs to `lock`, open for this call; flock takes no
+    // pointers. The lock lives as long as the descriptor (released when `lock` drops or
+    // the process dies).
+    #[allow(unsafe_code)]
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(format!(
                 "the state directory {} is in use by another running instance of `{application}`: under exactly_once_v2 an instance's transactional id comes from its state directory, and two instances sharing one would fence each other. Give each instance its own --state-dir (runtime.state_dir)",
                 state_dir.display()
             ));
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(format!("cannot lock {}: {e}", path.display()));
-        }
+        return Err(format!("cannot lock {}: {error}", path.display()));
     }
     let id = instance_id(state_dir, application)
         .map_err(|e| format!("cannot keep the instance id in {}: {e}", dir.display()))?;
