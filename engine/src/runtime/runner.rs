@@ -654,6 +654,21 @@ fn create_producer(
         })
 }
 
+/// Initializes `producer`'s transactions and begins the first, off the executor.
+async fn start_transactions(
+    producer: Arc<EngineProducer>,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    tokio::task::spawn_blocking(move || super::transactions::start(&*producer, timeout))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|reason| RuntimeError::Client {
+            what: "transactional producer",
+            reason,
+        })
+}
+
 /// Runs one topology on Kafka until shutdown or a fatal error.
 pub struct TopologyRunner {
     topology: Topology,
@@ -774,20 +789,11 @@ impl TopologyRunner {
         };
         let globals = globals?;
         if let Some(id) = &transactional_id {
-            let (transactional, timeout) = (producer.clone(), settings.startup_timeout);
-            let started = tokio::task::spawn_blocking(move || {
-                super::transactions::start(&*transactional, timeout)
-            });
+            let started = start_transactions(producer.clone(), settings.startup_timeout);
             let Some(started) = until_stopped(&mut shutdown, &app, started).await else {
                 return Ok(());
             };
-            started
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-                .map_err(|reason| RuntimeError::Client {
-                    what: "transactional producer",
-                    reason,
-                })?;
+            started?;
             tracing::info!(application = %app, transactional_id = %id, "exactly-once: transactional producer ready");
         }
 
@@ -2237,15 +2243,7 @@ impl Loop<'_> {
             return Ok(());
         };
         let producer = create_producer(self.settings, Some(&id), self.tracker, self.metrics)?;
-        let (starting, timeout) = (producer.clone(), self.settings.startup_timeout);
-        tokio::task::spawn_blocking(move || super::transactions::start(&*starting, timeout))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .map_err(|reason| RuntimeError::Client {
-                what: "transactional producer",
-                reason,
-            })?;
+        start_transactions(producer.clone(), self.settings.startup_timeout).await?;
         let context = self.consumer.context();
         *lock(&context.producer) = Some(producer.clone());
         context
