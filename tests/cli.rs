@@ -1061,8 +1061,8 @@ fn three_services(kafka: &Kafka, exactly_once_with_kills: bool) {
     let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("engine.toml");
-    // Under the kills, executions take 10-100 ms, so the worker dies with some running.
-    let time_scale = if exactly_once_with_kills { 0.2 } else { 0.01 };
+    // Under the kills, executions take 50-500 ms, so the worker dies with some running.
+    let time_scale = if exactly_once_with_kills { 1.0 } else { 0.01 };
     let workers = format!(
         "[topologies.worker-agents]\ntime_scale = {time_scale}\nretry_backoff_ms = 20\nretry_backoff_max_ms = 100\n"
     );
@@ -1160,16 +1160,24 @@ fn three_services(kafka: &Kafka, exactly_once_with_kills: bool) {
     if exactly_once_with_kills {
         // Each service dies once while tickets flow, mid-transaction, and comes back:
         // the orchestrator and the ticket service once tickets are stored, the worker
-        // once it holds tickets waiting or running.
-        let holds = |addr: &str, store: &str| {
-            std::net::TcpStream::connect(addr).is_ok()
-                && http_get(addr, &format!("/stores/{store}?limit=1"))
-                    .1
-                    .contains("\"key\"")
+        // once a ticket it holds (waiting or running) has stayed in its store across a
+        // few commits, so the committed store has it too.
+        let first_key = |addr: &str, store: &str| -> Option<String> {
+            std::net::TcpStream::connect(addr).ok()?;
+            let (_, body) = http_get(addr, &format!("/stores/{store}?limit=1"));
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["entries"][0]["key"].as_str().map(String::from)
+        };
+        let pending_for_a_while = || {
+            let Some(ticket) = first_key(&worker_addr, "ticket-jobs") else {
+                return false;
+            };
+            std::thread::sleep(Duration::from_millis(300));
+            http_get(&worker_addr, &format!("/stores/ticket-jobs/{ticket}")).0 == 200
         };
         for (i, (name, http)) in services.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !(holds(&addr, "tickets") && (i < 2 || holds(&worker_addr, "ticket-jobs"))) {
+            while !(first_key(&addr, "tickets").is_some() && (i < 2 || pending_for_a_while())) {
                 assert!(Instant::now() < deadline, "{name} never got work");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -2445,6 +2453,40 @@ fn counts_of(tickets: u32, plans: u32) -> std::collections::BTreeMap<String, i64
         .collect()
 }
 
+/// A broker of its own with the topics of `ticket-pipeline` and `ticket-counts`, a
+/// directory for state and logs, and a configuration file with `processing_guarantee`.
+struct TwoTopologies {
+    // Dropped in this order: the registry, then the broker, then the directory.
+    kafka: Kafka,
+    _broker: OwnBroker,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl TwoTopologies {
+    fn start(guarantee: &str) -> TwoTopologies {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = OwnBroker::start(&dir.path().join("kafka.log"));
+        let kafka = Kafka::real(
+            broker.bootstrap.clone(),
+            &["ticket-pipeline", "ticket-counts"],
+            2,
+        );
+        let config = dir.path().join("engine.toml");
+        std::fs::write(
+            &config,
+            format!("[runtime]\nprocessing_guarantee = \"{guarantee}\"\n"),
+        )
+        .unwrap();
+        TwoTopologies {
+            kafka,
+            _broker: broker,
+            config,
+            dir,
+        }
+    }
+}
+
 /// `ticket-pipeline` and `ticket-counts` in one `engine run` on a broker of their own,
 /// under continuous input (2,000 tickets/s), SIGKILLed `kills` times at random points
 /// and started again (static membership: a restart takes its partitions back at once),
@@ -2452,20 +2494,9 @@ fn counts_of(tickets: u32, plans: u32) -> std::collections::BTreeMap<String, i64
 /// tickets went in.
 fn kill_loop(guarantee: &str, kills: u32) -> (CommittedOutputs, u32) {
     const PLANS: u32 = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = OwnBroker::start(&dir.path().join("kafka.log"));
-    let kafka = Kafka::real(
-        broker.bootstrap.clone(),
-        &["ticket-pipeline", "ticket-counts"],
-        2,
-    );
-    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
-    let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        format!("[runtime]\nprocessing_guarantee = \"{guarantee}\"\n"),
-    )
-    .unwrap();
+    let rig = TwoTopologies::start(guarantee);
+    let (dir, config) = (&rig.dir, &rig.config);
+    let (bootstrap, registry) = (&rig.kafka.bootstrap, &rig.kafka.registry);
     let addr = format!("127.0.0.1:{}", free_port());
     let log = |life: u32| dir.path().join(format!("life-{life}.log"));
     let start = |life: u32| {
@@ -2473,7 +2504,7 @@ fn kill_loop(guarantee: &str, kills: u32) -> (CommittedOutputs, u32) {
             engine()
                 .args(["run", "ticket-pipeline", "ticket-counts", "--http", &addr])
                 .arg("--config")
-                .arg(&config)
+                .arg(config)
                 .arg("--state-dir")
                 .arg(dir.path().join("state"))
                 .args(["--kafka", "consumer.group.instance.id=kill-loop"])
@@ -2567,8 +2598,6 @@ fn kill_loop(guarantee: &str, kills: u32) -> (CommittedOutputs, u32) {
         seen.counts.values().map(Vec::len).sum::<usize>(),
         seen.repeated_counts()
     );
-    drop(kafka);
-    drop(broker);
     (seen, fed)
 }
 
@@ -2615,20 +2644,9 @@ enum Freeze {
 /// readers see once both stopped cleanly, and how many tickets went in.
 fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
     const PLANS: u32 = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = OwnBroker::start(&dir.path().join("kafka.log"));
-    let kafka = Kafka::real(
-        broker.bootstrap.clone(),
-        &["ticket-pipeline", "ticket-counts"],
-        2,
-    );
-    let (bootstrap, registry) = (&kafka.bootstrap, &kafka.registry);
-    let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        "[runtime]\nprocessing_guarantee = \"exactly_once_v2\"\n",
-    )
-    .unwrap();
+    let rig = TwoTopologies::start("exactly_once_v2");
+    let (dir, config) = (&rig.dir, &rig.config);
+    let (bootstrap, registry) = (&rig.kafka.bootstrap, &rig.kafka.registry);
     let kafka_args: &[&str] = match freeze {
         Freeze::PastItsSession => &["--kafka", "consumer.session.timeout.ms=6000"],
         Freeze::PastItsTransactionTimeout => &[
@@ -2643,7 +2661,7 @@ fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
             engine()
                 .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
                 .arg("--config")
-                .arg(&config)
+                .arg(config)
                 .arg("--state-dir")
                 .arg(dir.path().join(name))
                 .args(kafka_args)
