@@ -2406,6 +2406,17 @@ impl CommittedOutputs {
         seen
     }
 
+    /// What was seen of `fed` tickets, for the test's output.
+    fn summary(&self, fed: u32) -> String {
+        format!(
+            "{fed} tickets fed; {} distinct out, {} duplicates; {} count updates, {} repeated",
+            self.tickets.len(),
+            self.duplicate_outputs(),
+            self.counts.values().map(Vec::len).sum::<usize>(),
+            self.repeated_counts()
+        )
+    }
+
     /// Outputs beyond the first of a ticket.
     fn duplicate_outputs(&self) -> u32 {
         self.tickets.values().map(|n| n - 1).sum()
@@ -2591,13 +2602,7 @@ fn kill_loop(guarantee: &str, kills: u32) -> (CommittedOutputs, u32) {
         std::fs::read_to_string(log(kills)).unwrap_or_default()
     );
     let seen = CommittedOutputs::read(bootstrap);
-    eprintln!(
-        "{guarantee}, {kills} kills: {fed} tickets fed; {} distinct out, {} duplicates; {} count updates, {} repeated",
-        seen.tickets.len(),
-        seen.duplicate_outputs(),
-        seen.counts.values().map(Vec::len).sum::<usize>(),
-        seen.repeated_counts()
-    );
+    eprintln!("{guarantee}, {kills} kills: {}", seen.summary(fed));
     (seen, fed)
 }
 
@@ -2780,13 +2785,7 @@ fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
         assert_eq!(code, Some(0), "clean stop:\n{}", logs());
     }
     let seen = CommittedOutputs::read(bootstrap);
-    eprintln!(
-        "{fed} tickets fed; {} distinct out, {} duplicates; {} count updates, {} repeated",
-        seen.tickets.len(),
-        seen.duplicate_outputs(),
-        seen.counts.values().map(Vec::len).sum::<usize>(),
-        seen.repeated_counts()
-    );
+    eprintln!("{}", seen.summary(fed));
     (seen, fed)
 }
 
