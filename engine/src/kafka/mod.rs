@@ -8,6 +8,7 @@ mod commit;
 mod embedded;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -243,6 +244,31 @@ pub(crate) fn forward_stats(client: &str, stats: &Statistics) {
 
 /// The partition Kafka's default partitioner (Java's, and librdkafka's `murmur2` and
 /// `murmur2_random`) picks for a non-empty `key` among `partitions`.
+/// Waits until every record a producer holds is delivered or has failed (its delivery
+/// callback run), for at most `timeout`; `flush` is the producer's
+/// [`Producer::flush`](rdkafka::producer::Producer::flush).
+///
+/// rust-rdkafka's `flush` waits for delivery reports in steps of up to 100 ms on the
+/// report queue, which the polling thread of a `ThreadedProducer` serves instead, so a
+/// flush with anything in flight took at least 100 ms however soon the broker answered:
+/// under exactly-once, where every commit flushes, the processing loop stood still for
+/// most of each 100 ms commit interval. This asks librdkafka to send what lingers and to
+/// report whether anything is left (`flush` without waiting), and asks again every half
+/// millisecond.
+pub(crate) fn flush_promptly(
+    flush: impl Fn(Duration) -> Result<(), KafkaError>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match flush(Duration::ZERO) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_micros(500)),
+        }
+    }
+}
+
 pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
     // Java's `Utils.toPositive` masks the sign bit rather than taking an absolute value.
     ((murmur2(key) & 0x7fff_ffff) as i32) % partitions.max(1)
@@ -304,6 +330,64 @@ impl ClientContext for TracingContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts delivery reports, as the runtime's producer context does.
+    #[derive(Default)]
+    struct Deliveries(std::sync::atomic::AtomicUsize);
+
+    impl ClientContext for Deliveries {}
+
+    impl rdkafka::producer::ProducerContext for Deliveries {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn flush_promptly_returns_once_every_delivery_callback_ran() {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        let broker = EmbeddedBroker::start(1).unwrap();
+        broker.create_topic("out", 3).unwrap();
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("linger.ms", "50")
+            .create_with_context(Deliveries::default())
+            .unwrap();
+        for i in 0..100 {
+            let key = i.to_string();
+            producer
+                .send(BaseRecord::to("out").key(&key).payload("v"))
+                .unwrap();
+        }
+        flush_promptly(|t| producer.flush(t), Duration::from_secs(30)).unwrap();
+        // The polling thread ran every callback before the flush said it was done.
+        assert_eq!(
+            producer
+                .context()
+                .0
+                .load(std::sync::atomic::Ordering::SeqCst),
+            100
+        );
+        assert_eq!(producer.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn flush_promptly_gives_up_at_its_timeout() {
+        use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+        // Nothing listens there: the record cannot be delivered.
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create_with_context(Deliveries::default())
+            .unwrap();
+        producer
+            .send(BaseRecord::to("out").key("k").payload("v"))
+            .unwrap();
+        let result = flush_promptly(|t| producer.flush(t), Duration::from_millis(200));
+        assert!(matches!(result, Err(KafkaError::Flush(_))), "{result:?}");
+        assert_eq!(producer.in_flight_count(), 1);
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
 
     #[test]
     fn murmur2_matches_kafkas_java_partitioner() {

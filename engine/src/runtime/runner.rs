@@ -24,8 +24,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{
-    ClientRole, CommitError, commit_async_reporting, commit_within, forward_error, forward_log,
-    forward_stats, kafka_reason,
+    ClientRole, CommitError, commit_async_reporting, commit_within, flush_promptly, forward_error,
+    forward_log, forward_stats, kafka_reason,
 };
 use crate::metrics::{LagSource, PartitionLag, TopologyMetrics};
 use crate::record::{Header as RecordHeader, Headers, ProducedRecord, RawRecord, Timestamp};
@@ -251,13 +251,16 @@ impl ConsumeContext {
         }
         let deadline = Instant::now() + self.flush_timeout;
         if let Some(producer) = lock(&self.producer).clone() {
-            let mut flushed = producer.flush(self.flush_timeout);
+            let mut flushed = flush_promptly(|t| producer.flush(t), self.flush_timeout);
             if flushed.is_ok() {
                 // Every output is acknowledged: the changelog records may follow.
                 for queued in self.tracker.drain_changelog() {
                     send_now(&producer, &self.tracker, &queued.record, queued.sources);
                 }
-                flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+                flushed = flush_promptly(
+                    |t| producer.flush(t),
+                    deadline.saturating_duration_since(Instant::now()),
+                );
             }
             if let Err(error) = flushed {
                 // Their changelog records wait for those outputs; once the partitions
@@ -317,12 +320,15 @@ impl ConsumeContext {
             })
         } else {
             let deadline = Instant::now() + self.flush_timeout;
-            let mut flushed = producer.flush(self.flush_timeout);
+            let mut flushed = flush_promptly(|t| producer.flush(t), self.flush_timeout);
             if flushed.is_ok() {
                 for queued in self.tracker.drain_changelog() {
                     send_now(&producer, &self.tracker, &queued.record, queued.sources);
                 }
-                flushed = producer.flush(deadline.saturating_duration_since(Instant::now()));
+                flushed = flush_promptly(
+                    |t| producer.flush(t),
+                    deadline.saturating_duration_since(Instant::now()),
+                );
             }
             let commits = self.tracker.take_commits(|_, _| true);
             flushed
@@ -2120,10 +2126,11 @@ impl Loop<'_> {
     ) -> Result<Result<(), super::transactions::TransactionFailure>, RuntimeError> {
         use super::transactions::TransactionFailure;
         let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| kafka_reason(&e)));
+        let flushed =
+            tokio::task::spawn_blocking(move || flush_promptly(|t| producer.flush(t), timeout))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| kafka_reason(&e)));
         if let Err(reason) = flushed {
             return Ok(Err(TransactionFailure {
                 reason: format!("not every output was acknowledged: {reason}"),
@@ -2135,7 +2142,9 @@ impl Loop<'_> {
             // A dead-letter record replaced a refused one: it must be in too.
             self.send_ready_changelog().await;
             let producer = self.producer.clone();
-            let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || flush_promptly(|t| producer.flush(t), timeout))
+                    .await;
         }
         let commits = self.tracker.take_commits(|_, _| true);
         let (producer, consumer, to_commit) = (
@@ -2370,8 +2379,10 @@ impl Loop<'_> {
             }
             self.send_ready_changelog().await;
             let producer = self.producer.clone();
-            let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_millis(200)))
-                .await;
+            let _ = tokio::task::spawn_blocking(move || {
+                flush_promptly(|t| producer.flush(t), Duration::from_millis(200))
+            })
+            .await;
             // Deferred records stay uncommitted: their processors stop with the tasks.
             if self.tracker.awaiting_acknowledgement() == 0
                 && !self.tracker.has_failures()
