@@ -510,6 +510,13 @@ impl BytesStore for CachingStore {
         self.inner.delete(key)
     }
 
+    fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        for (key, _) in writes {
+            self.forget(key);
+        }
+        self.inner.write_batch(writes)
+    }
+
     fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let stored = self.inner.range(from, to)?;
         let in_range = |k: &[u8]| from.is_none_or(|f| k >= f) && to.is_none_or(|t| k < t);
@@ -570,6 +577,23 @@ mod tests {
             0,
             Headers::new(),
         );
+    }
+
+    /// A restore applies the changelog in batches: one write per batch, not per record,
+    /// and what the cache held of those keys is gone.
+    #[test]
+    fn a_batch_reaches_the_store_as_one_batch_and_replaces_cached_entries() {
+        let inner = Arc::new(crate::state::counting::Counting::default());
+        let c = CachingStore::new("s", inner.clone(), CacheBudget::new(10_000));
+        put(&c, "a", "cached");
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..100)
+            .map(|i| (format!("k{i}").into_bytes(), Some(b"v".to_vec())))
+            .chain([(b"a".to_vec(), Some(b"stored".to_vec()))])
+            .collect();
+        c.write_batch(&writes).unwrap();
+        assert_eq!(*inner.batches.lock().unwrap(), vec![101]);
+        assert_eq!(*inner.singles.lock().unwrap(), 0);
+        assert_eq!(c.get(b"a").unwrap(), Some(b"stored".to_vec()));
     }
 
     #[test]

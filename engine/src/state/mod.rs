@@ -248,6 +248,52 @@ impl StoreSupplier for InMemorySupplier {
 /// The stores of one task, by name.
 pub type TaskStores = BTreeMap<String, Arc<dyn BytesStore>>;
 
+/// A store that counts how writes reach it, for tests of the stores layered over one.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::sync::Mutex;
+
+    use super::{BytesStore, MemoryStore, Result};
+
+    /// Single `put`/`delete` calls, and the size of each `write_batch`.
+    #[derive(Default)]
+    pub(crate) struct Counting {
+        inner: MemoryStore,
+        pub(crate) singles: Mutex<usize>,
+        pub(crate) batches: Mutex<Vec<usize>>,
+    }
+
+    impl BytesStore for Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+            *self.singles.lock().unwrap() += 1;
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &[u8]) -> Result<()> {
+            *self.singles.lock().unwrap() += 1;
+            self.inner.delete(key)
+        }
+        fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+            self.batches.lock().unwrap().push(writes.len());
+            self.inner.write_batch(writes)
+        }
+        fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.range(from, to)
+        }
+        fn approximate_len(&self) -> u64 {
+            self.inner.approximate_len()
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+        fn clear(&self) -> Result<()> {
+            self.inner.clear()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

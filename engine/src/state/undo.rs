@@ -92,6 +92,12 @@ impl BytesStore for UndoStore {
         self.record(key)?;
         self.inner.delete(key)
     }
+    fn write_batch(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        for (key, _) in writes {
+            self.record(key)?;
+        }
+        self.inner.write_batch(writes)
+    }
 
     fn range(&self, from: Option<&[u8]>, to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.range(from, to)
@@ -115,6 +121,29 @@ impl BytesStore for UndoStore {
 mod tests {
     use super::*;
     use crate::state::MemoryStore;
+
+    /// A restore applies the changelog in batches: one write per batch, not per record.
+    #[test]
+    fn a_batch_reaches_the_store_as_one_batch_and_still_rolls_back() {
+        let inner = Arc::new(crate::state::counting::Counting::default());
+        let store = UndoStore::new(inner.clone());
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..100)
+            .map(|i: u32| (i.to_be_bytes().to_vec(), Some(b"v".to_vec())))
+            .collect();
+        store.write_batch(&writes).unwrap();
+        assert_eq!(*inner.batches.lock().unwrap(), vec![100]);
+        assert_eq!(*inner.singles.lock().unwrap(), 0);
+        store.begin();
+        store
+            .write_batch(&[
+                (0u32.to_be_bytes().to_vec(), Some(b"w".to_vec())),
+                (b"new".to_vec(), Some(b"w".to_vec())),
+            ])
+            .unwrap();
+        store.rollback().unwrap();
+        assert_eq!(store.get(&0u32.to_be_bytes()).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.get(b"new").unwrap(), None);
+    }
 
     #[test]
     fn rollback_restores_every_written_key_and_commit_keeps_them() {
