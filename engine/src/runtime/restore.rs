@@ -129,9 +129,9 @@ fn header_text<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> 
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-pub(crate) fn apply(store: &Arc<dyn BytesStore>, writes: Vec<Write>) -> Result<u64, RuntimeError> {
+pub(crate) fn apply(store: &Arc<dyn BytesStore>, writes: &[Write]) -> Result<u64, RuntimeError> {
     store
-        .write_batch(&writes)
+        .write_batch(writes)
         .map_err(|e| RuntimeError::Client {
             what: "store restore",
             reason: e.to_string(),
@@ -269,12 +269,15 @@ pub(crate) fn restore(
     let stuck_after = timeout.max(Duration::from_secs(60));
     let mut last_progress = Instant::now();
     let mut next = start;
+    let mut progress_at = start;
     let mut batch: Vec<Write> = Vec::with_capacity(RESTORE_BATCH);
     let flush = |batch: &mut Vec<Write>, restored: &mut Restored| -> Result<(), RuntimeError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let applied = apply(store, std::mem::take(batch))?;
+        // The same buffer serves every batch: no allocation per batch.
+        let applied = apply(store, batch)?;
+        batch.clear();
         restored.records += applied;
         progress.fetch_add(applied, Ordering::Relaxed);
         Ok(())
@@ -292,15 +295,22 @@ pub(crate) fn restore(
             }
             return Ok(None);
         }
-        if last_progress.elapsed() > stuck_after {
-            return Err(RuntimeError::Client {
-                what: "changelog restore",
-                reason: format!("{topic} partition {partition}: stuck at offset {next} of {high}"),
-            });
-        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {
                 flush(&mut batch, &mut restored)?;
+                // Only a poll that brought nothing can mean stuck, so no clock is read
+                // per record: progress is an offset beyond the one last seen here.
+                if next > progress_at {
+                    progress_at = next;
+                    last_progress = Instant::now();
+                } else if last_progress.elapsed() > stuck_after {
+                    return Err(RuntimeError::Client {
+                        what: "changelog restore",
+                        reason: format!(
+                            "{topic} partition {partition}: stuck at offset {next} of {high}"
+                        ),
+                    });
+                }
                 // Transaction markers (exactly-once changelogs) take offsets but are never
                 // delivered: the consumer's position says when they are passed. Under
                 // `read_committed` the position also waits for open transactions to end.
@@ -317,7 +327,6 @@ pub(crate) fn restore(
             Some(Err(e)) => return Err(client_error("changelog restore")(e)),
             Some(Ok(m)) => {
                 next = m.offset() + 1;
-                last_progress = Instant::now();
                 if batch.len() >= RESTORE_BATCH {
                     flush(&mut batch, &mut restored)?;
                 }

@@ -1894,8 +1894,8 @@ async fn open_task(
             .held
             .into_iter()
             .partition(|(inputs, _)| super::restore::within(inputs, &cut));
-        let writes = complete.into_iter().map(|(_, w)| w).collect();
-        let applied = super::restore::apply(store.bytes(), writes)?;
+        let writes: Vec<_> = complete.into_iter().map(|(_, w)| w).collect();
+        let applied = super::restore::apply(store.bytes(), &writes)?;
         TopologyMetrics::add(&metrics.restored_records, applied);
         if !dropped.is_empty() {
             tracing::info!(application = %app, store = %restored.store, partition, records = dropped.len(), "changelog records of inputs not complete in every store (the previous owner stopped mid-way) are left out; those inputs are processed again");
