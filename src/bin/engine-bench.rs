@@ -17,8 +17,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod codec;
 #[path = "engine_bench/codec_bench.rs"]
 mod codec_bench;
-#[path = "engine_bench/eos.rs"]
-mod eos;
 #[path = "engine_bench/machine.rs"]
 mod machine;
 #[path = "engine_bench/pipeline.rs"]
@@ -29,6 +27,8 @@ mod processes;
 mod rebalance;
 #[path = "engine_bench/report.rs"]
 mod report;
+#[path = "engine_bench/side_by_side.rs"]
+mod side_by_side;
 #[path = "engine_bench/stateful.rs"]
 mod stateful;
 
@@ -39,6 +39,9 @@ use std::time::Duration;
 use processes::EngineCommand;
 use report::{Figure, Report};
 
+/// The latency chart, beside BENCHMARKS.md.
+const CHART: &str = "BENCHMARKS-latency.png";
+
 /// The binary's error type: every failure becomes a message and exit code 1.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -46,7 +49,8 @@ const USAGE: &str = "\
 usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S]
                     [--latency-secs S] [--latency-rate R] [--codec-secs S]
                     [--engine-kafka K=V]... [--skip-pipeline] [--skip-state]
-                    [--skip-rebalance] [--skip-eos]
+                    [--skip-rebalance] [--skip-side-by-side] [--rounds N]
+                    [--restore-gib G] [--skip-throughput] [--skip-latency]
 
   --engine PATH     the `engine` binary (default: next to this one)
   --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
@@ -64,8 +68,17 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
   --skip-state      no ticket-counts figures (stateful throughput, restore)
   --skip-rebalance  no rebalance pauses (three ticket-counts processes on a real
                     Apache Kafka broker that scripts/kafka runs)
-  --skip-eos        no exactly-once figures (ticket-pipeline and ticket-counts under
-                    both guarantees, each on a real broker that scripts/kafka runs)";
+  --rounds N        interleaved rounds of each side-by-side throughput and restore
+                    figure, reported as their median with min and max (default 3)
+  --restore-gib G   size of the changelog each tool restores beside the other, in GiB
+                    of keys and values (default 1; 0 skips the restore runs)
+  --skip-throughput  no side-by-side throughput, memory and start-up runs (the
+                    latency runs then offer only the fixed rates)
+  --skip-latency    no side-by-side latency runs
+  --skip-side-by-side  no figures on a real broker beside Kafka Streams (throughput of
+                    ticket-pipeline and ticket-counts under both guarantees, latency at
+                    fixed offered rates, memory, start-up; needs the Kafka Streams
+                    application scripts/bench builds with Maven in bench/kafka-streams)";
 
 struct Options {
     engine: PathBuf,
@@ -79,7 +92,11 @@ struct Options {
     skip_pipeline: bool,
     skip_state: bool,
     skip_rebalance: bool,
-    skip_eos: bool,
+    skip_side_by_side: bool,
+    rounds: usize,
+    restore_gib: f64,
+    skip_throughput: bool,
+    skip_latency: bool,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -99,7 +116,11 @@ fn parse_args() -> std::result::Result<Options, String> {
         skip_pipeline: false,
         skip_state: false,
         skip_rebalance: false,
-        skip_eos: false,
+        skip_side_by_side: false,
+        rounds: 3,
+        restore_gib: 1.0,
+        skip_throughput: false,
+        skip_latency: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -138,10 +159,25 @@ fn parse_args() -> std::result::Result<Options, String> {
             "--skip-pipeline" => o.skip_pipeline = true,
             "--skip-state" => o.skip_state = true,
             "--skip-rebalance" => o.skip_rebalance = true,
-            "--skip-eos" => o.skip_eos = true,
+            "--skip-side-by-side" => o.skip_side_by_side = true,
+            "--skip-throughput" => o.skip_throughput = true,
+            "--skip-latency" => o.skip_latency = true,
+            "--rounds" => {
+                o.rounds = value("--rounds")?
+                    .parse()
+                    .map_err(|_| "--rounds must be a count")?
+            }
+            "--restore-gib" => {
+                o.restore_gib = value("--restore-gib")?
+                    .parse()
+                    .map_err(|_| "--restore-gib must be GiB, e.g. 1 or 0.25")?
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if o.rounds == 0 || o.restore_gib.is_nan() || o.restore_gib < 0.0 {
+        return Err("--rounds must be positive and --restore-gib not negative".into());
     }
     if o.records == 0 || o.latency_secs == 0 || o.codec_secs <= 0.0 || o.work_secs <= 0.0 {
         return Err(
@@ -233,16 +269,64 @@ fn run(options: &Options) -> Result<()> {
         figures.extend(outcome.figures);
         setup.extend(outcome.setup);
     }
-    if options.skip_eos {
+    let mut chart = None;
+    if options.skip_side_by_side {
         figures.push(Figure::not_measured(
-            "exactly-once",
-            "exactly-once figures",
-            "--skip-eos given",
+            "side by side",
+            "figures beside Kafka Streams on a real broker",
+            "--skip-side-by-side given",
         ));
     } else {
-        let outcome = eos::run(&engine, &options.engine_kafka)?;
-        figures.extend(outcome.figures);
-        setup.extend(outcome.setup);
+        let streams = side_by_side::KafkaStreamsApp::locate()?;
+        let result = side_by_side::run(
+            &engine,
+            &streams,
+            &options.engine_kafka,
+            &side_by_side::SideBySideOptions {
+                rounds: options.rounds,
+                restore_bytes: (options.restore_gib * (1u64 << 30) as f64) as u64,
+                throughput: !options.skip_throughput,
+                latency: !options.skip_latency,
+            },
+        )?;
+        // Real Kafka first: what users run.
+        let mock = std::mem::take(&mut figures);
+        figures.extend(result.outcome.figures);
+        figures.extend(mock);
+        let mock_setup = std::mem::take(&mut setup);
+        setup.extend(result.outcome.setup);
+        setup.extend(mock_setup);
+        let data = options.out_dir.join("benchmarks-latency.json");
+        if result.latency.is_empty() {
+            // Nothing to draw; no chart of an earlier run is left beside these figures.
+            let _ = std::fs::remove_file(options.out_dir.join(CHART));
+        }
+        std::fs::write(&data, serde_json::to_string_pretty(&result.latency)? + "\n")?;
+        let png = options.out_dir.join(CHART);
+        let drawn = if result.latency.is_empty() {
+            None
+        } else {
+            Some(
+                std::process::Command::new("python3")
+                    .arg("bench/latency_chart.py")
+                    .arg(&data)
+                    .arg(&png)
+                    .status()?,
+            )
+        };
+        if let Some(drawn) = drawn
+            && !drawn.success()
+        {
+            return Err(format!(
+                "bench/latency_chart.py could not draw {} ({drawn}); it needs matplotlib: \
+                 python3 -m pip install matplotlib",
+                png.display()
+            )
+            .into());
+        }
+        if !result.latency.is_empty() {
+            chart = Some(CHART.to_string());
+        }
     }
     setup.push((
         "process logs".into(),
@@ -253,6 +337,7 @@ fn run(options: &Options) -> Result<()> {
         machine,
         setup,
         figures,
+        chart,
     };
     std::fs::write(options.out_dir.join("BENCHMARKS.md"), report.markdown())?;
     std::fs::write(

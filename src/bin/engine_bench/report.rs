@@ -13,6 +13,8 @@ use super::machine::Machine;
 pub enum Target {
     /// `ratio` (figure / reference) must be at least this.
     RatioAtLeast(f64),
+    /// `ratio` (figure / reference) must be at most this (latency, memory, start-up).
+    RatioAtMost(f64),
     /// The figure must be below this, in the figure's unit.
     Below(f64),
     /// The figure must be at least this, in the figure's unit.
@@ -27,6 +29,9 @@ pub enum Status {
     Missed,
     /// Measured, with no target given.
     Reported,
+    /// The target is met by the median, but the runs spread wider than
+    /// [`MAX_SPREAD`] of it: not judged.
+    Unsteady,
     NotMeasured,
 }
 
@@ -63,30 +68,6 @@ impl Figure {
             .as_ref()
             .filter(|(_, r)| *r > 0.0)
             .map(|(_, r)| value / r);
-        let status = match target {
-            None => Status::Reported,
-            Some(Target::RatioAtLeast(min)) => {
-                if ratio.is_some_and(|r| r >= min) {
-                    Status::Met
-                } else {
-                    Status::Missed
-                }
-            }
-            Some(Target::Below(max)) => {
-                if value < max {
-                    Status::Met
-                } else {
-                    Status::Missed
-                }
-            }
-            Some(Target::AtLeast(min)) => {
-                if value >= min {
-                    Status::Met
-                } else {
-                    Status::Missed
-                }
-            }
-        };
         let (reference, reference_value) = match reference {
             Some((name, v)) => (Some(name), Some(v)),
             None => (None, None),
@@ -100,9 +81,60 @@ impl Figure {
             reference_value,
             ratio,
             target,
-            status,
+            status: judge(target, value, ratio),
             note: None,
         }
+    }
+
+    /// A figure measured in several interleaved runs: `value` and `reference` are the
+    /// medians, the ratio is the median of the runs' own ratios (each run's figure over
+    /// the reference measured next to it), and a target the median meets is not judged
+    /// when the runs spread wider than [`MAX_SPREAD`].
+    pub fn from_runs(
+        group: &'static str,
+        name: impl Into<String>,
+        runs: &Spread,
+        unit: &'static str,
+        reference: Option<(String, &Spread)>,
+        ratios: Option<&Spread>,
+        target: Option<Target>,
+    ) -> Self {
+        let mut figure = Self::new(
+            group,
+            name,
+            runs.median,
+            unit,
+            reference.as_ref().map(|(n, r)| (n.clone(), r.median)),
+            None,
+        );
+        figure.target = target;
+        if let Some(ratios) = ratios {
+            figure.ratio = Some(ratios.median);
+        }
+        figure.status = judge(target, runs.median, figure.ratio);
+        let spreads = std::iter::once(runs)
+            .chain(reference.as_ref().map(|(_, r)| *r))
+            .chain(ratios);
+        let widest = spreads.map(Spread::relative).fold(0.0, f64::max);
+        let mut note = format!(
+            "median of {} interleaved runs: {}",
+            runs.runs,
+            runs.range(unit)
+        );
+        if let Some(ratios) = ratios {
+            let _ = write!(note, "; ratio {}", ratios.range("x"));
+        }
+        if figure.status == Status::Met && widest > MAX_SPREAD {
+            figure.status = Status::Unsteady;
+            let _ = write!(
+                note,
+                "; runs spread {:.0}% of the median, over {:.0}%",
+                widest * 100.0,
+                MAX_SPREAD * 100.0
+            );
+        }
+        figure.note = Some(note);
+        figure
     }
 
     /// A figure that could not be measured, and why; never a made-up number.
@@ -130,6 +162,113 @@ impl Figure {
         self.note = Some(note.into());
         self
     }
+
+    /// Adds to the note.
+    pub fn and_note(mut self, more: impl AsRef<str>) -> Self {
+        self.note = Some(match self.note.take() {
+            Some(note) => format!("{note}; {}", more.as_ref()),
+            None => more.as_ref().to_string(),
+        });
+        self
+    }
+}
+
+/// One table row.
+fn row(f: &Figure) -> String {
+    let measured = match f.value {
+        Some(v) => with_unit(v, f.unit),
+        None => "not measured".into(),
+    };
+    let reference = match (&f.reference, f.reference_value) {
+        (Some(name), Some(v)) => format!("{name}: {}", with_unit(v, f.unit)),
+        (Some(name), None) => name.clone(),
+        _ => "—".into(),
+    };
+    let ratio = f.ratio.map_or("—".into(), |r| format!("{r:.2}x"));
+    let target = match f.target {
+        Some(Target::RatioAtLeast(min)) => format!("≥ {min}x"),
+        Some(Target::RatioAtMost(max)) => format!("≤ {max}x"),
+        Some(Target::Below(max)) => format!("< {}", with_unit(max, f.unit)),
+        Some(Target::AtLeast(min)) => format!("≥ {}", with_unit(min, f.unit)),
+        None => "—".into(),
+    };
+    let status = match f.status {
+        Status::Met => "met".to_string(),
+        Status::Missed => "**missed**".to_string(),
+        Status::Reported => "reported (no target)".to_string(),
+        Status::Unsteady => "**not judged**".to_string(),
+        Status::NotMeasured => "not measured".to_string(),
+    };
+    let status = match (&f.note, f.status) {
+        (Some(note), Status::NotMeasured) => format!("not measured: {note}"),
+        (Some(note), _) => format!("{status} ({note})"),
+        (None, _) => status,
+    };
+    format!(
+        "| {} | {} | {measured} | {reference} | {ratio} | {target} | {status} |",
+        f.group, f.name
+    )
+}
+
+/// Whether `value` (or its `ratio` to the reference) meets `target`.
+fn judge(target: Option<Target>, value: f64, ratio: Option<f64>) -> Status {
+    let met = match target {
+        None => return Status::Reported,
+        Some(Target::RatioAtLeast(min)) => ratio.is_some_and(|r| r >= min),
+        Some(Target::RatioAtMost(max)) => ratio.is_some_and(|r| r <= max),
+        Some(Target::Below(max)) => value < max,
+        Some(Target::AtLeast(min)) => value >= min,
+    };
+    if met { Status::Met } else { Status::Missed }
+}
+
+/// Runs whose (max - min) / median is wider than this do not judge a target.
+pub const MAX_SPREAD: f64 = 0.2;
+
+/// The median of a figure's runs, with their minimum and maximum.
+#[derive(Debug, Clone)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+impl Spread {
+    /// Of `values`; the median of an even count is the upper middle one, a measured run.
+    pub fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        Spread {
+            median: if n == 0 { f64::NAN } else { values[n / 2] },
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+            runs: n,
+        }
+    }
+
+    /// (max - min) / median; 0 for one run, infinite when the median is 0 or infinite.
+    pub fn relative(&self) -> f64 {
+        if self.runs < 2 || self.max == self.min {
+            0.0
+        } else if self.median.is_finite() && self.median > 0.0 {
+            (self.max - self.min) / self.median
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// `min A, max B` in `unit`.
+    pub fn range(&self, unit: &str) -> String {
+        let show = |v: f64| {
+            if unit == "x" {
+                format!("{v:.2}x")
+            } else {
+                with_unit(v, unit)
+            }
+        };
+        format!("min {}, max {}", show(self.min), show(self.max))
+    }
 }
 
 /// Everything one run produced.
@@ -139,9 +278,15 @@ pub struct Report {
     /// How the run was set up (records, partitions, value format, durations...).
     pub setup: Vec<(String, String)>,
     pub figures: Vec<Figure>,
+    /// The latency chart's file name, beside `BENCHMARKS.md`, if one was drawn.
+    pub chart: Option<String>,
 }
 
 fn number(v: f64, unit: &str) -> String {
+    if v.is_infinite() {
+        // A latency percentile that falls among outputs that never arrived.
+        return "∞".into();
+    }
     let digits = if v.abs() >= 1000.0 || unit == "records/s" {
         0
     } else if v.abs() >= 10.0 {
@@ -199,44 +344,40 @@ impl Report {
         for (k, v) in &self.setup {
             let _ = writeln!(s, "| {k} | {v} |");
         }
-        let _ = writeln!(
-            s,
-            "\n| group | figure | measured | reference | ratio | target | status |\n\
-             |---|---|---:|---|---:|---|---|"
-        );
-        for f in &self.figures {
-            let measured = match f.value {
-                Some(v) => with_unit(v, f.unit),
-                None => "not measured".into(),
-            };
-            let reference = match (&f.reference, f.reference_value) {
-                (Some(name), Some(v)) => format!("{name}: {}", with_unit(v, f.unit)),
-                (Some(name), None) => name.clone(),
-                _ => "—".into(),
-            };
-            let ratio = f.ratio.map_or("—".into(), |r| format!("{r:.2}x"));
-            let target = match f.target {
-                Some(Target::RatioAtLeast(min)) => format!("≥ {min}x"),
-                Some(Target::Below(max)) => format!("< {}", with_unit(max, f.unit)),
-                Some(Target::AtLeast(min)) => format!("≥ {}", with_unit(min, f.unit)),
-                None => "—".into(),
-            };
-            let status = match f.status {
-                Status::Met => "met".to_string(),
-                Status::Missed => "**missed**".to_string(),
-                Status::Reported => "reported (no target)".to_string(),
-                Status::NotMeasured => "not measured".to_string(),
-            };
-            let status = match (&f.note, f.status) {
-                (Some(note), Status::NotMeasured) => format!("not measured: {note}"),
-                (Some(note), _) => format!("{status} ({note})"),
-                (None, _) => status,
-            };
+        // Real Kafka first (what users run), then the codec, then the quicker figures on
+        // librdkafka's mock cluster.
+        const SECTIONS: [&str; 3] = [
+            "On a real Apache Kafka broker: the engine beside Kafka Streams and the rdkafka floor",
+            "Codec (no broker)",
+            "On librdkafka's mock cluster (`engine dev`): quicker, a second table",
+        ];
+        let section = |group: &str| match group {
+            "exactly-once" | "rebalance" => 0,
+            g if g.starts_with("side") => 0,
+            "codec" => 1,
+            _ => 2,
+        };
+        for (i, title) in SECTIONS.iter().enumerate() {
+            let figures: Vec<&Figure> = self
+                .figures
+                .iter()
+                .filter(|f| section(f.group) == i)
+                .collect();
+            if figures.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "\n## {title}");
             let _ = writeln!(
                 s,
-                "| {} | {} | {measured} | {reference} | {ratio} | {target} | {status} |",
-                f.group, f.name
+                "\n| group | figure | measured | reference | ratio | target | status |\n\
+                 |---|---|---:|---|---:|---|---|"
             );
+            for f in figures {
+                let _ = writeln!(s, "{}", row(f));
+            }
+        }
+        if let Some(chart) = &self.chart {
+            let _ = writeln!(s, "\n![latency percentiles against offered rate]({chart})");
         }
         s.push_str(METHOD);
         s
@@ -251,6 +392,39 @@ impl Report {
 const METHOD: &str = "
 ## How these are measured
 
+- **Side by side, real broker** (src/bin/engine_bench/side_by_side.rs): one Apache Kafka
+  broker from `scripts/kafka` (KRaft, one node, on the same 2 cores as everything else),
+  every topic deleted and created afresh before each run (6 partitions). Three tools do
+  the same work on the same input: the engine (`engine run`, its defaults), Kafka Streams
+  (`bench/kafka-streams`, the same two topologies in its DSL, its defaults but
+  `commit.interval.ms` 1000 under at_least_once as the engine's, JVM defaults, one stream
+  thread) and the rdkafka floor (a consume-then-produce copy loop in the harness, librdkafka
+  defaults). Each run warms up (2,000 records), then the process is frozen (SIGSTOP; the
+  floor pauses its partitions) while 200,000 records are written, and the time runs from
+  its thaw until a `read_committed` consumer in the harness has seen every output (for
+  `ticket-counts`, until the latest counts add up to the input). Rounds alternate the tools
+  and guarantees; each figure is the median of the rounds, each ratio the median of the
+  rounds' own ratios, with min and max; a target the median meets is **not judged** when
+  the rounds spread wider than 20% of the median. Peak RSS is `VmHWM` of the process
+  (the JVM's at its default heap). Start-up is from spawning the process, its input
+  waiting, to its first output on the broker. CPU is each process's user+system time over
+  the timed window (no process is pinned: pinning the broker and a tool to one core each
+  would cap both on 2 cores).
+- **Latency, real broker**: one process per tool and guarantee; after a 5 s unmeasured
+  warm-up at 1,000 records/s the harness offers fixed rates open-loop (it sends on
+  schedule whatever comes out; `linger.ms=1`, so at most 1 ms of its own batching is
+  counted, where 0 made the broker spend a core on produce requests), each for 20 s.
+  Every record carries a sequence number; every output is matched to its input; outputs
+  not seen 10 s after the last send count as infinitely late (∞), so a percentile cannot
+  improve by losing records. A rate that loses more than 1% overloads the tool, and
+  higher rates are not offered to it. The chart draws p50, p99 and p99.9 against the
+  offered rate.
+- **Restore, real broker**: the harness writes the changelog of `ticket-counts`' store
+  itself, once per tool (the same plan-id keys and 8-byte counts, both tools' format), at
+  least 1 GiB of keys and values over 1,000,000 keys; each tool then starts with an empty
+  state directory, alternating, and the rate is records / (first partition's restore
+  start to the last one's end), from the engine's `store restored` log lines and Kafka
+  Streams' restore listener.
 - **Codec**: `run_codec_bench` (src/bin/engine_bench/codec_bench.rs) on one thread, nothing else
   running: encode and decode of realistic `ExecutionTicket` records (~420 bytes of Avro),
   records per second on one core. Reference: serde_avro_fast on the same records.

@@ -423,15 +423,15 @@ fn wait_for(
 
 /// One `store restored` log line.
 #[derive(Debug, PartialEq)]
-struct RestoreLine {
-    records: u64,
-    elapsed_ms: u64,
-    from_checkpoint: bool,
+pub(super) struct RestoreLine {
+    pub records: u64,
+    pub elapsed_ms: u64,
+    pub from_checkpoint: bool,
     /// The line's timestamp, milliseconds since midnight UTC.
-    logged_at_ms: f64,
+    pub logged_at_ms: f64,
 }
 
-fn restore_lines(log: &Path) -> Result<Vec<RestoreLine>> {
+pub(super) fn restore_lines(log: &Path) -> Result<Vec<RestoreLine>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     Ok(text
         .lines()
