@@ -399,7 +399,8 @@ const METHOD: &str = "
   (`bench/kafka-streams`, the same two topologies in its DSL, its defaults but
   `commit.interval.ms` 1000 under at_least_once as the engine's, JVM defaults, one stream
   thread) and the rdkafka floor (a consume-then-produce copy loop in the harness, librdkafka
-  defaults). Each run warms up (2,000 records), then the process is frozen (SIGSTOP; the
+  defaults). Each run warms up (100,000 records, so the JVM has compiled Kafka Streams' hot
+  paths), then the process is frozen (SIGSTOP; the
   floor pauses its partitions) while 200,000 records are written, and the time runs from
   its thaw until a `read_committed` consumer in the harness has seen every output (for
   `ticket-counts`, until the latest counts add up to the input). Rounds alternate the tools
