@@ -523,77 +523,74 @@ fn throughput_figures(
 }
 
 fn resource_figures(runs: &HashMap<(Key, Tool), Vec<Run>>, figures: &mut Vec<Figure>) {
-    for topology in TOPOLOGIES {
-        let key = (topology, Guarantee::AtLeastOnce);
-        let rss = |tool: Tool| -> Vec<f64> {
-            runs[&(key, tool)]
-                .iter()
-                .filter_map(|r| r.peak_rss)
-                .map(|b| b / 1048576.0)
-                .collect()
-        };
-        let (engine, streams) = (rss(Tool::Engine), rss(Tool::Streams));
-        if engine.len() == streams.len() && !engine.is_empty() {
-            let ratios = Spread::of(engine.iter().zip(&streams).map(|(a, b)| a / b).collect());
-            let streams_spread = Spread::of(streams.clone());
-            figures.push(Figure::from_runs(
-                GROUP,
-                format!("{topology}: peak RSS, Kafka Streams, at_least_once"),
-                &streams_spread,
-                "MiB",
-                None,
-                None,
-                None,
-            ));
-            figures.push(
-                Figure::from_runs(
-                    GROUP,
-                    format!("{topology}: peak RSS, engine, at_least_once"),
-                    &Spread::of(engine),
-                    "MiB",
-                    Some(("Kafka Streams".into(), &streams_spread)),
-                    Some(&ratios),
-                    Some(Target::RatioAtMost(0.25)),
-                )
-                .and_note("VmHWM of the process through its run"),
-            );
-        }
-    }
-    let key = ("ticket-pipeline", Guarantee::AtLeastOnce);
-    let startup = |tool: Tool| -> Vec<f64> {
-        runs[&(key, tool)]
+    let of = |topology: &'static str, tool: Tool, figure: fn(&Run) -> Option<f64>| -> Vec<f64> {
+        runs[&((topology, Guarantee::AtLeastOnce), tool)]
             .iter()
-            .filter_map(|r| r.startup_ms)
+            .filter_map(figure)
             .collect()
     };
-    let (engine, streams) = (startup(Tool::Engine), startup(Tool::Streams));
-    if engine.len() == streams.len() && !engine.is_empty() {
-        let ratios = Spread::of(engine.iter().zip(&streams).map(|(a, b)| a / b).collect());
-        let streams_spread = Spread::of(streams.clone());
-        figures.push(Figure::from_runs(
-            GROUP,
-            "ticket-pipeline: start-up to first output, Kafka Streams",
-            &streams_spread,
-            "ms",
-            None,
-            None,
-            None,
-        ));
-        figures.push(
-            Figure::from_runs(
-                GROUP,
-                "ticket-pipeline: start-up to first output, engine",
-                &Spread::of(engine),
-                "ms",
-                Some(("Kafka Streams".into(), &streams_spread)),
-                Some(&ratios),
-                Some(Target::RatioAtMost(0.2)),
-            )
-            .and_note(
-                "from spawning the process, its input waiting, to its first output on the broker",
-            ),
+    for topology in TOPOLOGIES {
+        let rss = |r: &Run| r.peak_rss.map(|b| b / 1048576.0);
+        versus(
+            figures,
+            &format!("{topology}: peak RSS, {{}}, at_least_once"),
+            &of(topology, Tool::Engine, rss),
+            &of(topology, Tool::Streams, rss),
+            "MiB",
+            Target::RatioAtMost(0.25),
+            "VmHWM of the process through its run",
         );
     }
+    let startup = |r: &Run| r.startup_ms;
+    versus(
+        figures,
+        "ticket-pipeline: start-up to first output, {}",
+        &of("ticket-pipeline", Tool::Engine, startup),
+        &of("ticket-pipeline", Tool::Streams, startup),
+        "ms",
+        Target::RatioAtMost(0.2),
+        "from spawning the process, its input waiting, to its first output on the broker",
+    );
+}
+
+/// Kafka Streams' figure, then the engine's against it, from the same (at-least-once)
+/// rounds; nothing when a round lacks one of them.
+/// `name` holds `{}` where the tool's name goes.
+fn versus(
+    figures: &mut Vec<Figure>,
+    name: &str,
+    engine: &[f64],
+    streams: &[f64],
+    unit: &'static str,
+    target: Target,
+    note: &str,
+) {
+    if engine.len() != streams.len() || engine.is_empty() {
+        return;
+    }
+    let ratios = Spread::of(engine.iter().zip(streams).map(|(a, b)| a / b).collect());
+    let streams_spread = Spread::of(streams.to_vec());
+    figures.push(Figure::from_runs(
+        GROUP,
+        name.replace("{}", "Kafka Streams"),
+        &streams_spread,
+        unit,
+        None,
+        None,
+        None,
+    ));
+    figures.push(
+        Figure::from_runs(
+            GROUP,
+            name.replace("{}", "engine"),
+            &Spread::of(engine.to_vec()),
+            unit,
+            Some(("Kafka Streams".into(), &streams_spread)),
+            Some(&ratios),
+            Some(target),
+        )
+        .and_note(note),
+    );
 }
 
 fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
