@@ -24,6 +24,11 @@ pub enum CommitError {
     /// The broker (or librdkafka) refused the commit.
     #[error("{0}")]
     Refused(String),
+    /// The group is rebalancing (another member joined or left): the same commit may
+    /// go through once the rebalance is over, which librdkafka's background thread
+    /// takes part in without the application polling.
+    #[error("Broker: Group rebalance in progress")]
+    Rebalancing,
 }
 
 /// Commits `offsets` for `consumer`'s group and waits at most `timeout` for the answer.
@@ -93,6 +98,9 @@ unsafe fn commit_event_result(event: *mut rd::rd_kafka_event_t) -> Result<(), Co
     // belongs to the event and is only read here, before the event is destroyed.
     unsafe {
         let error = rd::rd_kafka_event_error(event);
+        if error == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS {
+            return Err(CommitError::Rebalancing);
+        }
         if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(CommitError::Refused(error_name(error)));
         }

@@ -2407,7 +2407,18 @@ impl Loop<'_> {
             commits.clone(),
         );
         let committed = tokio::task::spawn_blocking(move || {
-            commit_bounded(&*consumer, &to_commit, left, &metrics, &tracker)
+            // Another instance stopping at the same moment makes the group rebalance:
+            // the commit goes through once that is over, if it is over in time.
+            let deadline = Instant::now() + left;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match commit_bounded(&*consumer, &to_commit, left, &metrics, &tracker) {
+                    Err(CommitError::Rebalancing) if left > Duration::from_millis(100) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    done => break done,
+                }
+            }
         })
         .await
         .unwrap_or_else(|e| Err(CommitError::Refused(e.to_string())));
