@@ -2037,7 +2037,12 @@ impl Loop<'_> {
     async fn handle_failures(&mut self) -> Result<(), RuntimeError> {
         for failure in self.tracker.take_failures() {
             TopologyMetrics::add(&self.metrics.production_errors, 1);
-            if self.transactional_id.is_some() && failure.asynchronous {
+            // A record librdkafka refuses at hand-over with `State` met a transaction
+            // already failed (the broker aborted it, say, while the process was
+            // frozen): like a refusal from the broker, it ends the transaction.
+            let transaction_failed = failure.asynchronous
+                || failure.error.rdkafka_error_code() == Some(RDKafkaErrorCode::State);
+            if self.transactional_id.is_some() && transaction_failed {
                 // The transaction cannot commit any more: its other records are lost
                 // with it, so no policy can skip just this one.
                 return self.failed_in_transaction(failure).await;
