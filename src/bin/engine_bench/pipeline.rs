@@ -186,7 +186,7 @@ pub(super) fn client(bootstrap: &str) -> ClientConfig {
 }
 
 /// Sends, waiting while librdkafka's queue is full.
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+pub(super) fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -194,7 +194,7 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Resu
                 record = back;
                 producer.poll(Duration::from_millis(5));
             }
-            Err((e, _)) => return Err(e.into()),
+            Err((e, back)) => return Err(format!("producing to {}: {e}", back.topic).into()),
         }
     }
 }

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::Result;
-use super::pipeline::{INPUT, Input, PipelineOutcome, client, value_format};
+use super::pipeline::{INPUT, Input, PipelineOutcome, client, send, value_format};
 use super::processes::{DevBroker, EngineCommand, Stopping, real_broker};
 use super::report::{Figure, Spread, Target};
 
@@ -776,22 +776,6 @@ fn produce(bootstrap: &str, input: &Input, range: std::ops::Range<usize>) -> Res
     Ok(())
 }
 
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                back,
-            )) => {
-                record = back;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(format!("producing to {INPUT}: {e}").into()),
-        }
-    }
-}
-
 /// Starts `tool` on `topology`.
 fn spawn(
     bench: &Bench<'_>,
@@ -1483,23 +1467,13 @@ fn write_changelog(bootstrap: &str, changelog: &str, limit: u64) -> Result<u64> 
         let key = format!("plan-{:031}", i % RESTORE_KEYS);
         let count = (i / RESTORE_KEYS + 1) as i64;
         let value = count.to_be_bytes();
-        let mut record = BaseRecord::<[u8], [u8]>::to(changelog)
-            .key(key.as_bytes())
-            .payload(&value[..])
-            .partition((i % PARTITIONS as usize) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                    back,
-                )) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(format!("producing to {changelog}: {e}").into()),
-            }
-        }
+        send(
+            &producer,
+            BaseRecord::<[u8], [u8]>::to(changelog)
+                .key(key.as_bytes())
+                .payload(&value[..])
+                .partition((i % PARTITIONS as usize) as i32),
+        )?;
         bytes += (key.len() + value.len()) as u64;
         records += 1;
         i += 1;
