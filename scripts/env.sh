@@ -83,6 +83,22 @@ ensure_java_and_maven() {
   install_packages "${missing[@]}"
 }
 
+# Installs a JDK (javac) when missing, like install_packages: the Java programs built here
+# (the Avro oracle of scripts/test, the Kafka Streams reference of scripts/bench) compile.
+ensure_jdk() {
+  command -v javac >/dev/null 2>&1 || install_packages openjdk-17-jdk-headless
+}
+
+# Builds the Java side of the schema-compatibility oracle test (Apache Avro for Java from
+# Maven Central; engine/tests/compatibility_oracle.rs) and exports AVRO_ORACLE_CLASSPATH,
+# without which that test reports itself skipped.
+build_avro_oracle() {
+  local dir=engine/tests/java/avro-oracle
+  ensure_jdk
+  mvn -q -B -f "$dir/pom.xml" package dependency:copy-dependencies -DincludeScope=runtime
+  export AVRO_ORACLE_CLASSPATH="$PWD/$dir/target/classes:$PWD/$dir/target/dependency/*"
+}
+
 # Installs the Python clients the interoperability tests use (confluent-kafka, fastavro)
 # when they are missing.
 ensure_python_clients() {

@@ -1,16 +1,20 @@
 //! Compatibility levels and the Avro schema-evolution checks behind them.
 //!
-//! Depends on `apache_avro` (its `SchemaCompatibility` does the per-pair reader/writer
-//! check) and `super::error`. Pure functions: no I/O, no locking.
+//! Depends on `super::error` and on the Avro codec's schema resolution: a reader can read a
+//! writer exactly when [`DecodePlan::strict_from_avro`] compiles the pair, which matches
+//! Apache Avro for Java's `SchemaCompatibility` (what Confluent's registry uses), as the
+//! `compatibility_oracle` test checks on random evolutions. apache-avro's own
+//! `SchemaCompatibility` is not used: it refuses an enum that dropped symbols behind a
+//! default, and every pair with a `decimal`. Pure functions: no I/O, no locking.
 
 use std::fmt;
 use std::str::FromStr;
 
 use apache_avro::Schema;
-use apache_avro::schema_compatibility::SchemaCompatibility;
 use serde::{Deserialize, Serialize};
 
 use super::error::RegistryError;
+use crate::serde::avro::DecodePlan;
 
 /// A subject's (or the registry's global) schema-evolution rule, with Confluent's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -134,19 +138,17 @@ pub fn check(
             "the latest version".to_owned()
         };
         if level.checks_backward()
-            && let Err(e) = SchemaCompatibility::can_read(old, candidate)
+            && let Err(e) = DecodePlan::strict_from_avro(old, candidate)
         {
             messages.push(format!(
-                "{level}: the new schema cannot read data written with {which}: {}",
-                error_chain(&e)
+                "{level}: the new schema cannot read data written with {which}: {e}"
             ));
         }
         if level.checks_forward()
-            && let Err(e) = SchemaCompatibility::can_read(candidate, old)
+            && let Err(e) = DecodePlan::strict_from_avro(candidate, old)
         {
             messages.push(format!(
-                "{level}: {which} cannot read data written with the new schema: {}",
-                error_chain(&e)
+                "{level}: {which} cannot read data written with the new schema: {e}"
             ));
         }
     }
@@ -154,19 +156,6 @@ pub fn check(
         is_compatible: messages.is_empty(),
         messages,
     }
-}
-
-/// Flattens nested `source()` errors, because apache-avro's field errors hide the real
-/// cause (e.g. a missing default) one level down.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -205,5 +194,77 @@ mod tests {
         let report = check(Compatibility::BackwardTransitive, &v3, &[&v1, &v2]);
         assert!(!report.is_compatible);
         assert_eq!(report.messages.len(), 1, "{:?}", report.messages);
+    }
+
+    fn schema(json: &str) -> Schema {
+        Schema::parse_str(json).unwrap()
+    }
+
+    /// Avro 1.9+ enum defaults: data with a symbol the reader dropped reads as the default,
+    /// so Java's check (and Confluent's registry) accepts the removal under BACKWARD and
+    /// FULL; FORWARD still fails, because the old reader has no default for new symbols.
+    #[test]
+    fn an_enum_may_drop_symbols_behind_a_default() {
+        let old = schema(r#"{"type":"enum","name":"E","symbols":["A","B","C"]}"#);
+        let new = schema(r#"{"type":"enum","name":"E","symbols":["A","B"],"default":"A"}"#);
+        assert!(check(Compatibility::Backward, &new, &[&old]).is_compatible);
+        assert!(check(Compatibility::BackwardTransitive, &new, &[&old]).is_compatible);
+        // FULL: the old schema reads the new one's data too (it has every new symbol).
+        assert!(check(Compatibility::Full, &new, &[&old]).is_compatible);
+        let without_default = schema(r#"{"type":"enum","name":"E","symbols":["A","B"]}"#);
+        let report = check(Compatibility::Backward, &without_default, &[&old]);
+        assert!(!report.is_compatible);
+        assert!(report.messages[0].contains("[C]"), "{:?}", report.messages);
+        // Adding a symbol the old reader lacks breaks FORWARD unless it has a default.
+        let more = schema(r#"{"type":"enum","name":"E","symbols":["A","B","C","D"]}"#);
+        assert!(!check(Compatibility::Forward, &more, &[&old]).is_compatible);
+    }
+
+    /// apache-avro's own check refused every pair with a decimal, even identical ones.
+    #[test]
+    fn a_decimal_field_is_compatible_with_itself() {
+        let v1 = schema(
+            r#"{"type":"record","name":"R","fields":[{"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}}]}"#,
+        );
+        let v2 = schema(
+            r#"{"type":"record","name":"R","fields":[{"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},{"name":"note","type":"string","default":""}]}"#,
+        );
+        assert!(check(Compatibility::FullTransitive, &v2, &[&v1]).is_compatible);
+    }
+
+    /// A writer union branch the reader cannot take makes the pair incompatible, naming
+    /// the field, even though data without that branch would read.
+    #[test]
+    fn a_narrowed_union_is_refused_with_the_field() {
+        let old = schema(
+            r#"{"type":"record","name":"R","fields":[{"name":"v","type":["null","int","string"]}]}"#,
+        );
+        let new = schema(
+            r#"{"type":"record","name":"R","fields":[{"name":"v","type":["null","long"]}]}"#,
+        );
+        let report = check(Compatibility::Backward, &new, &[&old]);
+        assert!(!report.is_compatible);
+        assert!(report.messages[0].contains("v"), "{:?}", report.messages);
+        assert!(
+            report.messages[0].contains("string"),
+            "{:?}",
+            report.messages
+        );
+        assert!(!check(Compatibility::Forward, &new, &[&old]).is_compatible);
+    }
+
+    /// An unqualified alias is in the reader's namespace (Java's rule): it does not match a
+    /// writer of the same short name in another namespace.
+    #[test]
+    fn an_alias_names_a_type_in_the_readers_namespace() {
+        let old = schema(r#"{"type":"record","name":"Old","namespace":"a","fields":[]}"#);
+        let renamed = |namespace: &str, alias: &str| {
+            schema(&format!(
+                r#"{{"type":"record","name":"New","namespace":"{namespace}","aliases":["{alias}"],"fields":[]}}"#
+            ))
+        };
+        assert!(check(Compatibility::Backward, &renamed("a", "Old"), &[&old]).is_compatible);
+        assert!(check(Compatibility::Backward, &renamed("b", "a.Old"), &[&old]).is_compatible);
+        assert!(!check(Compatibility::Backward, &renamed("b", "Old"), &[&old]).is_compatible);
     }
 }

@@ -182,6 +182,23 @@ impl DecodePlan {
         Self::from_avro(writer.inner(), reader.inner())
     }
 
+    /// [`DecodePlan::new`], but refusing, with the field path, every pair where some
+    /// datum the writer can write would not read: a writer union branch no reader branch
+    /// takes, or an enum symbol the reader lacks with no enum default. A strict plan
+    /// exists exactly when Avro's compatibility check (Java's
+    /// `SchemaCompatibility.checkReaderWriterCompatibility`, which Confluent's registry
+    /// uses) calls the reader compatible with the writer; the registry's compatibility
+    /// levels are built on it. [`DecodePlan::new`] defers those two cases to the datum
+    /// that meets them, as Java's `GenericDatumReader` does.
+    pub fn strict(writer: &Schema, reader: &Schema) -> Result<DecodePlan> {
+        Self::strict_from_avro(writer.inner(), reader.inner())
+    }
+
+    /// [`DecodePlan::strict`] for apache-avro schemas.
+    pub fn strict_from_avro(writer: &AvroSchema, reader: &AvroSchema) -> Result<DecodePlan> {
+        Self::compile(writer, reader, true)
+    }
+
     /// Plan for reading data with the schema it was written with.
     pub fn identity(schema: &Schema) -> Result<DecodePlan> {
         Self::from_avro(schema.inner(), schema.inner())
@@ -189,12 +206,17 @@ impl DecodePlan {
 
     /// [`DecodePlan::new`] for apache-avro schemas.
     pub fn from_avro(writer: &AvroSchema, reader: &AvroSchema) -> Result<DecodePlan> {
+        Self::compile(writer, reader, false)
+    }
+
+    fn compile(writer: &AvroSchema, reader: &AvroSchema, strict: bool) -> Result<DecodePlan> {
         let wn = Names::new(writer)?;
         let rn = Names::new(reader)?;
         let mut c = Resolver {
             nodes: Vec::new(),
             memo: HashMap::new(),
             skip_names: Vec::new(),
+            strict,
         };
         let root = c.resolve(writer, &wn, reader, &rn)?;
         let nonzero_width = (0..c.nodes.len())
@@ -233,6 +255,8 @@ struct Resolver {
     nodes: Vec<DNode>,
     memo: HashMap<(usize, usize), usize>,
     skip_names: Vec<Box<str>>,
+    /// Refuse at compile time what a lenient plan refuses only when a datum meets it.
+    strict: bool,
 }
 
 fn lg_of(s: &AvroSchema) -> Lg {
@@ -311,21 +335,35 @@ fn named_parts(s: &AvroSchema) -> Option<(&Name, Option<&Vec<Alias>>)> {
     }
 }
 
-/// Named types match when their unqualified names agree, or the reader lists
-/// the writer's name among its aliases.
+/// Named types match when their unqualified names agree, or the reader lists the
+/// writer's full name among its aliases (an unqualified alias is in the reader's
+/// namespace), as Java's `SchemaCompatibility.schemaNameEquals` has it.
 fn names_match(w: &AvroSchema, r: &AvroSchema) -> bool {
+    fn namespace(ns: Option<&String>) -> Option<&str> {
+        ns.map(String::as_str).filter(|ns| !ns.is_empty())
+    }
     match (named_parts(w), named_parts(r)) {
         (Some((wn, _)), Some((rn, raliases))) => {
             wn.name == rn.name
                 || raliases.is_some_and(|al| {
                     al.iter().any(|a| {
+                        let alias_namespace = a.namespace();
                         a.name() == wn.name
-                            && (a.namespace().is_none() || a.namespace() == wn.namespace)
+                            && namespace(alias_namespace.as_ref().or(rn.namespace.as_ref()))
+                                == namespace(wn.namespace.as_ref())
                     })
                 })
         }
         _ => true,
     }
+}
+
+fn union_labels(branches: &[AvroSchema]) -> String {
+    branches
+        .iter()
+        .map(type_label)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn label(s: &AvroSchema) -> Box<str> {
@@ -383,6 +421,13 @@ impl Resolver {
                             null: matches!(rb, AvroSchema::Null),
                             label: label(rb),
                         },
+                        None if self.strict => {
+                            return Err(AvroError::incompatible(format!(
+                                "writer union branch {} matches no branch of the reader union [{}]",
+                                type_label(wn.deref(wb)?),
+                                union_labels(ru.variants())
+                            )));
+                        }
                         None => WBranch::Unresolvable(type_label(wn.deref(wb)?).into()),
                     });
                 }
@@ -398,11 +443,7 @@ impl Resolver {
                 None => Err(AvroError::incompatible(format!(
                     "writer type {} matches no branch of the reader union [{}]",
                     type_label(w),
-                    ru.variants()
-                        .iter()
-                        .map(type_label)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    union_labels(ru.variants())
                 ))),
             };
         }
@@ -416,6 +457,7 @@ impl Resolver {
                         null: matches!(r, AvroSchema::Null),
                         label: label(r),
                     },
+                    Err(e) if self.strict => return Err(e),
                     Err(_) => WBranch::Unresolvable(type_label(wn.deref(wb)?).into()),
                 });
             }
@@ -488,7 +530,21 @@ impl Resolver {
                             .or(default)
                             .map(|i| i as u32)
                     })
-                    .collect();
+                    .collect::<Box<[Option<u32>]>>();
+                if self.strict && map.iter().any(Option::is_none) {
+                    let missing: Vec<&str> = we
+                        .symbols
+                        .iter()
+                        .zip(&map)
+                        .filter(|(_, to)| to.is_none())
+                        .map(|(s, _)| s.as_str())
+                        .collect();
+                    return Err(AvroError::incompatible(format!(
+                        "reader enum {} lacks the writer's symbols [{}] and declares no default",
+                        re.name.fullname(None),
+                        missing.join(", ")
+                    )));
+                }
                 DNode::Enum(Box::new(DEnum {
                     name: re.name.name.as_str().into(),
                     map,
