@@ -2831,6 +2831,99 @@ fn real_kafka_exactly_once_a_frozen_zombie_writes_nothing_visible_and_rejoins() 
     assert_exactly_once(&seen, fed);
 }
 
+/// Two instances stopped at nearly the same moment, under input: the second one leaves
+/// the group while it rebalances for the first one leaving, and can be handed partitions
+/// in the middle of its own close. Both must stop cleanly (exit 0, within the shutdown
+/// timeout), for gaps between the two signals that put the rebalance before, inside and
+/// after the second one's close (heartbeats every 100 ms, so it lands quickly).
+#[test]
+fn real_kafka_two_instances_stopped_together_both_stop_cleanly() {
+    let Some(_) = support::real_kafka() else {
+        return;
+    };
+    let rig = TwoTopologies::start("exactly_once_v2");
+    let (dir, config) = (&rig.dir, &rig.config);
+    let (bootstrap, registry) = (&rig.kafka.bootstrap, &rig.kafka.registry);
+    // The only table in the file is [runtime]: this line belongs to it.
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str("shutdown_timeout_ms = 10000\n");
+    std::fs::write(config, text).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = feed_tickets_until(
+        "bench.tickets.in",
+        bootstrap,
+        registry,
+        20,
+        (50, 50),
+        stop.clone(),
+    );
+    let start = |name: &str, addr: &str| {
+        Running(
+            engine()
+                .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
+                .arg("--config")
+                .arg(config)
+                .arg("--state-dir")
+                .arg(dir.path().join(name))
+                .args(["--kafka", "consumer.heartbeat.interval.ms=100"])
+                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
+                .env("ENGINE_LOG", "info,librdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .expect("engine run starts"),
+        )
+    };
+    let assigned = |addr: &str| {
+        std::net::TcpStream::connect(addr)
+            .ok()
+            .and_then(|_| metric_sum(&http_get(addr, "/metrics").1, "engine_assigned_partitions"))
+            .unwrap_or(0.0)
+    };
+    for (round, gap_ms) in [0u64, 150, 300, 450, 600, 900].into_iter().enumerate() {
+        let (addr_a, addr_b) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let mut a = start(&format!("a{round}"), &addr_a);
+        let mut b = start(&format!("b{round}"), &addr_b);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        // Each instance holds one partition of each topology's two.
+        while assigned(&addr_a) != 2.0 || assigned(&addr_b) != 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the two instances never shared the partitions"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        signal(&a.0, "-TERM");
+        std::thread::sleep(Duration::from_millis(gap_ms));
+        signal(&b.0, "-TERM");
+        let (code_a, _) = exit_within(&mut a, Duration::from_secs(20));
+        let (code_b, _) = exit_within(&mut b, Duration::from_secs(20));
+        let log = |name: &str| {
+            std::fs::read_to_string(dir.path().join(format!("{name}{round}.log")))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            code_a,
+            Some(0),
+            "round {round} (gap {gap_ms} ms), the first to stop:\n{}",
+            log("a")
+        );
+        assert_eq!(
+            code_b,
+            Some(0),
+            "round {round} (gap {gap_ms} ms), the second to stop:\n{}",
+            log("b")
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feeder.join().unwrap();
+}
+
 #[test]
 fn real_kafka_exactly_once_a_transaction_timed_out_by_the_broker_is_aborted_and_the_instance_recovers()
  {

@@ -122,6 +122,13 @@ pub(crate) struct ConsumeContext {
     /// Learns committed offsets of repartition topics, to delete what is committed.
     purger: Option<Arc<Mutex<super::topics::RepartitionPurger>>>,
     flush_timeout: Duration,
+    /// Set once the final commit is done and the clients are being released: a
+    /// rebalance the group goes through while this instance leaves it (another
+    /// instance leaving at the same time) has nothing left to commit and nothing to
+    /// process here, so its callbacks make no broker round trip. One of them, reading
+    /// committed offsets, would otherwise wait out its whole timeout on a consumer
+    /// being destroyed, and the shutdown with it.
+    closing: std::sync::atomic::AtomicBool,
     /// Whether tasks restore stores when they open: their partitions are paused at
     /// assignment, before anything is fetched, and resumed once the task is ready.
     pause_assigned: bool,
@@ -149,6 +156,10 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 impl ConsumerContext for ConsumeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(tpl) if self.is_closing() => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(application = %self.application_id, ?partitions, "partitions revoked while leaving the group: the final commit has taken care of them");
+            }
             Rebalance::Revoke(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(application = %self.application_id, ?partitions, "partitions revoked: finishing their work");
@@ -185,6 +196,13 @@ impl ConsumerContext for ConsumeContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && self.is_closing()
+        {
+            let partitions = partitions_of(tpl);
+            tracing::info!(application = %self.application_id, ?partitions, "partitions assigned while leaving the group: not processed here");
+            return;
+        }
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             // Reading the committed offsets waits on the broker (bounded).
@@ -216,6 +234,10 @@ impl ConsumerContext for ConsumeContext {
 }
 
 impl ConsumeContext {
+    fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn push_event(&self, event: RebalanceEvent) {
         lock(&self.events).push(event);
         self.rebalanced
@@ -317,6 +339,7 @@ impl ConsumeContext {
                 reason: "the assignment was lost (the session expired or the member was fenced)"
                     .into(),
                 fatal: false,
+                group_moved_on: false,
             })
         } else {
             let deadline = Instant::now() + self.flush_timeout;
@@ -335,6 +358,7 @@ impl ConsumeContext {
                 .map_err(|e| super::transactions::TransactionFailure {
                     reason: format!("not every output was acknowledged: {}", kafka_reason(&e)),
                     fatal: false,
+                    group_moved_on: false,
                 })
                 .and_then(|()| {
                     let left = deadline
@@ -836,6 +860,7 @@ impl TopologyRunner {
                 purger: super::topics::RepartitionPurger::new(&self.topology, settings)
                     .map(|p| Arc::new(Mutex::new(p))),
                 flush_timeout: settings.shutdown_timeout,
+                closing: std::sync::atomic::AtomicBool::new(false),
                 pause_assigned: !self.topology.changelog_topics().is_empty(),
             })
             .map(Arc::new)
@@ -898,6 +923,10 @@ impl TopologyRunner {
         // The one in use now (a fenced transactional producer is replaced).
         let producer = run.producer.clone();
         drop(run);
+        consumer
+            .context()
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
         let released = release_clients(
             &app, deadline, announcer, reader, consumer, producer, globals, settings,
         )
@@ -2140,6 +2169,7 @@ impl Loop<'_> {
             return Ok(Err(TransactionFailure {
                 reason: format!("not every output was acknowledged: {reason}"),
                 fatal: false,
+                group_moved_on: false,
             }));
         }
         self.handle_failures().await?;
@@ -2170,6 +2200,7 @@ impl Loop<'_> {
             Err(TransactionFailure {
                 reason: e.to_string(),
                 fatal: false,
+                group_moved_on: false,
             })
         });
         if committed.is_ok() {
@@ -2220,6 +2251,7 @@ impl Loop<'_> {
                 kafka_reason(&failure.error)
             ),
             fatal,
+            group_moved_on: false,
         })
         .await
     }
@@ -2475,6 +2507,7 @@ impl Loop<'_> {
         let app = self.topology.application_id().to_string();
         self.stop_restores().await;
         let mut result = Ok(());
+        let mut group_moved_on = false;
         let committed = if !flush {
             Err("the topology failed".to_string())
         } else if self.consumer.assignment_lost() {
@@ -2492,7 +2525,10 @@ impl Loop<'_> {
                         .max(Duration::from_secs(1));
                     match self.try_commit_transaction(left).await {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(failure)) => Err(failure.reason),
+                        Ok(Err(failure)) => {
+                            group_moved_on = failure.group_moved_on;
+                            Err(failure.reason)
+                        }
                         Err(e) => {
                             let reason = e.to_string();
                             result = Err(e);
@@ -2532,6 +2568,13 @@ impl Loop<'_> {
                 });
                 if !flush {
                     tracing::info!(application = %app, "final transaction aborted: the inputs since the last commit are processed again at the next start");
+                    return result;
+                }
+                if group_moved_on {
+                    // Another instance joined or left at this moment: as at any revocation
+                    // under exactly-once, the aborted work is its next owner's to redo.
+                    // Nothing is lost or doubled, and the stores get no checkpoint.
+                    tracing::warn!(application = %app, %unfinished, "final transaction aborted because the group is rebalancing: the inputs since the last commit go to their next owner, as at a revocation");
                     return result;
                 }
                 tracing::error!(application = %app, %unfinished, "shutdown incomplete: the final transaction was aborted; the inputs since the last commit are processed again at the next start");

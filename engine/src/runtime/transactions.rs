@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -107,6 +107,10 @@ pub(crate) struct TransactionFailure {
     /// The producer cannot go on (fenced by a newer instance with its transactional id,
     /// or a fatal error): a new one must be created.
     pub fatal: bool,
+    /// The group coordinator refused the offsets because the group has moved on (it is
+    /// rebalancing, or has a newer generation): the revoked partitions' work belongs to
+    /// their next owner, as at any revocation.
+    pub group_moved_on: bool,
 }
 
 impl TransactionFailure {
@@ -115,9 +119,18 @@ impl TransactionFailure {
             KafkaError::Transaction(e) => e.is_fatal(),
             _ => false,
         };
+        let group_moved_on = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::UnknownMemberId
+            )
+        );
         TransactionFailure {
             reason: format!("{step}: {}", kafka_reason(error)),
             fatal,
+            group_moved_on,
         }
     }
 }
@@ -141,6 +154,7 @@ pub(crate) fn commit<P: Producer<C>, C: rdkafka::producer::ProducerContext>(
             return Err(TransactionFailure {
                 reason: "the consumer has no group metadata (it is not in its group)".into(),
                 fatal: false,
+                group_moved_on: false,
             });
         };
         producer
