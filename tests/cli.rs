@@ -728,6 +728,8 @@ fn a_stateful_topology_answers_queries_health_and_metrics_over_http() {
         "{body}"
     );
     assert_eq!(health["registry"]["fallback_to_json"], false, "{body}");
+    let (status, body) = http_get(&addr, "/health/live");
+    assert_eq!((status, body.as_str()), (200, r#"{"live":true}"#));
     let (status, metrics) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
     assert!(

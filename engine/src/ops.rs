@@ -388,6 +388,13 @@ async fn health(State(ops): State<Arc<OpsState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Liveness alone: 200 whenever the executor serves requests, also while stores restore
+/// and during the shutdown, when `/health` answers 503. What an orchestrator's liveness
+/// probe should ask: a restart would only start a restore over.
+async fn live() -> Response {
+    Json(json!({"live": true})).into_response()
+}
+
 async fn metrics(State(ops): State<Arc<OpsState>>) -> Response {
     (
         [(
@@ -558,6 +565,7 @@ async fn store_scan(
 pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
         .route("/metrics", get(metrics))
         .route("/stores/{store}", get(store_scan))
         .route("/stores/{store}/{key}", get(store_key));
