@@ -108,3 +108,25 @@ ensure_python_clients() {
   echo "installing the Python clients used by the interoperability tests" >&2
   python3 -m pip install -q -r engine/tests/python/requirements.txt
 }
+
+# Builds helm (a Go module, through the Go module proxy) once per machine into a cache
+# outside the clone, like the cargo build directory, and exports HELM with its path:
+# tests/helm.rs lints and renders the chart in deploy/helm with it, and says it is skipped
+# without HELM. The version is in the file name, so changing HELM_VERSION builds it anew.
+HELM_VERSION=v3.22.0
+ensure_helm() {
+  local bin="$HOME/.cache/stream-engine/bin" staging
+  if [ ! -x "$bin/helm-$HELM_VERSION" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+      echo "building helm needs Go 1.21 or later (it fetches the toolchain helm asks for): install it from https://go.dev/dl (then retry)" >&2
+      exit 1
+    fi
+    echo "building helm $HELM_VERSION into $bin (once per machine, about 2 minutes)" >&2
+    mkdir -p "$bin"
+    staging="$(mktemp -d)"
+    GOBIN="$staging" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    mv "$staging/helm" "$bin/helm-$HELM_VERSION"
+    rm -rf "$staging"
+  fi
+  export HELM="$bin/helm-$HELM_VERSION"
+}
