@@ -2,9 +2,11 @@
 
     python3 bench/latency_chart.py benchmarks-latency.json BENCHMARKS-latency.png
 
-One panel per guarantee: p50, p99 and p99.9 against the offered rate, the engine and
-Kafka Streams side by side, on log scales. A percentile that falls among outputs that
-never arrived is drawn as a cross at the top of the panel ("lost"). Needs matplotlib.
+One panel per guarantee: p50, p99 and p99.9 against the offered rate (each the median of
+the windows held at that rate), the engine and Kafka Streams side by side, on log scales;
+a bar on each p99 point spans its windows' lowest and highest p99. A percentile that
+falls among outputs that never arrived is drawn as a cross at the top of the panel
+("lost"). Needs matplotlib.
 """
 
 import json
@@ -43,6 +45,13 @@ def main(data_path, png_path):
                 lost = [(x, top) for x, p in zip(xs, mine) if p[key] is None]
                 if lost:
                     ax.plot(*zip(*lost), "x", color=colour, markersize=9)
+            # The spread of p99 over the windows (lost windows, null in the data, drawn
+            # up to the top of the panel).
+            for p in mine:
+                windows = [w if w is not None else top for w in p.get("p99_windows", [])]
+                if len(windows) > 1 and p["p99"] is not None:
+                    ax.vlines(p["offered"], min(windows), max(windows), color=colour,
+                              linewidth=1, alpha=0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("offered rate (records/s)")

@@ -56,8 +56,8 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
   --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
   --records N       input tickets per throughput round (default 300000; capped to
                     what the mock cluster keeps, 5 MiB per partition)
-  --work-secs S     rounds repeat until this much processing is timed, for the floor
-                    and for the engine each (default 10)
+  --work-secs S     on the mock cluster, each run of the floor and of the engine repeats
+                    rounds until this much processing is timed (default 4)
   --latency-secs S  length of the fixed-rate latency run (default 10)
   --latency-rate R  its input rate in records/s (default: half the engine's measured
                     throughput)
@@ -68,8 +68,10 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
   --skip-state      no ticket-counts figures (stateful throughput, restore)
   --skip-rebalance  no rebalance pauses (three ticket-counts processes on a real
                     Apache Kafka broker that scripts/kafka runs)
-  --rounds N        interleaved rounds of each side-by-side throughput and restore
-                    figure, reported as their median with min and max (default 3)
+  --rounds N        interleaved runs of each throughput figure (the engine and the
+                    floor alternating, and Kafka Streams on the real broker) and of each
+                    restore beside Kafka Streams, reported as their median with min and
+                    max (default 3)
   --restore-gib G   size of the changelog each tool restores beside the other, in GiB
                     of keys and values (default 1; 0 skips the restore runs)
   --skip-throughput  no side-by-side throughput, memory and start-up runs (the
@@ -108,7 +110,7 @@ fn parse_args() -> std::result::Result<Options, String> {
         engine: sibling,
         out_dir: PathBuf::from("."),
         records: 300_000,
-        work_secs: 10.0,
+        work_secs: 4.0,
         latency_secs: 10,
         latency_rate: None,
         engine_kafka: Vec::new(),
@@ -233,6 +235,7 @@ fn run(options: &Options) -> Result<()> {
             &pipeline::PipelineOptions {
                 round_records: options.records,
                 work_secs: options.work_secs,
+                runs: options.rounds,
                 latency_secs: options.latency_secs,
                 latency_rate: options.latency_rate,
                 engine_kafka: options.engine_kafka.clone(),
@@ -253,6 +256,7 @@ fn run(options: &Options) -> Result<()> {
             &stateful::StatefulOptions {
                 round_records: options.records,
                 work_secs: options.work_secs,
+                runs: options.rounds,
             },
         )?;
         figures.extend(outcome.figures);

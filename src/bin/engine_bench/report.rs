@@ -430,16 +430,21 @@ const METHOD: &str = "
   running: encode and decode of realistic `ExecutionTicket` records (~420 bytes of Avro),
   records per second on one core. Reference: serde_avro_fast on the same records.
 - **Pipeline**: `engine dev` (its own process) hosts librdkafka's mock cluster with
-  16-partition topics; the harness pre-produces the input tickets (90% `PENDING`). The
-  floor is a plain rdkafka loop in the harness (`BaseConsumer::poll` then
-  `BaseProducer::send` of the same key and bytes, librdkafka defaults, its own consumer
-  group) copying every input record to another topic; rate = records / (first consumed
-  to last acknowledged). The engine is `engine run ticket-pipeline` as its own process
-  (fresh consumer group, no config file, no `--kafka` properties); rate = input records
-  per second, from the output topic's end offsets polled every 10 ms (first to last
-  output, scaled by the share of input that passes the filter).
-- **Latency**: with the same `engine run` process caught up, the harness produces at half
-  the engine's measured rate, each record carrying its send time (ns) in a header, and
+  16-partition topics. Both tools are timed the same way, round by round: the tool is
+  held (the engine frozen with SIGSTOP, the floor's partitions paused) while a round of
+  tickets (90% `PENDING`) is produced to its input, then timed from being let go until
+  the round's last output is acknowledged on the broker; the first round of each is not
+  timed. The floor is a plain rdkafka loop in the harness (`BaseConsumer::poll` then
+  `BaseProducer::send` of the same key and bytes, librdkafka defaults) copying its own
+  input topic (the same records, so the engine never sees them). The engine is `engine
+  run ticket-pipeline` as its own process (fresh consumer group, no config file, no
+  `--kafka` properties); rate = input records per second. Runs of the engine and of the
+  floor alternate (`--rounds`, each `--work-secs` of timed rounds; the engine frozen
+  while the floor runs); each figure is the median of its runs and the ratio the median
+  of each run's own ratio, with min and max, not judged when they spread over 20%.
+- **Latency** (context only, one window, not judged: the mock cluster holds fetches):
+  with the same `engine run` process caught up, the harness produces at half the
+  engine's measured rate, each record carrying its send time (ns) in a header, and
   consumes the outputs; latency = consume time - send time. The load generator uses
   `linger.ms=0` so its own batching is not counted; the engine runs with its defaults.
 - **Memory**: `VmHWM` (peak RSS) of the `engine run` process from `/proc/<pid>/status`,
@@ -456,7 +461,7 @@ const METHOD: &str = "
   every key on the count topic adds up to every input record produced (a consumer in the
   harness reads the count topic, with `fetch.wait.max.ms=5` so the mock cluster's fetch
   hold does not delay what it sees), against the same rdkafka copy loop on the same broker
-  and input, measured in the same run.
+  and input, their runs alternating as the pipeline's do.
 - **Restore**: that process is stopped, and a second one starts with an empty
   `--state-dir`, so each task rebuilds its store from the whole changelog once its
   partitions are assigned (a few thousand records are produced as well). Rate = the sum

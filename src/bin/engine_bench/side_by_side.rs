@@ -40,6 +40,8 @@ const KEYS: usize = 10_000;
 const STALL: Duration = Duration::from_secs(60);
 /// How long each offered rate is held.
 const LATENCY_SECS: u64 = 20;
+/// Windows of `LATENCY_SECS` held at each offered rate; the figures are their medians.
+const LATENCY_WINDOWS: usize = 3;
 /// Unmeasured load at the first rate before the measured ones.
 const WARM_UP_OFFER: Duration = Duration::from_secs(5);
 /// After the last input of a rate, how long its outputs may still arrive.
@@ -208,6 +210,8 @@ pub struct LatencyPoint {
     pub p99: Option<f64>,
     pub p999: Option<f64>,
     pub max: Option<f64>,
+    /// The p99 of each window held at this rate, in order (infinite: outputs lost).
+    pub p99_windows: Vec<f64>,
     pub expected: usize,
     pub missing: usize,
     pub achieved: f64,
@@ -386,12 +390,12 @@ fn measure(bench: &Bench<'_>, dev: &DevBroker) -> Result<SideBySide> {
                  no process is pinned to a core (2 cores shared by broker, tool and harness)",
                 bench.streams.version,
                 java_version(),
-                bench.options.rounds,
                 if bench.engine_kafka.is_empty() {
                     String::new()
                 } else {
                     format!(" and `--kafka {}`", bench.engine_kafka.join(" --kafka "))
-                }
+                },
+                bench.options.rounds,
             ),
         ),
         (
@@ -399,13 +403,14 @@ fn measure(bench: &Bench<'_>, dev: &DevBroker) -> Result<SideBySide> {
             format!(
                 "on the same broker, one process per tool and guarantee: after a warm-up the \
                  harness offers `ticket-pipeline` fixed rates open-loop (sends on schedule \
-                 whatever comes out), each for {LATENCY_SECS} s: {} records/s under \
+                 whatever comes out), each for {LATENCY_WINDOWS} consecutive windows of \
+                 {LATENCY_SECS} s (each figure the median of its windows): {} records/s under \
                  at_least_once (1,000, 10,000, and 50% and 80% of each tool's median \
                  throughput), {} under exactly_once_v2; every record carries a sequence number \
                  and its send time, every output is matched to its input, an output not seen \
                  {} s after the last send counts as infinitely late; a rate that loses more \
                  than {:.0}% of outputs overloads the tool, and higher rates are not offered \
-                 to it; the load generator sends with `linger.ms=0`; chart: \
+                 to it; the load generator sends with `linger.ms=1`; chart: \
                  [BENCHMARKS-latency.png](BENCHMARKS-latency.png)",
                 rates
                     .iter()
@@ -594,7 +599,6 @@ fn versus(
 }
 
 fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
-    let inf = |v: Option<f64>| v.unwrap_or(f64::INFINITY);
     let find = |tool: Tool, guarantee: Guarantee, rate: f64| {
         points.iter().find(|p| {
             p.tool == tool.label() && p.guarantee == guarantee.name() && p.offered == rate
@@ -634,15 +638,16 @@ fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
             };
             match streams {
                 Some(p) => figures.push(
-                    Figure::new(
+                    windowed(Figure::from_runs(
                         LATENCY_GROUP,
                         name(Tool::Streams),
-                        inf(p.p99),
+                        &Spread::of(p.p99_windows.clone()),
                         "ms",
                         None,
                         None,
-                    )
-                    .with_note(describe(p)),
+                        None,
+                    ))
+                    .and_note(describe(p)),
                 ),
                 None => figures.push(Figure::not_measured(
                     LATENCY_GROUP,
@@ -657,15 +662,31 @@ fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
                     } else {
                         Target::RatioAtMost(0.5)
                     };
-                    let mut figure = Figure::new(
+                    let engine_windows = Spread::of(p.p99_windows.clone());
+                    let streams_windows = streams.map(|s| Spread::of(s.p99_windows.clone()));
+                    // Each of the engine's windows over Kafka Streams' window of the same
+                    // place in its sequence.
+                    let ratios = streams.map(|s| {
+                        Spread::of(
+                            p.p99_windows
+                                .iter()
+                                .zip(&s.p99_windows)
+                                .map(|(e, k)| e / k)
+                                .collect(),
+                        )
+                    });
+                    let mut figure = windowed(Figure::from_runs(
                         LATENCY_GROUP,
                         name(Tool::Engine),
-                        inf(p.p99),
+                        &engine_windows,
                         "ms",
-                        streams.map(|s| ("Kafka Streams".to_string(), inf(s.p99))),
+                        streams_windows
+                            .as_ref()
+                            .map(|w| ("Kafka Streams".to_string(), w)),
+                        ratios.as_ref(),
                         Some(Target::RatioAtMost(0.5)),
-                    )
-                    .with_note(describe(p));
+                    ))
+                    .and_note(describe(p));
                     if let Some(s) = streams
                         && s.p99.is_none()
                         && p.p99.is_some()
@@ -675,14 +696,15 @@ fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
                         figure.status = super::report::Status::Met;
                     }
                     if matches!(target, Target::Below(_)) {
-                        let below = Figure::new(
+                        let below = windowed(Figure::from_runs(
                             LATENCY_GROUP,
                             format!("{} (absolute)", name(Tool::Engine)),
-                            inf(p.p99),
+                            &engine_windows,
                             "ms",
                             None,
+                            None,
                             Some(target),
-                        );
+                        ));
                         figures.push(figure);
                         figures.push(below);
                     } else {
@@ -697,6 +719,18 @@ fn latency_figures(points: &[LatencyPoint], figures: &mut Vec<Figure>) {
             }
         }
     }
+}
+
+/// A latency figure's note says what its runs are: consecutive windows of one process.
+fn windowed(mut figure: Figure) -> Figure {
+    figure.note = figure.note.map(|n| {
+        n.replacen(
+            "interleaved runs",
+            &format!("consecutive {LATENCY_SECS} s windows"),
+            1,
+        )
+    });
+    figure
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -1042,13 +1076,23 @@ fn latency_run(
     for &rate in rates {
         let before = cpu_now(bench, &process);
         let started = Instant::now();
-        let point = offer(
-            bench,
-            input,
-            &mut next,
-            rate,
-            Duration::from_secs(LATENCY_SECS),
-        )?;
+        // Consecutive windows at this rate; each percentile is their median.
+        let mut windows = Vec::new();
+        for _ in 0..LATENCY_WINDOWS {
+            let window = offer(
+                bench,
+                input,
+                &mut next,
+                rate,
+                Duration::from_secs(LATENCY_SECS),
+            )?;
+            let lost = window.expected - window.samples.len();
+            let overloaded = lost as f64 > OVERLOAD * window.expected as f64;
+            windows.push(window);
+            if overloaded {
+                break;
+            }
+        }
         let secs = started.elapsed().as_secs_f64();
         let after = cpu_now(bench, &process);
         if let Some(status) = process.exited() {
@@ -1059,17 +1103,38 @@ fn latency_run(
             )
             .into());
         }
-        let (p50, p99, p999, max) = percentiles(&point.samples, point.expected);
-        let missing = point.expected - point.samples.len();
+        let each: Vec<_> = windows
+            .iter()
+            .map(|w| percentiles(&w.samples, w.expected))
+            .collect();
+        let median = |pick: fn(&Percentiles) -> Option<f64>| {
+            let m = Spread::of(
+                each.iter()
+                    .map(|p| pick(p).unwrap_or(f64::INFINITY))
+                    .collect(),
+            )
+            .median;
+            m.is_finite().then_some(m)
+        };
+        let (p50, p99, p999, max) = (
+            median(|p| p.0),
+            median(|p| p.1),
+            median(|p| p.2),
+            median(|p| p.3),
+        );
+        let p99_windows: Vec<f64> = each.iter().map(|p| p.1.unwrap_or(f64::INFINITY)).collect();
+        let expected: usize = windows.iter().map(|w| w.expected).sum();
+        let missing: usize = windows.iter().map(|w| w.expected - w.samples.len()).sum();
+        let achieved = windows.iter().map(|w| w.achieved).sum::<f64>() / windows.len() as f64;
         eprintln!(
-            "engine-bench: latency, {} under {} at {rate:.0} records/s: p50 {}, p99 {}, p99.9 {}, max {}; {missing} of {} outputs never arrived",
+            "engine-bench: latency, {} under {} at {rate:.0} records/s, median of {} windows: p50 {}, p99 {}, p99.9 {}, max {}; {missing} of {expected} outputs never arrived",
             tool.label(),
             guarantee.name(),
+            windows.len(),
             ms(p50),
             ms(p99),
             ms(p999),
             ms(max),
-            point.expected
         );
         points.push(LatencyPoint {
             tool: tool.label(),
@@ -1079,14 +1144,15 @@ fn latency_run(
             p99,
             p999,
             max,
-            expected: point.expected,
+            p99_windows,
+            expected,
             missing,
-            achieved: point.achieved,
+            achieved,
             tool_cpu: (after.tool - before.tool) / secs,
             broker_cpu: (after.broker - before.broker) / secs,
             harness_cpu: (after.harness - before.harness) / secs,
         });
-        if missing as f64 > OVERLOAD * point.expected as f64 {
+        if missing as f64 > OVERLOAD * expected as f64 {
             eprintln!(
                 "engine-bench: {} overloaded at {rate:.0} records/s; higher rates not offered",
                 tool.label()
@@ -1231,10 +1297,10 @@ fn offer(
 
 /// p50, p99, p99.9 and max in ms, counting the `expected - samples.len()` outputs that
 /// never arrived as infinitely late (`None`).
-fn percentiles(
-    samples: &[u64],
-    expected: usize,
-) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+/// p50, p99, p99.9 and max in milliseconds; `None` among outputs that never arrived.
+type Percentiles = (Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+fn percentiles(samples: &[u64], expected: usize) -> Percentiles {
     let mut sorted = samples.to_vec();
     sorted.sort_unstable();
     let n = expected.max(sorted.len());
