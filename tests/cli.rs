@@ -2498,6 +2498,27 @@ impl TwoTopologies {
             dir,
         }
     }
+
+    /// `engine run ticket-pipeline ticket-counts` on this rig's broker and config with
+    /// `args`, serving `addr`; state in `<dir>/<name>`, stderr in `<dir>/<name>.log`.
+    fn run(&self, name: &str, addr: &str, args: &[&str]) -> Running {
+        Running(
+            engine()
+                .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--state-dir")
+                .arg(self.dir.path().join(name))
+                .args(args)
+                .env("KAFKA_BOOTSTRAP_SERVERS", &self.kafka.bootstrap)
+                .env("KAFKA_SCHEMA_REGISTRY_URL", &self.kafka.registry)
+                .env("ENGINE_LOG", "info,librdkafka=warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .expect("engine run starts"),
+        )
+    }
 }
 
 /// `ticket-pipeline` and `ticket-counts` in one `engine run` on a broker of their own,
@@ -2652,7 +2673,7 @@ enum Freeze {
 fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
     const PLANS: u32 = 20;
     let rig = TwoTopologies::start("exactly_once_v2");
-    let (dir, config) = (&rig.dir, &rig.config);
+    let dir = &rig.dir;
     let (bootstrap, registry) = (&rig.kafka.bootstrap, &rig.kafka.registry);
     let kafka_args: &[&str] = match freeze {
         Freeze::PastItsSession => &["--kafka", "consumer.session.timeout.ms=6000"],
@@ -2663,24 +2684,7 @@ fn frozen_instance(freeze: Freeze) -> (CommittedOutputs, u32) {
             "producer.transaction.timeout.ms=2000",
         ],
     };
-    let start = |name: &str, addr: &str| {
-        Running(
-            engine()
-                .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
-                .arg("--config")
-                .arg(config)
-                .arg("--state-dir")
-                .arg(dir.path().join(name))
-                .args(kafka_args)
-                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-                .env("ENGINE_LOG", "info,librdkafka=warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
-                .spawn()
-                .expect("engine run starts"),
-        )
-    };
+    let start = |name: &str, addr: &str| rig.run(name, addr, kafka_args);
     let logs = || {
         ["a", "b"]
             .iter()
@@ -2860,21 +2864,10 @@ fn real_kafka_two_instances_stopped_together_both_stop_cleanly() {
         stop.clone(),
     );
     let start = |name: &str, addr: &str| {
-        Running(
-            engine()
-                .args(["run", "ticket-pipeline", "ticket-counts", "--http", addr])
-                .arg("--config")
-                .arg(config)
-                .arg("--state-dir")
-                .arg(dir.path().join(name))
-                .args(["--kafka", "consumer.heartbeat.interval.ms=100"])
-                .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-                .env("KAFKA_SCHEMA_REGISTRY_URL", registry)
-                .env("ENGINE_LOG", "info,librdkafka=warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
-                .spawn()
-                .expect("engine run starts"),
+        rig.run(
+            name,
+            addr,
+            &["--kafka", "consumer.heartbeat.interval.ms=100"],
         )
     };
     let assigned = |addr: &str| {

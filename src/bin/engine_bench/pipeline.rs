@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use topologies::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus, sample_tickets};
 
 use super::Result;
-use super::processes::{DevBroker, EngineCommand};
+use super::processes::{DevBroker, EngineCommand, Stopping};
 use super::report::{Figure, Spread, Target};
 
 const TOPOLOGY: &str = "ticket-pipeline";
@@ -304,6 +304,60 @@ pub fn run(engine: &EngineCommand, options: &PipelineOptions) -> Result<Pipeline
     Ok(PipelineOutcome { figures, setup })
 }
 
+/// What [`interleave`] measured.
+pub(super) struct Interleaved {
+    /// The engine's rate in each of its runs.
+    pub engine_rates: Vec<f64>,
+    pub floor_runs: Vec<Rate>,
+    /// The engine's timed seconds, records and rounds over all its runs.
+    pub secs: f64,
+    pub records: usize,
+    pub timed: usize,
+}
+
+/// Interleaved throughput runs: `runs` times, the engine process repeats rounds until
+/// `work_secs` are timed (frozen while each round is produced, timed from being let go
+/// until `wait` has seen the round's effect, `want` outputs, on the broker), then the
+/// floor runs as long, the engine frozen meanwhile.
+pub(super) fn interleave(
+    (runs, work_secs): (usize, f64),
+    run: &mut Stopping,
+    rounds: &mut Rounds<'_>,
+    want: &mut i64,
+    (floor, floor_rounds): (&mut Floor, &mut Rounds<'_>),
+    wait: &mut dyn FnMut(&mut Stopping, i64) -> Result<Instant>,
+) -> Result<Interleaved> {
+    let (mut secs, mut records, mut timed) = (0.0, 0, 0);
+    let (mut engine_rates, mut floor_runs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (mut run_secs, mut run_records, mut run_timed) = (0.0, 0, 0);
+        while run_secs < work_secs && run_timed < MAX_ROUNDS {
+            run.pause()?;
+            let produced = rounds.produce();
+            let started = Instant::now();
+            run.resume()?;
+            *want += produced? as i64;
+            let done = wait(run, *want)?;
+            run_secs += done.duration_since(started).as_secs_f64();
+            run_records += rounds.n;
+            run_timed += 1;
+        }
+        engine_rates.push(run_records as f64 / run_secs.max(1e-9));
+        (secs, records, timed) = (secs + run_secs, records + run_records, timed + run_timed);
+        run.pause()?;
+        let floor_run = floor.run(floor_rounds, work_secs);
+        run.resume()?;
+        floor_runs.push(floor_run?);
+    }
+    Ok(Interleaved {
+        engine_rates,
+        floor_runs,
+        secs,
+        records,
+        timed,
+    })
+}
+
 /// `engine dev --topic` arguments for the floor's input and output topics.
 pub(super) fn floor_topics() -> [String; 2] {
     [
@@ -480,8 +534,9 @@ impl Floor {
     }
 }
 
-/// Copies `n` records and waits for the broker to acknowledge them.
-fn copy(consumer: &BaseConsumer, producer: &BaseProducer, n: usize) -> Result<()> {
+/// The floor's loop: copies `n` records as they are to the floor's output, then waits
+/// for the broker to acknowledge them.
+pub(super) fn copy(consumer: &BaseConsumer, producer: &BaseProducer, n: usize) -> Result<()> {
     let mut copied = 0usize;
     let mut last_progress = Instant::now();
     while copied < n {
@@ -585,28 +640,20 @@ fn engine_run(
     // Throughput: the process is frozen while each round is produced, then timed from
     // being let go until the round's last output is on the broker. Runs of the engine
     // and of the floor alternate (the engine frozen while the floor runs).
-    let (mut secs, mut records, mut timed) = (0.0, 0, 0);
-    let (mut engine_rates, mut floor_runs) = (Vec::new(), Vec::new());
-    for _ in 0..options.runs {
-        let (mut run_secs, mut run_records, mut run_timed) = (0.0, 0, 0);
-        while run_secs < options.work_secs && run_timed < MAX_ROUNDS {
-            run.pause()?;
-            let produced = rounds.produce();
-            let started = Instant::now();
-            run.resume()?;
-            want += produced? as i64;
-            let done = wait_for(&mut run, want, STALL)?;
-            run_secs += done.duration_since(started).as_secs_f64();
-            run_records += rounds.n;
-            run_timed += 1;
-        }
-        engine_rates.push(run_records as f64 / run_secs.max(1e-9));
-        (secs, records, timed) = (secs + run_secs, records + run_records, timed + run_timed);
-        run.pause()?;
-        let floor_run = floor.run(floor_rounds, options.work_secs);
-        run.resume()?;
-        floor_runs.push(floor_run?);
-    }
+    let Interleaved {
+        engine_rates,
+        floor_runs,
+        secs,
+        records,
+        timed,
+    } = interleave(
+        (options.runs, options.work_secs),
+        &mut run,
+        rounds,
+        &mut want,
+        (floor, floor_rounds),
+        &mut |run, want| wait_for(run, want, STALL),
+    )?;
     let rate = Spread::of(engine_rates.clone()).median;
     let pipeline_rss = run.peak_rss_bytes()?;
     eprintln!(

@@ -23,7 +23,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::Result;
-use super::pipeline::{INPUT, Input, PipelineOutcome, client, send, value_format};
+use super::pipeline::{
+    FLOOR_OUTPUT, INPUT, Input, PipelineOutcome, client, copy, send, value_format,
+};
 use super::processes::{DevBroker, EngineCommand, Stopping, real_broker};
 use super::report::{Figure, Spread, Target};
 
@@ -63,7 +65,6 @@ const STREAMS_RESTORE_APP: &str = "kstreams-restore";
 const SEQ_HEADER: &str = "engine-bench.seq";
 const PIPELINE_OUTPUT: &str = "bench.tickets.out";
 const COUNTS_OUTPUT: &str = "bench.tickets.counts";
-const FLOOR_OUTPUT: &str = "bench.floor.out";
 /// The Kafka Streams application, built by `scripts/bench`.
 const STREAMS_PROJECT: &str = "bench/kafka-streams";
 const STREAMS_MAIN: &str = "local.streamengine.bench.Main";
@@ -1003,38 +1004,6 @@ fn floor_run(bench: &Bench<'_>, input: &Input, topology: &str) -> Result<f64> {
     copy(&consumer, &producer, RECORDS)?;
     watcher.wait_for((WARM_UP + RECORDS) as i64, &mut || None)?;
     Ok(RECORDS as f64 / started.elapsed().as_secs_f64().max(1e-9))
-}
-
-/// The floor's loop: polls and sends `n` records as they are, then flushes.
-fn copy(consumer: &BaseConsumer, producer: &BaseProducer, n: usize) -> Result<()> {
-    let mut copied = 0usize;
-    let mut progress = Instant::now();
-    while copied < n {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let mut record = BaseRecord::<[u8], [u8]>::to(FLOOR_OUTPUT);
-                if let Some(k) = m.key() {
-                    record = record.key(k);
-                }
-                if let Some(v) = m.payload() {
-                    record = record.payload(v);
-                }
-                send(producer, record)?;
-                copied += 1;
-                progress = Instant::now();
-                if copied.is_multiple_of(1000) {
-                    producer.poll(Duration::ZERO);
-                }
-            }
-            Some(Err(e)) => return Err(format!("floor consumer: {e}").into()),
-            None if progress.elapsed() > STALL => {
-                return Err(format!("floor loop stalled after {copied} of {n} records").into());
-            }
-            None => {}
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
-    Ok(())
 }
 
 /// Open-loop latency of one process per tool and guarantee, rate after rate.

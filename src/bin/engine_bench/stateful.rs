@@ -15,8 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::Result;
 use super::pipeline::{
-    FLOOR_INPUT, Floor, INPUT, Input, MAX_ROUNDS, PARTITIONS, PipelineOutcome, Rounds, STALL,
-    client, floor_topics, interleaved_figures, offsets, round_size, value_format,
+    FLOOR_INPUT, Floor, INPUT, Input, Interleaved, PARTITIONS, PipelineOutcome, Rounds, STALL,
+    client, floor_topics, interleave, interleaved_figures, offsets, round_size, value_format,
 };
 use super::processes::{DevBroker, EngineCommand, Stopping};
 use super::report::{Figure, Target};
@@ -156,28 +156,20 @@ fn measure(
     // the number of inputs).
     // Runs of the engine and of the floor alternate (the engine frozen while the floor
     // runs), on the same 10k-key input.
-    let (mut secs, mut records, mut timed) = (0.0, 0, 0);
-    let (mut engine_rates, mut floor_runs) = (Vec::new(), Vec::new());
-    for _ in 0..options.runs {
-        let (mut run_secs, mut run_records, mut run_timed) = (0.0, 0, 0);
-        while run_secs < options.work_secs && run_timed < MAX_ROUNDS {
-            run.pause()?;
-            let produced = rounds.produce();
-            let started = Instant::now();
-            run.resume()?;
-            want += produced? as i64;
-            let done = wait_for(engine, &mut counts, &mut run, log, want, STALL)?;
-            run_secs += done.duration_since(started).as_secs_f64();
-            run_records += rounds.n;
-            run_timed += 1;
-        }
-        engine_rates.push(run_records as f64 / run_secs.max(1e-9));
-        (secs, records, timed) = (secs + run_secs, records + run_records, timed + run_timed);
-        run.pause()?;
-        let floor_run = floor.run(floor_rounds, options.work_secs);
-        run.resume()?;
-        floor_runs.push(floor_run?);
-    }
+    let Interleaved {
+        engine_rates,
+        floor_runs,
+        secs,
+        records,
+        timed,
+    } = interleave(
+        (options.runs, options.work_secs),
+        &mut run,
+        rounds,
+        &mut want,
+        (floor, floor_rounds),
+        &mut |run, want| wait_for(engine, &mut counts, run, log, want, STALL),
+    )?;
     let peak_rss = run.peak_rss_bytes()?;
     eprintln!(
         "engine-bench: ticket-counts {:.0} input records/s (median of {} runs)",
