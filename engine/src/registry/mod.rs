@@ -5,7 +5,8 @@
 //! Layout (siblings are only referred to through `super::`/`self::` so the tree can move
 //! into another crate verbatim):
 //! - [`error`]: `RegistryError` and the `Result` alias; depends on nothing else here.
-//! - [`compatibility`]: levels and Avro evolution checks; depends on `error`.
+//! - [`compatibility`]: levels and Avro evolution checks; depends on `error` and on the Avro
+//!   codec's schema resolution (`crate::serde::avro::DecodePlan::strict_from_avro`).
 //! - [`memory`]: `MemoryRegistry` (data and rules) and `MockRegistries` (scope directory).
 //! - [`config`]: `RegistryConfig` and URL parsing.
 //! - [`http`] (private): the ureq transport with retries.
