@@ -287,6 +287,62 @@ fn the_in_flight_bound_holds_when_the_broker_is_slow() {
     });
 }
 
+/// The in-flight bound stops taking records in without dropping what the consumer has
+/// fetched: librdkafka's `pause` purges a partition's fetched records, so pausing at the
+/// bound made every record behind it cross the network again (and wait a fetch round
+/// trip), each time the bound was reached. Here the bound is reached again and again
+/// (slow acknowledgements, 50 records), and every record is still fetched about once.
+#[test]
+fn the_in_flight_bound_keeps_the_records_already_fetched() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(4, 500, 0);
+        produce_keyed(&bootstrap, "in", &inputs).await;
+        broker
+            .set_round_trip_time(1, Duration::from_millis(20))
+            .unwrap();
+        let mut s = settings(&broker);
+        s.max_in_flight = 50;
+        for (key, value) in [
+            ("producer.linger.ms", "0"),
+            ("producer.batch.num.messages", "10"),
+            ("statistics.interval.ms", "50"),
+        ] {
+            s.client.properties.insert(key.into(), value.into());
+        }
+        let (trigger, shutdown) = Shutdown::new();
+        let runner = TopologyRunner::new(shout("bounded-fetch"), s);
+        let metrics = runner.metrics();
+        let handle = tokio::spawn(runner.run(shutdown));
+        wait_for(Duration::from_secs(90), || {
+            metrics.snapshot().records_out >= inputs.len() as u64
+        })
+        .await;
+        // The statistics after the last fetch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m = metrics.snapshot();
+        trigger.trigger();
+        handle.await.unwrap().unwrap();
+        assert!(
+            m.pauses >= 5,
+            "the bound was reached again and again: {m:?}"
+        );
+        assert!(
+            m.fetched >= inputs.len() as u64,
+            "the statistics counted the fetched records: {m:?}"
+        );
+        assert!(
+            m.fetched <= inputs.len() as u64 * 11 / 10,
+            "{} records fetched for {} inputs: records were fetched again after the bound \
+             stopped the intake: {m:?}",
+            m.fetched,
+            inputs.len()
+        );
+    });
+}
+
 /// Runs `shout(app)` until `inputs` (already produced) all came out, with commits held
 /// back to the shutdown (a 10-minute commit interval): the final commit carries
 /// everything. Returns the shutdown trigger and the runner's handle.

@@ -126,6 +126,7 @@ pub struct TopologyMetrics {
     pub(crate) in_flight: AtomicU64,
     pub(crate) in_flight_peak: AtomicU64,
     pub(crate) pauses: AtomicU64,
+    pub(crate) fetched: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) punctuations: AtomicU64,
     pub(crate) assigned_partitions: AtomicU64,
@@ -156,6 +157,7 @@ impl Default for TopologyMetrics {
             in_flight: AtomicU64::new(0),
             in_flight_peak: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             punctuations: AtomicU64::new(0),
             assigned_partitions: AtomicU64::new(0),
@@ -193,8 +195,12 @@ pub struct MetricsSnapshot {
     pub in_flight: u64,
     /// Highest `in_flight` seen.
     pub in_flight_peak: u64,
-    /// Times consumption was paused because of the in-flight bound.
+    /// Times the in-flight bound stopped taking records in.
     pub pauses: u64,
+    /// Records the consumer received from brokers, records fetched again included
+    /// (librdkafka's `rxmsgs`); updated with its statistics, so only when
+    /// `statistics.interval.ms` is set.
+    pub fetched: u64,
     /// Offset commits made.
     pub commits: u64,
     /// Punctuations fired.
@@ -234,6 +240,7 @@ impl TopologyMetrics {
             in_flight: r(&self.in_flight),
             in_flight_peak: r(&self.in_flight_peak),
             pauses: r(&self.pauses),
+            fetched: r(&self.fetched),
             commits: r(&self.commits),
             punctuations: r(&self.punctuations),
             assigned_partitions: r(&self.assigned_partitions),

@@ -173,7 +173,7 @@ impl OpsState {
         let mut out = String::new();
         let topologies = read(&self.topologies);
         type Pick = fn(&crate::metrics::MetricsSnapshot) -> u64;
-        let series: [(&str, &str, &str, Pick); 17] = [
+        let series: [(&str, &str, &str, Pick); 18] = [
             (
                 "engine_records_in_total",
                 "counter",
@@ -225,8 +225,14 @@ impl OpsState {
             (
                 "engine_pauses_total",
                 "counter",
-                "Times partitions paused at the in-flight bound.",
+                "Times the in-flight bound stopped taking records in.",
                 |m| m.pauses,
+            ),
+            (
+                "engine_consumer_fetched_records_total",
+                "counter",
+                "Records the consumer received from brokers, records fetched again included (with statistics.interval.ms set).",
+                |m| m.fetched,
             ),
             ("engine_commits_total", "counter", "Offset commits.", |m| {
                 m.commits

@@ -143,6 +143,10 @@ impl ClientContext for ConsumeContext {
     }
     fn stats(&self, statistics: Statistics) {
         forward_stats("consumer", &statistics);
+        self.metrics.fetched.store(
+            u64::try_from(statistics.rxmsgs).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -891,7 +895,7 @@ impl TopologyRunner {
             transactional_id: transactional_id.clone(),
             consumer: &consumer,
             tasks: HashMap::new(),
-            paused: false,
+            held: false,
             task_paused: Default::default(),
             out: Vec::new(),
             slots: Vec::new(),
@@ -1052,7 +1056,8 @@ struct Loop<'a> {
     transactional_id: Option<String>,
     consumer: &'a Arc<StreamConsumer<ConsumeContext>>,
     tasks: HashMap<i32, Task>,
-    paused: bool,
+    /// At the in-flight bound: no records are taken in until half are acknowledged.
+    held: bool,
     /// Partitions whose task asked to stop fetching (`ProcessorContext::pause_input`).
     task_paused: std::collections::HashSet<i32>,
     out: Vec<ProducedRecord>,
@@ -1115,15 +1120,15 @@ impl Loop<'_> {
             self.apply_backpressure();
             self.metrics.set_in_flight(self.tracker.in_flight() as u64);
             let changelog_waits = self.tracker.queued_changelog() > 0;
-            self.tracker.set_waiting(self.paused || changelog_waits);
+            self.tracker.set_waiting(self.held || changelog_waits);
             let cached = self.settings.flush_caches_when_idle && self.has_cached_writes();
-            // A zombie keeps polling, paused or not, so the rebalance that takes its
+            // A zombie keeps polling, held at the bound or not, so the rebalance that takes its
             // tasks away is served.
-            let poll = !self.paused || self.consumer.assignment_lost();
+            let poll = !self.held || self.consumer.assignment_lost();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
-                _ = self.tracker.changed(), if self.paused || changelog_waits => {}
+                _ = self.tracker.changed(), if self.held || changelog_waits => {}
                 message = self.consumer.recv(), if poll => {
                     match message {
                         Ok(message) => self.process(&message).await?,
@@ -1260,10 +1265,6 @@ impl Loop<'_> {
                     });
                 }
                 RebalanceEvent::Assigned(partitions) => {
-                    if self.paused {
-                        // New assignments start unpaused; the bound still holds.
-                        self.set_paused(true, &partitions);
-                    }
                     for (_, partition) in partitions {
                         if let Some(task) = self.tasks.remove(&partition) {
                             self.install(partition, task);
@@ -1387,7 +1388,7 @@ impl Loop<'_> {
     /// or the task itself holds them.
     fn install(&mut self, partition: i32, task: Task) {
         self.tasks.insert(partition, task);
-        if !self.paused && !self.task_paused.contains(&partition) {
+        if !self.task_paused.contains(&partition) {
             let partitions: Vec<_> = self
                 .assignment()
                 .into_iter()
@@ -1439,25 +1440,24 @@ impl Loop<'_> {
         }
     }
 
-    /// Pauses at the in-flight bound, resumes at half of it.
+    /// Stops taking records in at the in-flight bound, and starts again at half of it.
+    ///
+    /// The consumer's partitions are not paused for this: librdkafka's `pause` purges
+    /// what it has fetched for them, so every record behind the bound would be fetched
+    /// again (and wait a fetch round trip) each time the bound is reached, which is the
+    /// moment the broker is slowest. The fetched records wait in librdkafka's queue,
+    /// which its own limits bound (`queued.max.messages.kbytes`).
     fn apply_backpressure(&mut self) {
         let in_flight = self.tracker.in_flight();
         let max = self.settings.max_in_flight;
-        if !self.paused && in_flight >= max {
-            self.paused = true;
+        if !self.held && in_flight >= max {
+            self.held = true;
             self.tracker.set_waiting(true);
             TopologyMetrics::add(&self.metrics.pauses, 1);
-            tracing::debug!(application = %self.topology.application_id(), in_flight, max, "in-flight bound reached: pausing partitions");
-            self.set_paused(true, &self.assignment());
-        } else if self.paused && in_flight <= max / 2 {
-            self.paused = false;
+            tracing::debug!(application = %self.topology.application_id(), in_flight, max, "in-flight bound reached: taking no records until half of them are acknowledged");
+        } else if self.held && in_flight <= max / 2 {
+            self.held = false;
             self.tracker.set_waiting(false);
-            let resume: Vec<_> = self
-                .assignment()
-                .into_iter()
-                .filter(|(_, p)| !self.task_paused.contains(p) && !self.restoring.contains_key(p))
-                .collect();
-            self.set_paused(false, &resume);
         }
     }
 
@@ -1472,14 +1472,12 @@ impl Loop<'_> {
             return;
         }
         tracing::debug!(application = %self.topology.application_id(), partition, pause, "a processor asked to change fetching of its partition");
-        if !self.paused {
-            let partitions: Vec<_> = self
-                .assignment()
-                .into_iter()
-                .filter(|(_, p)| *p == partition)
-                .collect();
-            self.set_paused(pause, &partitions);
-        }
+        let partitions: Vec<_> = self
+            .assignment()
+            .into_iter()
+            .filter(|(_, p)| *p == partition)
+            .collect();
+        self.set_paused(pause, &partitions);
     }
 
     /// Sends what one call into a task produced. Every record holds back its input
