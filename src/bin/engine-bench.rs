@@ -51,6 +51,7 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
                     [--engine-kafka K=V]... [--skip-pipeline] [--skip-state]
                     [--skip-rebalance] [--skip-side-by-side] [--rounds N]
                     [--restore-gib G] [--skip-throughput] [--skip-latency]
+                    [--offer R[,R...]] [--only-engine]
 
   --engine PATH     the `engine` binary (default: next to this one)
   --out-dir DIR     where BENCHMARKS.md and benchmarks.json go (default: .)
@@ -77,6 +78,11 @@ usage: engine-bench [--engine PATH] [--out-dir DIR] [--records N] [--work-secs S
   --skip-throughput  no side-by-side throughput, memory and start-up runs (the
                     latency runs then offer only the fixed rates)
   --skip-latency    no side-by-side latency runs
+  --offer R[,R...]  the rates (records/s) the side-by-side latency runs offer, under
+                    both guarantees, instead of 1,000, 10,000 and 50% and 80% of each
+                    tool's measured throughput (for tuning runs)
+  --only-engine     side-by-side latency runs of the engine alone, no Kafka Streams
+                    (for tuning runs; its ratios to Kafka Streams are then not measured)
   --skip-side-by-side  no figures on a real broker beside Kafka Streams (throughput of
                     ticket-pipeline and ticket-counts under both guarantees, latency at
                     fixed offered rates, memory, start-up; needs the Kafka Streams
@@ -99,6 +105,8 @@ struct Options {
     restore_gib: f64,
     skip_throughput: bool,
     skip_latency: bool,
+    offer: Option<Vec<f64>>,
+    only_engine: bool,
 }
 
 fn parse_args() -> std::result::Result<Options, String> {
@@ -123,6 +131,8 @@ fn parse_args() -> std::result::Result<Options, String> {
         restore_gib: 1.0,
         skip_throughput: false,
         skip_latency: false,
+        offer: None,
+        only_engine: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -164,6 +174,15 @@ fn parse_args() -> std::result::Result<Options, String> {
             "--skip-side-by-side" => o.skip_side_by_side = true,
             "--skip-throughput" => o.skip_throughput = true,
             "--skip-latency" => o.skip_latency = true,
+            "--only-engine" => o.only_engine = true,
+            "--offer" => {
+                let rates = value("--offer")?
+                    .split(',')
+                    .map(|r| r.trim().parse::<f64>().ok().filter(|r| *r > 0.0))
+                    .collect::<Option<Vec<f64>>>()
+                    .ok_or("--offer must be positive rates, comma-separated, e.g. 10000,60000")?;
+                o.offer = Some(rates);
+            }
             "--rounds" => {
                 o.rounds = value("--rounds")?
                     .parse()
@@ -291,6 +310,8 @@ fn run(options: &Options) -> Result<()> {
                 restore_bytes: (options.restore_gib * (1u64 << 30) as f64) as u64,
                 throughput: !options.skip_throughput,
                 latency: !options.skip_latency,
+                offer: options.offer.clone(),
+                only_engine: options.only_engine,
             },
         )?;
         // Real Kafka first: what users run.

@@ -157,6 +157,11 @@ pub struct SideBySideOptions {
     /// Whether the latency runs run (at the fixed rates only without the throughput
     /// runs, which give each tool's maximum).
     pub latency: bool,
+    /// The rates the latency runs offer, instead of the fixed rates and fractions of
+    /// the maxima.
+    pub offer: Option<Vec<f64>>,
+    /// Latency runs of the engine alone, without Kafka Streams.
+    pub only_engine: bool,
 }
 
 /// Everything a run needs: the broker, the registry, both tools.
@@ -338,11 +343,15 @@ fn measure(bench: &Bench<'_>, dev: &DevBroker) -> Result<SideBySide> {
     let mut latency = Vec::new();
     for guarantee in GUARANTEES.iter().copied().filter(|_| bench.options.latency) {
         // Under exactly-once, the fixed rates only: the chart is of at-least-once.
-        let offered: Vec<f64> = match guarantee {
-            Guarantee::AtLeastOnce => rates.clone(),
-            Guarantee::ExactlyOnce => FIXED_RATES.to_vec(),
+        let offered: Vec<f64> = match (&bench.options.offer, guarantee) {
+            (Some(offer), _) => offer.clone(),
+            (None, Guarantee::AtLeastOnce) => rates.clone(),
+            (None, Guarantee::ExactlyOnce) => FIXED_RATES.to_vec(),
         };
-        for tool in TOOLS {
+        let tools = TOOLS
+            .into_iter()
+            .filter(|t| *t == Tool::Engine || !bench.options.only_engine);
+        for tool in tools {
             latency.extend(latency_run(
                 bench,
                 tool,
