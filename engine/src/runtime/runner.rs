@@ -1384,17 +1384,12 @@ impl Loop<'_> {
         })?
     }
 
-    /// A ready task takes its records: its partitions resume, unless the in-flight bound
-    /// or the task itself holds them.
+    /// A ready task takes its records: its partitions resume, unless the task itself
+    /// holds them.
     fn install(&mut self, partition: i32, task: Task) {
         self.tasks.insert(partition, task);
         if !self.task_paused.contains(&partition) {
-            let partitions: Vec<_> = self
-                .assignment()
-                .into_iter()
-                .filter(|(_, p)| *p == partition)
-                .collect();
-            self.set_paused(false, &partitions);
+            self.set_partition_paused(false, partition);
         }
     }
 
@@ -1472,6 +1467,11 @@ impl Loop<'_> {
             return;
         }
         tracing::debug!(application = %self.topology.application_id(), partition, pause, "a processor asked to change fetching of its partition");
+        self.set_partition_paused(pause, partition);
+    }
+
+    /// Pauses or resumes fetching of the assigned topic partitions numbered `partition`.
+    fn set_partition_paused(&self, pause: bool, partition: i32) {
         let partitions: Vec<_> = self
             .assignment()
             .into_iter()
