@@ -398,6 +398,40 @@ fn a_clean_shutdown_against_a_slow_broker_still_commits_everything() {
     });
 }
 
+/// Another instance leaving (or joining) at the moment this one stops makes the group
+/// move to a new generation, and the final commit, sent with the old one, is refused
+/// with ILLEGAL_GENERATION. librdkafka then counts the assignment as lost and rejoins
+/// only once the application has served that revocation. The cluster answers the
+/// final commit that way here; the commit must still go through, under the generation
+/// the rejoin brings, and the stop be clean.
+#[test]
+fn a_final_commit_refused_for_an_old_generation_goes_through_after_the_rejoin() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let inputs = keyed_inputs(4, 50, 0);
+        let (trigger, handle) =
+            processed_but_uncommitted(&broker, "old-generation", &inputs, Duration::from_secs(30))
+                .await;
+        broker.fail_next_requests(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION],
+        );
+        trigger.trigger();
+        handle
+            .await
+            .unwrap()
+            .expect("the stop is clean once the commit went through");
+        assert_eq!(
+            committed_total(&bootstrap, "old-generation", "in", 2).await,
+            inputs.len() as i64,
+            "the final commit went through"
+        );
+    });
+}
+
 /// A guard on the bound, not a reproduction: with the in-process mock cluster destroyed,
 /// librdkafka's old synchronous commit failed fast rather than hanging (the hang of a
 /// broker process that went away is reproduced by the process test

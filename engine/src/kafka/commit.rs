@@ -25,10 +25,26 @@ pub enum CommitError {
     #[error("{0}")]
     Refused(String),
     /// The group is rebalancing (another member joined or left): the same commit may
-    /// go through once the rebalance is over, which librdkafka's background thread
-    /// takes part in without the application polling.
+    /// go through once the rebalance is over.
     #[error("Broker: Group rebalance in progress")]
     Rebalancing,
+    /// The group has moved on to a generation this member has not joined yet (or no
+    /// longer knows the member): librdkafka rejoins, once the application has served
+    /// the revocation it raises, and the same commit may go through under the new
+    /// generation.
+    #[error("{0}")]
+    GroupMovedOn(String),
+}
+
+impl CommitError {
+    /// Whether the group is between generations, so that the commit may go through
+    /// once the consumer has served the rebalance.
+    pub fn group_rebalancing(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Rebalancing | CommitError::GroupMovedOn(_)
+        )
+    }
 }
 
 /// Commits `offsets` for `consumer`'s group and waits at most `timeout` for the answer.
@@ -100,6 +116,13 @@ unsafe fn commit_event_result(event: *mut rd::rd_kafka_event_t) -> Result<(), Co
         let error = rd::rd_kafka_event_error(event);
         if error == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS {
             return Err(CommitError::Rebalancing);
+        }
+        if matches!(
+            error,
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION
+                | rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID
+        ) {
+            return Err(CommitError::GroupMovedOn(error_name(error)));
         }
         if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(CommitError::Refused(error_name(error)));

@@ -50,6 +50,16 @@ impl EmbeddedBroker {
         Ok(())
     }
 
+    /// Makes the cluster answer the next requests of kind `api` with `errors`, one error
+    /// per request, in order (to test how clients meet a broker's refusals).
+    pub fn fail_next_requests(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) {
+        self.cluster.request_errors(api, errors);
+    }
+
     /// Creates a topic; an existing topic is left as it is.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
         match self.cluster.create_topic(name, partitions, 1) {

@@ -122,10 +122,10 @@ pub(crate) struct ConsumeContext {
     /// Learns committed offsets of repartition topics, to delete what is committed.
     purger: Option<Arc<Mutex<super::topics::RepartitionPurger>>>,
     flush_timeout: Duration,
-    /// Set once the final commit is done and the clients are being released: a
-    /// rebalance the group goes through while this instance leaves it (another
-    /// instance leaving at the same time) has nothing left to commit and nothing to
-    /// process here, so its callbacks make no broker round trip. One of them, reading
+    /// Set when the final commit begins: a rebalance the group goes through while this
+    /// instance leaves it (another instance leaving at the same time) has nothing to
+    /// process here and nothing to commit but what the final commit carries, so its
+    /// callbacks make no broker round trip. One of them, reading
     /// committed offsets, would otherwise wait out its whole timeout on a consumer
     /// being destroyed, and the shutdown with it.
     closing: std::sync::atomic::AtomicBool,
@@ -162,7 +162,7 @@ impl ConsumerContext for ConsumeContext {
         match rebalance {
             Rebalance::Revoke(tpl) if self.is_closing() => {
                 let partitions = partitions_of(tpl);
-                tracing::info!(application = %self.application_id, ?partitions, "partitions revoked while leaving the group: the final commit has taken care of them");
+                tracing::info!(application = %self.application_id, ?partitions, "partitions revoked while leaving the group: the final commit takes care of them");
             }
             Rebalance::Revoke(tpl) => {
                 let partitions = partitions_of(tpl);
@@ -2432,31 +2432,7 @@ impl Loop<'_> {
             }
         }
         let commits = self.tracker.take_commits(|_, _| true);
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        let (consumer, metrics, tracker, to_commit) = (
-            self.consumer.clone(),
-            self.metrics.clone(),
-            self.tracker.clone(),
-            commits.clone(),
-        );
-        let committed = tokio::task::spawn_blocking(move || {
-            // Another instance stopping at the same moment makes the group rebalance:
-            // the commit goes through once that is over, if it is over in time.
-            let deadline = Instant::now() + left;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match commit_bounded(&*consumer, &to_commit, left, &metrics, &tracker) {
-                    Err(CommitError::Rebalancing) if left > Duration::from_millis(100) => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    done => break done,
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(CommitError::Refused(e.to_string())));
+        let committed = self.final_commit(&commits, deadline).await;
         match committed {
             Ok(()) if !unacknowledged => {
                 if !commits.is_empty() {
@@ -2494,6 +2470,65 @@ impl Loop<'_> {
 }
 
 impl Loop<'_> {
+    /// Commits `commits`, waiting at most until `deadline` (at least a second).
+    ///
+    /// Another instance leaving or joining at the same moment makes the group rebalance:
+    /// the commit is refused while it does, or for carrying the generation before it.
+    /// librdkafka rejoins under the new generation only once this consumer has served
+    /// the rebalance (for a refused generation, a revocation of everything as lost), so
+    /// between attempts the consumer is polled: its callbacks only log from now on, and
+    /// the records it returns are dropped (they are after the offsets being committed).
+    fn final_commit(
+        &self,
+        commits: &[(String, i32, i64)],
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), CommitError>> + Send + 'static {
+        let (consumer, metrics, tracker, commits) = (
+            self.consumer.clone(),
+            self.metrics.clone(),
+            self.tracker.clone(),
+            commits.to_vec(),
+        );
+        let app = self.topology.application_id().to_string();
+        consumer
+            .context()
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let deadline = Instant::now()
+            + deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+        async move {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (consumer_, metrics, tracker, to_commit) = (
+                    consumer.clone(),
+                    metrics.clone(),
+                    tracker.clone(),
+                    commits.clone(),
+                );
+                let committed = tokio::task::spawn_blocking(move || {
+                    commit_bounded(&*consumer_, &to_commit, left, &metrics, &tracker)
+                })
+                .await
+                .unwrap_or_else(|e| Err(CommitError::Refused(e.to_string())));
+                match committed {
+                    Err(error)
+                        if error.group_rebalancing() && left > Duration::from_millis(100) =>
+                    {
+                        tracing::debug!(application = %app, %error, "final commit refused while the group rebalances: serving the rebalance, then committing again");
+                        let served = tokio::time::Instant::now() + Duration::from_millis(100);
+                        while tokio::time::timeout_at(served, consumer.recv())
+                            .await
+                            .is_ok()
+                        {}
+                    }
+                    done => break done,
+                }
+            }
+        }
+    }
+
     /// [`Loop::close`] under exactly-once: the last transaction commits (after a clean
     /// stop) or aborts (after a failure); the stores get checkpoints only if it
     /// committed.
