@@ -386,15 +386,12 @@ async fn demo(args: &DemoArgs, config: &EngineConfig) -> Result<Summary, Failure
     }
     let ops = Arc::new(engine::ops::OpsState::default());
     ops.set_registry(avro.health.clone());
-    let exposed: Vec<(String, String)> = topologies
-        .iter()
-        .flat_map(|t| t.exposed_stores().to_vec())
-        .collect();
     let http = args
         .http
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let (http, ops_server) = engine::ops::serve(ops.clone(), &exposed, http)
-        .map_err(|e| Failure::Usage(format!("--http {http}: cannot listen: {e}")))?;
+    let (http, ops_server) =
+        engine::ops::serve(ops.clone(), &topologies, &settings.client, http)
+            .map_err(|e| Failure::Usage(format!("--http {http}: cannot listen: {e}")))?;
     tokio::spawn(ops_server);
     settings.ops = Some(ops);
     eprintln!(
@@ -737,33 +734,40 @@ async fn observe(
     }
 }
 
-/// ticket id -> status the ticket service stored, through `GET /stores/tickets`.
+/// ticket id -> status the ticket service stored, through its list route.
 async fn stored_statuses(http: SocketAddr) -> Result<HashMap<String, String>, String> {
+    // Through the service's own list route, as its clients read it: pages of 1,000.
     tokio::task::spawn_blocking(move || {
-        let url = format!(
-            "http://{http}/stores/{}?limit=10000000",
-            ticket_service::TICKET_STORE
-        );
-        let text = ureq::get(&url)
-            .call()
-            .map_err(|e| format!("GET {url}: {e}"))?
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_string()
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let body: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}"))?;
-        let entries = body["entries"].as_array().cloned().unwrap_or_default();
-        Ok(entries
-            .iter()
-            .filter_map(|e| {
-                Some((
-                    e["key"].as_str()?.to_string(),
-                    e["value"]["status"].as_str()?.to_string(),
-                ))
-            })
-            .collect())
+        let mut statuses = HashMap::new();
+        loop {
+            let url = format!(
+                "http://{http}{}/?offset={}&limit=1000",
+                ticket_service::API_PATH,
+                statuses.len()
+            );
+            let text = ureq::get(&url)
+                .call()
+                .map_err(|e| format!("GET {url}: {e}"))?
+                .body_mut()
+                .with_config()
+                .limit(u64::MAX)
+                .read_to_string()
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let body: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("GET {url}: {e}"))?;
+            let page = body["tickets"].as_array().cloned().unwrap_or_default();
+            for ticket in &page {
+                if let (Some(id), Some(status)) =
+                    (ticket["ticket_id"].as_str(), ticket["status"].as_str())
+                {
+                    statuses.insert(id.to_string(), status.to_string());
+                }
+            }
+            let total = body["total"].as_u64().unwrap_or(0);
+            if page.is_empty() || statuses.len() as u64 >= total {
+                return Ok(statuses);
+            }
+        }
     })
     .await
     .map_err(|e| e.to_string())?

@@ -826,8 +826,8 @@ fn the_ticket_service_answers_its_api_from_the_store() {
         };
         if status == 200 {
             let v: Value = serde_json::from_str(&body).unwrap();
-            if v["value"]["status"] == "COMPLETED" {
-                break v["value"].clone();
+            if v["status"] == "COMPLETED" {
+                break v;
             }
         }
         assert!(
@@ -840,8 +840,306 @@ fn the_ticket_service_answers_its_api_from_the_store() {
     assert_eq!(ticket["completed_at"], 20);
     let (status, body) = http_get(&addr, "/api/v1/tickets/ticket-2");
     assert_eq!(status, 200, "{body}");
-    let (status, _) = http_get(&addr, "/api/v1/tickets/no-such-ticket");
+    let (status, body) = http_get(&addr, "/api/v1/tickets/no-such-ticket");
     assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"detail": "Ticket not found"})
+    );
+}
+
+/// `method path` with a JSON body: the status and the body.
+fn http_send(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json_of(answer: &(u16, String)) -> Value {
+    serde_json::from_str(&answer.1).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/ticket-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Checks an HS256 token's signature with Python's own `hmac` (not the engine's code)
+/// and returns its claims.
+fn verified_claims(token: &str, secret: &str) -> Value {
+    let script = "import sys, hmac, hashlib, base64, json\n\
+        token, secret = sys.argv[1], sys.argv[2]\n\
+        head, claims, signature = token.split('.')\n\
+        pad = lambda s: s + '=' * (-len(s) % 4)\n\
+        expected = hmac.new(secret.encode(), (head + '.' + claims).encode(), hashlib.sha256).digest()\n\
+        assert hmac.compare_digest(base64.urlsafe_b64decode(pad(signature)), expected), 'bad signature'\n\
+        assert json.loads(base64.urlsafe_b64decode(pad(head))) == {'alg': 'HS256', 'typ': 'JWT'}\n\
+        print(base64.urlsafe_b64decode(pad(claims)).decode())\n";
+    let out = Command::new("python3")
+        .args(["-c", script, token, secret])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The routes of the Python service, answered by two instances sharing the store's
+/// partitions: each answers for every ticket (asking the other for the ones it does
+/// not hold), with the service's bodies, compared field by field with fixtures written
+/// from the service's models.
+#[test]
+fn the_ticket_api_answers_as_the_service_it_replaces_from_either_of_two_instances() {
+    let (_dev, bootstrap, registry) = engine_dev(&[
+        "--topology",
+        "execution-ticket-service",
+        "--partitions",
+        "4",
+    ]);
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[topologies.execution-ticket-service]\njwt_secret_key = \"s3cret\"\njwt_token_expiration_seconds = 600\n",
+    )
+    .unwrap();
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let addrs: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let _instances: Vec<Running> = (0..2)
+        .map(|i| {
+            Running(
+                engine()
+                    .args([
+                        "run",
+                        "execution-ticket-service",
+                        "--http",
+                        &addrs[i],
+                        "--config",
+                    ])
+                    .arg(config.path())
+                    .arg("--state-dir")
+                    .arg(states[i].path())
+                    .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+                    .env("KAFKA_SCHEMA_REGISTRY_URL", &registry)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("engine run starts"),
+            )
+        })
+        .collect();
+    let (a, b) = (addrs[0].as_str(), addrs[1].as_str());
+    // Both instances up, each holding part of the store, and each knowing the other's.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = addrs.iter().all(|addr| {
+            std::net::TcpStream::connect(addr).is_ok()
+                && http_get(addr, "/api/v1/tickets/?limit=1").0 == 200
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instances never answered a list"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // POST: the service's defaults and coercions, 201 once stored.
+    let created = http_send(
+        a,
+        "POST",
+        "/api/v1/tickets/",
+        &fixture("create-request.json"),
+    );
+    assert_eq!(created.0, 201, "{created:?}");
+    let expected: Value = serde_json::from_str(&fixture("created-ticket.json")).unwrap();
+    let body = json_of(&created);
+    let fields = expected.as_object().unwrap();
+    assert_eq!(
+        body.as_object()
+            .unwrap()
+            .keys()
+            .collect::<std::collections::BTreeSet<_>>(),
+        fields.keys().collect::<std::collections::BTreeSet<_>>(),
+        "the model's 30 fields"
+    );
+    for (field, value) in fields {
+        assert_eq!(&body[field], value, "field {field}");
+    }
+    let id = expected["ticket_id"].as_str().unwrap();
+    // A ticket without id, time or status gets them; one COMPLETED; one refused.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut minimal: Value = serde_json::from_str(&fixture("create-request.json")).unwrap();
+    for generated in ["ticket_id", "created_at"] {
+        minimal.as_object_mut().unwrap().remove(generated);
+    }
+    minimal["task_id"] = json!("task-test");
+    minimal["task_type"] = json!("TEST");
+    let generated = http_send(b, "POST", "/api/v1/tickets", &minimal.to_string());
+    assert_eq!(generated.0, 201, "{generated:?}");
+    let generated = json_of(&generated);
+    let generated_id = generated["ticket_id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&generated_id).is_ok(), "{generated}");
+    assert!(generated["created_at"].as_i64().unwrap() >= before);
+    assert_eq!(generated["status"], "PENDING");
+    let mut done = minimal.clone();
+    done["task_id"] = json!("task-deploy");
+    done["plan_id"] = json!("plan-b");
+    done["status"] = json!("COMPLETED");
+    done["created_at"] = json!(1);
+    let done = json_of(&http_send(a, "POST", "/api/v1/tickets/", &done.to_string()));
+    let done_id = done["ticket_id"].as_str().unwrap().to_string();
+    let mut refused = minimal.clone();
+    refused.as_object_mut().unwrap().remove("plan_id");
+    let refused = http_send(a, "POST", "/api/v1/tickets/", &refused.to_string());
+    assert_eq!(refused.0, 422, "{refused:?}");
+    let reason = json_of(&refused)["detail"].as_str().unwrap().to_string();
+    assert_eq!(
+        reason,
+        "Validation error: 1 validation error for ExecutionTicket\nplan_id\n  Field required"
+    );
+
+    let ids = [id.to_string(), generated_id.clone(), done_id.clone()];
+    for addr in [a, b] {
+        // Every ticket from either instance: the other's are asked for, not 421.
+        for ticket_id in &ids {
+            let got = http_get(addr, &format!("/api/v1/tickets/{ticket_id}"));
+            assert_eq!(got.0, 200, "{addr}: {got:?}");
+            assert_eq!(json_of(&got)["ticket_id"], json!(ticket_id));
+        }
+        assert_eq!(
+            json_of(&http_get(addr, &format!("/api/v1/tickets/{id}"))),
+            expected
+        );
+        let missing = http_get(addr, "/api/v1/tickets/no-such-ticket");
+        assert_eq!(missing.0, 404);
+        assert_eq!(json_of(&missing), json!({"detail": "Ticket not found"}));
+
+        // The list spans both instances, newest first, filtered and paged.
+        let all = json_of(&http_get(addr, "/api/v1/tickets/"));
+        assert_eq!(all["total"], 3, "{all}");
+        assert_eq!(
+            (all["offset"].clone(), all["limit"].clone()),
+            (json!(0), json!(100))
+        );
+        let order: Vec<&str> = all["tickets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["ticket_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, [generated_id.as_str(), id, done_id.as_str()]);
+        assert_eq!(all["tickets"][1], expected);
+        let page = json_of(&http_get(
+            addr,
+            "/api/v1/tickets/?plan_id=plan-a&offset=1&limit=1",
+        ));
+        assert_eq!(page["total"], 2, "{page}");
+        assert_eq!(page["tickets"].as_array().unwrap().len(), 1);
+        assert_eq!(page["tickets"][0]["ticket_id"], json!(id));
+        let completed = json_of(&http_get(addr, "/api/v1/tickets/?status=COMPLETED"));
+        assert_eq!(completed["total"], 1);
+        assert_eq!(completed["tickets"][0]["ticket_id"], json!(done_id));
+        let none = json_of(&http_get(addr, "/api/v1/tickets/?intent_id=other"));
+        assert_eq!(none["total"], 0);
+        let too_many = http_get(addr, "/api/v1/tickets/?limit=1001");
+        assert_eq!(too_many.0, 422);
+        assert_eq!(
+            json_of(&too_many),
+            json!({"detail": [{"type": "less_than_equal", "loc": ["query", "limit"],
+                "msg": "Input should be less than or equal to 1000", "input": "1001", "ctx": {"le": 1000}}]})
+        );
+        assert_eq!(http_get(addr, "/api/v1/tickets/?status=DONE").0, 422);
+
+        // The result, decoded from the JSON string the contract's metadata holds.
+        assert_eq!(
+            json_of(&http_get(addr, &format!("/api/v1/tickets/{id}/result"))),
+            json!({"ticket_id": id, "status": "PENDING", "result": {"artifact": "api:1.2", "size": 3}})
+        );
+        assert_eq!(
+            json_of(&http_get(
+                addr,
+                &format!("/api/v1/tickets/{done_id}/result")
+            )),
+            json!({"ticket_id": done_id, "status": "COMPLETED", "result": {"artifact": "api:1.2", "size": 3}})
+        );
+
+        // A token scoped to a PENDING ticket; none for a finished one.
+        let token = json_of(&http_get(addr, &format!("/api/v1/tickets/{id}/token")));
+        assert_eq!(token["token_type"], "Bearer");
+        assert_eq!(token["expires_in"], 600);
+        assert_eq!(token["ticket_id"], json!(id));
+        let scopes = json!([
+            "ticket:read",
+            "ticket:update",
+            "task:build",
+            "security:elevated"
+        ]);
+        assert_eq!(token["scopes"], scopes);
+        let claims = verified_claims(token["access_token"].as_str().unwrap(), "s3cret");
+        assert_eq!(claims["sub"], json!(id));
+        assert_eq!(claims["ticket_id"], json!(id));
+        assert_eq!(claims["plan_id"], "plan-a");
+        assert_eq!(claims["aud"], "worker-agents");
+        assert_eq!(claims["iss"], "neural-hive-mind");
+        assert_eq!(claims["scopes"], scopes);
+        assert_eq!(claims["exp"], token["expires_at"]);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            600
+        );
+        let forbidden = http_get(addr, &format!("/api/v1/tickets/{done_id}/token"));
+        assert_eq!(forbidden.0, 403);
+        assert_eq!(
+            json_of(&forbidden),
+            json!({"detail": "Cannot generate token for ticket with status COMPLETED"})
+        );
+    }
+    let openapi = json_of(&http_get(a, "/openapi.json"));
+    for path in [
+        "/api/v1/tickets/",
+        "/api/v1/tickets/{ticket_id}",
+        "/api/v1/tickets/{ticket_id}/result",
+        "/api/v1/tickets/{ticket_id}/token",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "{path} in {openapi}");
+    }
+    assert_eq!(
+        openapi["components"]["schemas"]["ExecutionTicket"]["properties"]["status"]["enum"],
+        json!([
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "COMPENSATING",
+            "COMPENSATED"
+        ])
+    );
 }
 
 const DECISION_SCHEMA_FILE: &str = concat!(
@@ -874,7 +1172,7 @@ fn final_status(addr: &str, ticket_id: &str, deadline: Instant) -> String {
         };
         if status == 200 {
             let v: Value = serde_json::from_str(&body).unwrap();
-            let s = v["value"]["status"].as_str().unwrap_or("").to_string();
+            let s = v["status"].as_str().unwrap_or("").to_string();
             if s == "COMPLETED" || s == "FAILED" {
                 return s;
             }

@@ -1175,8 +1175,13 @@ fn consumer_lag_shows_the_backlog_and_drops_to_zero_once_processed() {
 
 /// Serves `ops` on a free local port; returns the address.
 fn serve_ops(ops: &std::sync::Arc<engine::ops::OpsState>) -> String {
-    let (addr, server) =
-        engine::ops::serve(ops.clone(), &[], "127.0.0.1:0".parse().unwrap()).unwrap();
+    let (addr, server) = engine::ops::serve(
+        ops.clone(),
+        &[],
+        &engine::kafka::ClientSettings::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
     tokio::spawn(server);
     addr.to_string()
 }

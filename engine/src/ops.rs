@@ -25,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use rdkafka::producer::FutureProducer;
+
 use crate::metrics::{HistogramSnapshot, TopologyMetrics};
 use crate::serde::RegistryHealth;
 use crate::state::{BytesStore, ScanRequest, StoreQuery};
@@ -567,15 +569,22 @@ async fn store_scan(
 }
 
 /// The endpoint's routes over `ops`, plus `GET {path}/{key}` for each exposed
-/// `(path, store)`.
-pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
+/// `(path, store)` and each topology's own routes ([`TopologyBuilder::serve_http`]),
+/// whose records go out through a producer configured by `client`.
+///
+/// [`TopologyBuilder::serve_http`]: crate::topology::TopologyBuilder::serve_http
+pub fn router(
+    ops: Arc<OpsState>,
+    topologies: &[crate::topology::Topology],
+    client: &crate::kafka::ClientSettings,
+) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/metrics", get(metrics))
         .route("/stores/{store}", get(store_scan))
         .route("/stores/{store}/{key}", get(store_key));
-    for (path, store) in exposed {
+    for (path, store) in topologies.iter().flat_map(|t| t.exposed_stores()) {
         let store = store.clone();
         router = router.route(
             &format!("{path}/{{key}}"),
@@ -589,13 +598,31 @@ pub fn router(ops: Arc<OpsState>, exposed: &[(String, String)]) -> Router {
             ),
         );
     }
-    router.with_state(ops)
+    let mut router = router.with_state(ops.clone());
+    let serving = topologies.iter().any(|t| !t.services().is_empty());
+    let producer = serving.then(|| {
+        client
+            .client_config(crate::kafka::ClientRole::Producer)
+            .create::<FutureProducer>()
+            .map_err(|e| crate::kafka::kafka_reason(&e))
+    });
+    for topology in topologies {
+        for routes in topology.services() {
+            router = router.merge(routes(ServiceContext {
+                ops: ops.clone(),
+                application: topology.application_id().to_string(),
+                producer: producer.clone(),
+            }));
+        }
+    }
+    router
 }
 
 /// Binds `addr` and returns the bound address and the server future.
 pub fn serve(
     ops: Arc<OpsState>,
-    exposed: &[(String, String)],
+    topologies: &[crate::topology::Topology],
+    client: &crate::kafka::ClientSettings,
     addr: SocketAddr,
 ) -> std::io::Result<(
     SocketAddr,
@@ -604,11 +631,251 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let app = router(ops, exposed);
+    let app = router(ops, topologies, client);
     Ok((local, async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         axum::serve(listener, app).await
     }))
+}
+
+/// Builds a topology's own HTTP routes from what they reach the topology through.
+pub type ServiceRoutes = Arc<dyn Fn(ServiceContext) -> Router + Send + Sync>;
+
+/// Why a service's request to the topology could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Not answerable now (a store restoring, a partition between owners, an owner not
+    /// answering): the client should retry. HTTP 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request itself is wrong (a key the store cannot hold). HTTP 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The broker did not take a record. HTTP 500.
+    #[error("{0}")]
+    NotSent(String),
+}
+
+impl ServiceError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotSent(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What a topology's own HTTP handlers reach the topology through: its stores, on
+/// whichever instance holds each key (this one, or the one that announced the key's
+/// partition, asked over HTTP), and its topics, through a producer of the endpoint.
+#[derive(Clone)]
+pub struct ServiceContext {
+    ops: Arc<OpsState>,
+    application: String,
+    producer: Option<Result<FutureProducer, String>>,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("application", &self.application)
+            .finish()
+    }
+}
+
+/// How long a request to another instance may take.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ServiceContext {
+    /// The value stored under `key` (written as text, as in `/stores/{store}/{key}`) in
+    /// store `store`, as JSON, from this instance or the one holding the key's partition.
+    pub async fn get(
+        &self,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, ServiceError> {
+        let partitions = local_partitions(&self.ops, store);
+        let now = now_ms();
+        for (partition, s) in &partitions {
+            if s.restoring {
+                return Err(restoring(store, *partition));
+            }
+            match s.query.get(&*s.store, key, now) {
+                Ok(Some((_, value))) => return Ok(Some(value)),
+                Ok(None) => {}
+                Err(e) => return Err(ServiceError::BadRequest(e.to_string())),
+            }
+        }
+        let route = read(&self.ops.routes).get(store).cloned().ok_or_else(|| {
+            ServiceError::Unavailable(format!("store `{store}` is not open on this instance yet"))
+        })?;
+        let bytes = route
+            .query
+            .key_bytes(key)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let partition = crate::kafka::default_partition(&bytes, route.partitions);
+        if partitions.iter().any(|(p, _)| *p == partition) {
+            return Ok(None);
+        }
+        let owner = self
+            .ops
+            .owner(&self.application, partition)
+            .ok_or_else(|| unowned(store, partition))?;
+        let url = format!("http://{owner}/stores/{}/{}", escape(store), escape(key));
+        match peer_get(url).await? {
+            (200, body) => Ok(Some(body["value"].clone())),
+            (404, _) => Ok(None),
+            (status, body) => Err(ServiceError::Unavailable(format!(
+                "the instance at {owner} holding partition {partition} of `{store}` answered {status}: {body}"
+            ))),
+        }
+    }
+
+    /// Every entry of store `store`, `(key, value)` as JSON, from every partition: those
+    /// held here and, asked over HTTP, those the other instances announced. A partition
+    /// no instance holds now (a rebalance in progress) makes this unavailable, rather
+    /// than answered with part of the store.
+    pub async fn entries(
+        &self,
+        store: &str,
+    ) -> Result<Vec<(serde_json::Value, serde_json::Value)>, ServiceError> {
+        let route = read(&self.ops.routes).get(store).cloned().ok_or_else(|| {
+            ServiceError::Unavailable(format!("store `{store}` is not open on this instance yet"))
+        })?;
+        let all = ScanRequest {
+            limit: usize::MAX,
+            ..ScanRequest::default()
+        };
+        let now = now_ms();
+        let mut entries = Vec::new();
+        let mut covered = std::collections::BTreeSet::new();
+        for (partition, s) in local_partitions(&self.ops, store) {
+            if s.restoring {
+                return Err(restoring(store, partition));
+            }
+            entries.extend(
+                s.query
+                    .scan(&*s.store, &all, now)
+                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?,
+            );
+            covered.insert(partition);
+        }
+        let mut owners: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for partition in (0..route.partitions).filter(|p| !covered.contains(p)) {
+            let owner = self
+                .ops
+                .owner(&self.application, partition)
+                .ok_or_else(|| unowned(store, partition))?;
+            owners.entry(owner).or_default().push(partition);
+        }
+        for (owner, partitions) in owners {
+            let url = format!("http://{owner}/stores/{}?limit={}", escape(store), u32::MAX);
+            let body = match peer_get(url).await? {
+                (200, body) => body,
+                (status, body) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "the instance at {owner} holding partitions {partitions:?} of `{store}` answered {status}: {body}"
+                    )));
+                }
+            };
+            for entry in body["entries"].as_array().into_iter().flatten() {
+                let partition = entry["partition"]
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok());
+                if partition.is_some_and(|p| partitions.contains(&p)) {
+                    entries.push((entry["key"].clone(), entry["value"].clone()));
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Produces a record to `topic` and waits for the broker's acknowledgement:
+    /// `(partition, offset)`.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(i32, i64), ServiceError> {
+        let producer = match &self.producer {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                return Err(ServiceError::NotSent(format!(
+                    "the endpoint's producer could not be created: {e}"
+                )));
+            }
+            None => return Err(ServiceError::NotSent("no producer".into())),
+        };
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, std::time::Duration::from_secs(10))
+            .await
+            .map(|delivery| (delivery.partition, delivery.offset))
+            .map_err(|(e, _)| {
+                ServiceError::NotSent(format!(
+                    "the broker did not take the record for `{topic}`: {}",
+                    crate::kafka::kafka_reason(&e)
+                ))
+            })
+    }
+}
+
+fn restoring(store: &str, partition: i32) -> ServiceError {
+    ServiceError::Unavailable(format!(
+        "store `{store}` partition {partition} is restoring; retry shortly"
+    ))
+}
+
+fn unowned(store: &str, partition: i32) -> ServiceError {
+    ServiceError::Unavailable(format!(
+        "partition {partition} of `{store}` is held by no instance that announced it (a rebalance in progress?); retry shortly"
+    ))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// GETs `url` from another instance: its status and JSON body.
+async fn peer_get(url: String) -> Result<(u16, serde_json::Value), ServiceError> {
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(PEER_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut response = agent
+            .get(&url)
+            .call()
+            .map_err(|e| ServiceError::Unavailable(format!("GET {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .map_err(|e| ServiceError::Unavailable(format!("GET {url}: {e}")))?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, body))
+    })
+    .await
+    .map_err(|e| ServiceError::Unavailable(e.to_string()))?
 }
 
 #[cfg(test)]

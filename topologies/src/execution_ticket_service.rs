@@ -1,8 +1,8 @@
 //! `execution-ticket-service`: the ticket store. Tickets from `execution.tickets` are
 //! kept once each (idempotency key `metadata.idempotency_key`, else `ticket_id`; one
 //! ticket per plan and task), results from `execution.results` move them through the
-//! valid status transitions only, and `GET /api/v1/tickets/{ticket_id}` answers from the
-//! store. Unlike the service it replaces, it reads Avro and legacy JSON alike, and a
+//! valid status transitions only, and the service's HTTP API ([`crate::ticket_api`])
+//! answers from the store and writes through `execution.tickets`. Unlike the service it replaces, it reads Avro and legacy JSON alike, and a
 //! record it cannot handle goes to the dead-letter topic instead of being skipped by a
 //! later commit.
 
@@ -34,7 +34,73 @@ pub const PLAN_TASK_STORE: &str = "plan-tasks";
 /// Idempotency key -> first-seen time; kept a week.
 pub const IDEMPOTENCY_STORE: &str = "idempotency-keys";
 /// Where the ticket API is served by `engine run --http`.
-pub const API_PATH: &str = "/api/v1/tickets";
+pub use crate::ticket_api::API_PATH;
+
+/// `[topologies.execution-ticket-service]`: the HTTP API's settings.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ServiceOptions {
+    /// Secret of the tokens of `GET /api/v1/tickets/{id}/token` (HS256).
+    jwt_secret_key: Option<String>,
+    #[serde(default = "hs256")]
+    jwt_algorithm: String,
+    #[serde(default = "an_hour")]
+    jwt_token_expiration_seconds: u64,
+    /// How long `POST /api/v1/tickets/` waits for the ticket to be stored.
+    #[serde(default = "ten_seconds")]
+    api_write_timeout_ms: u64,
+}
+
+fn hs256() -> String {
+    "HS256".into()
+}
+fn an_hour() -> u64 {
+    3600
+}
+fn ten_seconds() -> u64 {
+    10_000
+}
+
+fn bad_option(e: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Invalid {
+        topology: NAME.into(),
+        problems: vec![engine::topology::Problem::BadOption {
+            message: format!(
+                "[topologies.{NAME}]: {e} (known options: jwt_secret_key, jwt_algorithm, jwt_token_expiration_seconds, api_write_timeout_ms)"
+            ),
+        }],
+    }
+}
+
+fn api_options(ctx: &BuildContext) -> Result<crate::ticket_api::ApiOptions, TopologyError> {
+    let o: ServiceOptions = toml::Value::Table(ctx.options.clone())
+        .try_into()
+        .map_err(bad_option)?;
+    if o.jwt_algorithm != "HS256" {
+        return Err(bad_option(format!(
+            "jwt_algorithm = \"{}\" is not supported; tokens are signed with HS256: remove the option or set it to \"HS256\"",
+            o.jwt_algorithm
+        )));
+    }
+    if o.jwt_token_expiration_seconds == 0 {
+        return Err(bad_option(
+            "jwt_token_expiration_seconds must be at least 1 (the service's default is 3600)",
+        ));
+    }
+    if o.api_write_timeout_ms == 0 {
+        return Err(bad_option("api_write_timeout_ms must be at least 1"));
+    }
+    if o.jwt_secret_key.as_deref() == Some("") {
+        return Err(bad_option(
+            "jwt_secret_key is empty; set a secret, or remove it to leave tokens unserved",
+        ));
+    }
+    Ok(crate::ticket_api::ApiOptions {
+        jwt_secret_key: o.jwt_secret_key,
+        token_lifetime: Duration::from_secs(o.jwt_token_expiration_seconds),
+        write_timeout: Duration::from_millis(o.api_write_timeout_ms),
+    })
+}
 
 fn store_error(e: engine::state::StoreError) -> ProcessingError {
     ProcessingError::new(e.to_string())
@@ -312,8 +378,15 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
 
 /// Builds the topology.
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
+    let options = api_options(ctx)?;
     let tickets =
         crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
+    let api_tickets = std::sync::Arc::new(crate::avro_value::<ExecutionTicket>(
+        ctx,
+        NAME,
+        "api",
+        EXECUTION_TICKET_SCHEMA,
+    )?);
     let results =
         crate::avro_value::<ExecutionResult>(ctx, NAME, "results", EXECUTION_RESULT_SCHEMA)?;
     let key = || Serdes::nullable(Serdes::string());
@@ -338,7 +411,9 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
         StoreBuilder::persistent(IDEMPOTENCY_STORE, Serdes::string(), Serdes::i64())
             .with_ttl(Duration::from_secs(7 * 24 * 3600)),
     );
-    b.expose_store(API_PATH, TICKET_STORE);
+    b.serve_http(move |service| {
+        crate::ticket_api::routes(service, api_tickets.clone(), options.clone())
+    });
     // Tickets arrive keyed by plan (orchestrator) or ticket (REST); each check runs in the
     // task that owns its key, so the stream is repartitioned for each.
     let internal = || Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>());

@@ -8,6 +8,7 @@ pub mod execution_ticket_service;
 pub mod executor;
 pub mod orchestrator;
 pub mod results;
+pub mod ticket_api;
 pub mod ticket_counts;
 pub mod ticket_pipeline;
 pub mod tickets;
@@ -46,7 +47,7 @@ pub fn catalog() -> Catalog {
         )
         .with(
             execution_ticket_service::NAME,
-            "execution.tickets + execution.results -> ticket store (idempotent, valid transitions) served at /api/v1/tickets/{id}",
+            "execution.tickets + execution.results -> ticket store (idempotent, valid transitions); the service's HTTP API at /api/v1/tickets",
             execution_ticket_service::build,
         )
         .with(

@@ -128,13 +128,15 @@ enum Command {
         /// are always created when missing.
         #[arg(long)]
         create_topics: bool,
-        /// Serve GET /health, /metrics (Prometheus) and /stores/{store}[/{key}] on this
+        /// Serve GET /health, /metrics (Prometheus), /stores/{store}[/{key}] and the
+        /// topology's own routes (e.g. the ticket service's /api/v1/tickets) on this
         /// address, e.g. 127.0.0.1:8080 (bind to localhost unless you mean otherwise).
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
         /// HOST:PORT at which other instances reach this one's --http endpoint (default:
         /// the --http address). Instances announce it on `<application>-instances`, so a
-        /// query for a key another instance holds answers 421 naming that instance.
+        /// query for a key another instance holds answers 421 naming that instance (a
+        /// topology's own routes ask that instance instead).
         #[arg(long, value_name = "HOST:PORT", requires = "http")]
         advertised_http: Option<String>,
     },
@@ -536,11 +538,7 @@ fn execute(
                 ops.set_registry(avro.health.clone());
                 let (bound, server) = {
                     let _guard = executor.enter();
-                    let exposed: Vec<(String, String)> = topologies
-                        .iter()
-                        .flat_map(|t| t.exposed_stores().to_vec())
-                        .collect();
-                    crate::ops::serve(ops.clone(), &exposed, addr)
+                    crate::ops::serve(ops.clone(), &topologies, &settings.client, addr)
                         .map_err(|e| usage(format!("--http {addr}: cannot listen: {e}")))?
                 };
                 executor.spawn(async move {
@@ -556,7 +554,7 @@ fn execute(
                 if bound.ip().is_unspecified() && advertised == bound.to_string() {
                     tracing::warn!(%bound, "--http listens on every interface but other instances are told {advertised}; set --advertised-http to an address they can reach");
                 }
-                tracing::info!(addr = %bound, %advertised, "operations endpoint: /health, /metrics, /stores/{{store}}/{{key}}");
+                tracing::info!(addr = %bound, %advertised, "operations endpoint: /health, /metrics, /stores/{{store}}/{{key}} and the topologies' own routes");
                 settings.ops = Some(ops);
                 settings.advertised_http = Some(advertised);
             }

@@ -153,6 +153,7 @@ pub(crate) struct BuilderState {
     pub nodes: Vec<NodeSpec>,
     pub stores: Vec<StoreDef>,
     pub routes: Vec<(String, String)>,
+    pub services: Vec<crate::ops::ServiceRoutes>,
     pub error_policy: ErrorPolicy,
     /// Joins whose inputs must be co-partitioned: (join name, the input nodes).
     pub copartitioned: Vec<(String, Vec<String>)>,
@@ -288,6 +289,7 @@ impl TopologyBuilder {
                 nodes: Vec::new(),
                 stores: Vec::new(),
                 routes: Vec::new(),
+                services: Vec::new(),
                 error_policy: ErrorPolicy::default(),
                 copartitioned: Vec::new(),
                 globals: Vec::new(),
@@ -314,6 +316,18 @@ impl TopologyBuilder {
             .borrow_mut()
             .routes
             .push((path.trim_end_matches('/').to_string(), store.to_string()));
+        self
+    }
+
+    /// Serves the routes `routes` builds on the operations endpoint (`engine run
+    /// --http`), beside `/health`, `/metrics` and `/stores`: a service's own API, whose
+    /// handlers read the topology's stores on every instance and produce to its topics
+    /// through the [`ServiceContext`](crate::ops::ServiceContext) they are given.
+    pub fn serve_http(
+        &self,
+        routes: impl Fn(crate::ops::ServiceContext) -> axum::Router + Send + Sync + 'static,
+    ) -> &Self {
+        self.state.borrow_mut().services.push(Arc::new(routes));
         self
     }
 
@@ -571,6 +585,7 @@ pub(crate) struct TopologyInner {
     pub sources_by_topic: HashMap<String, usize>,
     pub stores: Vec<StoreDef>,
     pub routes: Vec<(String, String)>,
+    pub services: Vec<crate::ops::ServiceRoutes>,
     pub error_policy: ErrorPolicy,
     /// Joins and the source topics of their inputs, which must be co-partitioned.
     pub copartitioned: Vec<(String, Vec<String>)>,
@@ -642,6 +657,7 @@ impl Topology {
                 sources_by_topic,
                 stores: state.stores.clone(),
                 routes: state.routes.clone(),
+                services: state.services.clone(),
                 error_policy: state.error_policy.clone(),
                 globals: state.globals.clone(),
                 copartitioned: state
@@ -713,6 +729,11 @@ impl Topology {
     /// Paths under which stores are served, with their store: `(path, store)`.
     pub fn exposed_stores(&self) -> &[(String, String)] {
         &self.inner.routes
+    }
+
+    /// The builders of the topology's own HTTP routes ([`TopologyBuilder::serve_http`]).
+    pub fn services(&self) -> &[crate::ops::ServiceRoutes] {
+        &self.inner.services
     }
 
     /// Changelog topics of the stores, sorted.
