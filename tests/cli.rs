@@ -1120,12 +1120,167 @@ fn the_ticket_api_answers_as_the_service_it_replaces_from_either_of_two_instance
             json!({"detail": "Cannot generate token for ticket with status COMPLETED"})
         );
     }
+
+    // Changes go through Kafka as commands; each answer is the ticket once applied, and
+    // a read from the other instance right after sees it.
+    let patch = json!({"status": "FAILED", "error_message": "boom", "actual_duration_ms": 42,
+                       "result_data": {"ok": false, "files": ["a.txt"]}});
+    let patched = http_send(
+        b,
+        "PATCH",
+        &format!("/api/v1/tickets/{id}/status"),
+        &patch.to_string(),
+    );
+    assert_eq!(patched.0, 200, "{patched:?}");
+    let mut failed = expected.clone();
+    failed["status"] = json!("FAILED");
+    failed["error_message"] = json!("boom");
+    failed["actual_duration_ms"] = json!(42);
+    failed["metadata"]["result"] = json!("{\"files\": [\"a.txt\"], \"ok\": false}");
+    for (field, value) in failed.as_object().unwrap() {
+        assert_eq!(&json_of(&patched)[field], value, "field {field}");
+    }
+    assert_eq!(
+        json_of(&http_get(a, &format!("/api/v1/tickets/{id}"))),
+        failed
+    );
+    assert_eq!(
+        json_of(&http_get(a, &format!("/api/v1/tickets/{id}/result")))["result"],
+        json!({"ok": false, "files": ["a.txt"]})
+    );
+    let bad = http_send(
+        a,
+        "PATCH",
+        &format!("/api/v1/tickets/{id}/status"),
+        r#"{"status": "DONE"}"#,
+    );
+    assert_eq!(bad.0, 422, "{bad:?}");
+    assert_eq!(json_of(&bad)["detail"][0]["loc"], json!(["body", "status"]));
+    let missing = http_send(
+        a,
+        "PATCH",
+        "/api/v1/tickets/nope/status",
+        r#"{"status": "FAILED"}"#,
+    );
+    assert_eq!(
+        (missing.0, json_of(&missing)),
+        (404, json!({"detail": "Ticket not found"}))
+    );
+
+    let retried = http_send(a, "POST", &format!("/api/v1/tickets/{id}/retry"), "");
+    assert_eq!(retried.0, 200, "{retried:?}");
+    let retried = json_of(&retried);
+    assert_eq!(
+        (retried["status"].clone(), retried["retry_count"].clone()),
+        (json!("PENDING"), json!(1))
+    );
+    assert_eq!(
+        json_of(&http_get(b, &format!("/api/v1/tickets/{id}"))),
+        retried
+    );
+    let again = http_send(b, "POST", &format!("/api/v1/tickets/{id}/retry"), "");
+    assert_eq!(
+        (again.0, json_of(&again)),
+        (
+            400,
+            json!({"detail": "Ticket deve estar em estado FAILED para retry, atual: PENDING"})
+        )
+    );
+    let nobody = http_send(b, "POST", "/api/v1/tickets/nope/retry", "");
+    assert_eq!(
+        (nobody.0, json_of(&nobody)),
+        (404, json!({"detail": "Ticket não encontrado: nope"}))
+    );
+
+    let compensate = json!({"original_ticket_id": id, "reason": "deploy broke", "compensation_action": "rollback",
+                            "parameters": {"to": "v1", "force": true}});
+    let early = http_send(
+        a,
+        "POST",
+        "/api/v1/tickets/compensation",
+        &compensate.to_string(),
+    );
+    assert_eq!(
+        (early.0, json_of(&early)),
+        (
+            400,
+            json!({"detail": "Ticket original deve estar em estado FAILED ou RUNNING, atual: PENDING"})
+        )
+    );
+    let running = http_send(
+        a,
+        "PATCH",
+        &format!("/api/v1/tickets/{id}/status"),
+        r#"{"status": "RUNNING"}"#,
+    );
+    assert_eq!(json_of(&running)["status"], "RUNNING");
+    assert_eq!(
+        json_of(&running)["error_message"],
+        Value::Null,
+        "replaced, as the service does"
+    );
+    let compensated = http_send(
+        b,
+        "POST",
+        "/api/v1/tickets/compensation",
+        &compensate.to_string(),
+    );
+    assert_eq!(compensated.0, 200, "{compensated:?}");
+    let compensated = json_of(&compensated);
+    let compensation_id = compensated["ticket_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        compensated,
+        json!({"ticket_id": compensation_id, "original_ticket_id": id, "status": "PENDING",
+               "action": "rollback", "reason": "deploy broke"})
+    );
+    let original = json_of(&http_get(a, &format!("/api/v1/tickets/{id}")));
+    assert_eq!(original["status"], "COMPENSATING");
+    assert_eq!(original["compensation_ticket_id"], json!(compensation_id));
+    let compensation = json_of(&http_get(a, &format!("/api/v1/tickets/{compensation_id}")));
+    assert_eq!(compensation["task_type"], "COMPENSATE");
+    assert_eq!(compensation["task_id"], "compensate-0b1c2d3e");
+    assert_eq!(compensation["status"], "PENDING");
+    assert_eq!(compensation["plan_id"], "plan-a");
+    assert_eq!(compensation["sla"]["timeout_ms"], 120_000);
+    assert_eq!(
+        compensation["parameters"],
+        json!({"action": "rollback", "reason": "deploy broke", "original_ticket_id": id,
+               "original_task_type": "BUILD", "to": "v1", "force": "true"})
+    );
+    assert_eq!(
+        compensation["metadata"],
+        json!({"compensation_reason": "deploy broke", "original_task_type": "BUILD", "original_status": "RUNNING"})
+    );
+    let unknown = http_send(
+        a,
+        "POST",
+        "/api/v1/tickets/compensation",
+        r#"{"original_ticket_id": "nope", "reason": "r", "compensation_action": "a"}"#,
+    );
+    assert_eq!(
+        (unknown.0, json_of(&unknown)),
+        (
+            404,
+            json!({"detail": "Ticket original nao encontrado: nope"})
+        )
+    );
+    let incomplete = http_send(
+        a,
+        "POST",
+        "/api/v1/tickets/compensation",
+        r#"{"reason": "r"}"#,
+    );
+    assert_eq!(incomplete.0, 422);
+
     let openapi = json_of(&http_get(a, "/openapi.json"));
     for path in [
         "/api/v1/tickets/",
         "/api/v1/tickets/{ticket_id}",
         "/api/v1/tickets/{ticket_id}/result",
         "/api/v1/tickets/{ticket_id}/token",
+        "/api/v1/tickets/{ticket_id}/status",
+        "/api/v1/tickets/{ticket_id}/retry",
+        "/api/v1/tickets/compensation",
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} in {openapi}");
     }

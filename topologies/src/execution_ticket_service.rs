@@ -33,6 +33,196 @@ pub const TICKET_STORE: &str = "tickets";
 pub const PLAN_TASK_STORE: &str = "plan-tasks";
 /// Idempotency key -> first-seen time; kept a week.
 pub const IDEMPOTENCY_STORE: &str = "idempotency-keys";
+/// Changes asked through the HTTP API (`PATCH .../status`, `POST .../retry`,
+/// `POST /compensation`), keyed by ticket id, as JSON [`TicketCommand`]s: applied to the
+/// store in order with the workers' results, so every change flows through Kafka and
+/// the changelog.
+pub const COMMANDS: &str = "execution-ticket-service.commands";
+/// Ticket id -> the outcomes of the latest commands on it (the API waits for its own);
+/// kept a day.
+pub const COMMAND_OUTCOMES_STORE: &str = "command-outcomes";
+/// Outcomes kept per ticket: a redelivered command among them is not applied twice.
+const OUTCOMES_KEPT: usize = 16;
+
+/// A change to one ticket, asked through the HTTP API.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TicketCommand {
+    /// Unique per request: its outcome is found by it.
+    pub command_id: String,
+    /// The ticket changed.
+    pub ticket_id: String,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+/// What a [`TicketCommand`] does, as the service's routes do it.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandAction {
+    /// `PATCH .../status`: any status; the error message replaced (cleared when absent);
+    /// the duration and `metadata["result"]` set when given.
+    UpdateStatus {
+        /// The new status.
+        status: TicketStatus,
+        /// Replaces the ticket's.
+        error_message: Option<String>,
+        /// Set when given.
+        actual_duration_ms: Option<i64>,
+        /// `metadata["result"]` (a JSON text), set when given.
+        result: Option<String>,
+    },
+    /// `POST .../retry`: a FAILED ticket with retries left goes back to PENDING.
+    Retry,
+    /// `POST /compensation`: a FAILED or RUNNING ticket is COMPENSATING, by this ticket.
+    Compensate {
+        /// The compensation ticket's id.
+        compensation_ticket_id: String,
+    },
+}
+
+/// Why a command was not applied: the HTTP status and the service's `detail`.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400 or 404.
+    pub status: u16,
+    /// The service's reason.
+    pub detail: String,
+}
+
+/// What became of a command: the ticket after it, or why it was refused.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The command's id.
+    pub command_id: String,
+    /// The resulting ticket, or the refusal.
+    pub outcome: Result<ExecutionTicket, Refusal>,
+}
+
+/// A status as its contract symbol (`FAILED`).
+pub fn status_symbol(status: TicketStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The refusal of `action` on a ticket that is not stored, in the route's words.
+pub fn not_found(action: &CommandAction, ticket_id: &str) -> Refusal {
+    let detail = match action {
+        CommandAction::UpdateStatus { .. } => "Ticket not found".to_string(),
+        CommandAction::Retry => format!("Ticket não encontrado: {ticket_id}"),
+        CommandAction::Compensate { .. } => format!("Ticket original nao encontrado: {ticket_id}"),
+    };
+    Refusal {
+        status: 404,
+        detail,
+    }
+}
+
+/// Applies `action` to `ticket` as the service's route does, or says why not.
+pub fn apply_command(ticket: &mut ExecutionTicket, action: &CommandAction) -> Result<(), Refusal> {
+    let refuse = |detail: String| Refusal {
+        status: 400,
+        detail,
+    };
+    match action {
+        CommandAction::UpdateStatus {
+            status,
+            error_message,
+            actual_duration_ms,
+            result,
+        } => {
+            ticket.status = *status;
+            ticket.error_message.clone_from(error_message);
+            if actual_duration_ms.is_some() {
+                ticket.actual_duration_ms = *actual_duration_ms;
+            }
+            if let Some(result) = result {
+                ticket.metadata.insert("result".into(), result.clone());
+            }
+        }
+        CommandAction::Retry => {
+            if ticket.status != TicketStatus::Failed {
+                return Err(refuse(format!(
+                    "Ticket deve estar em estado FAILED para retry, atual: {}",
+                    status_symbol(ticket.status)
+                )));
+            }
+            let max = ticket.sla.max_retries;
+            if ticket.retry_count >= max {
+                return Err(refuse(format!(
+                    "Limite de retries excedido: {}/{max}",
+                    ticket.retry_count
+                )));
+            }
+            ticket.retry_count += 1;
+            ticket.status = TicketStatus::Pending;
+        }
+        CommandAction::Compensate {
+            compensation_ticket_id,
+        } => {
+            if !matches!(ticket.status, TicketStatus::Failed | TicketStatus::Running) {
+                return Err(refuse(format!(
+                    "Ticket original deve estar em estado FAILED ou RUNNING, atual: {}",
+                    status_symbol(ticket.status)
+                )));
+            }
+            ticket.compensation_ticket_id = Some(compensation_ticket_id.clone());
+            ticket.status = TicketStatus::Compensating;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the API's commands to the stored tickets (runs partitioned by ticket id) and
+/// records each outcome for the API to answer with.
+struct ApplyCommand;
+
+impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand {
+    fn process(
+        &mut self,
+        record: Record<String, TicketCommand>,
+        ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
+    ) -> Result<(), ProcessingError> {
+        let command = record.value;
+        let id = command.ticket_id.clone();
+        let mut outcomes = ctx
+            .kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
+            .and_then(|o| o.get(&id))
+            .map_err(store_error)?
+            .unwrap_or_default();
+        if outcomes.iter().any(|o| o.command_id == command.command_id) {
+            // Delivered again (at-least-once): applied already.
+            ctx.count_skipped();
+            return Ok(());
+        }
+        let outcome = {
+            let mut tickets = ctx
+                .kv_store::<String, ExecutionTicket>(TICKET_STORE)
+                .map_err(store_error)?;
+            match tickets.get(&id).map_err(store_error)? {
+                None => Err(not_found(&command.action, &id)),
+                Some(mut ticket) => match apply_command(&mut ticket, &command.action) {
+                    Ok(()) => {
+                        tickets.put(&id, &ticket).map_err(store_error)?;
+                        Ok(ticket)
+                    }
+                    Err(refusal) => Err(refusal),
+                },
+            }
+        };
+        outcomes.push(CommandOutcome {
+            command_id: command.command_id,
+            outcome,
+        });
+        if outcomes.len() > OUTCOMES_KEPT {
+            outcomes.remove(0);
+        }
+        ctx.kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
+            .and_then(|mut o| o.put(&id, &outcomes))
+            .map_err(store_error)
+    }
+}
 /// Where the ticket API is served by `engine run --http`.
 pub use crate::ticket_api::API_PATH;
 
@@ -40,7 +230,8 @@ pub use crate::ticket_api::API_PATH;
 #[derive(serde::Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ServiceOptions {
-    /// Secret of the tokens of `GET /api/v1/tickets/{id}/token` (HS256).
+    /// Secret of the tokens of `GET /api/v1/tickets/{id}/token` (HS256); else the
+    /// `JWT_SECRET_KEY` environment variable, as the service reads it.
     jwt_secret_key: Option<String>,
     #[serde(default = "hs256")]
     jwt_algorithm: String,
@@ -95,8 +286,15 @@ fn api_options(ctx: &BuildContext) -> Result<crate::ticket_api::ApiOptions, Topo
             "jwt_secret_key is empty; set a secret, or remove it to leave tokens unserved",
         ));
     }
+    // As the service reads it (its settings come from the environment): a deployment
+    // passes the secret from a Secret rather than a configuration file.
+    let jwt_secret_key = o.jwt_secret_key.or_else(|| {
+        std::env::var("JWT_SECRET_KEY")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
     Ok(crate::ticket_api::ApiOptions {
-        jwt_secret_key: o.jwt_secret_key,
+        jwt_secret_key,
         token_lifetime: Duration::from_secs(o.jwt_token_expiration_seconds),
         write_timeout: Duration::from_millis(o.api_write_timeout_ms),
     })
@@ -445,6 +643,28 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
             &[TICKET_STORE, PENDING_RESULTS_STORE],
             move || ApplyResult { orphan_timeout },
         );
+    b.add_store(
+        StoreBuilder::persistent(
+            COMMAND_OUTCOMES_STORE,
+            Serdes::string(),
+            Serdes::json::<Vec<CommandOutcome>>(),
+        )
+        .with_ttl(Duration::from_secs(24 * 3600)),
+    );
+    b.stream(
+        "commands",
+        [COMMANDS],
+        Consumed::with(Serdes::string(), Serdes::json::<TicketCommand>()),
+    )
+    .repartition(
+        "commands-by-id",
+        Grouped::with(Serdes::string(), Serdes::json::<TicketCommand>()),
+    )
+    .process_with_stores(
+        "apply-command",
+        &[TICKET_STORE, COMMAND_OUTCOMES_STORE],
+        || ApplyCommand,
+    );
     let awaiting: KStream<String, ExecutionResult> = stored.merge("orphan-results", &orphans);
     awaiting.to(
         "orphans-out",

@@ -47,7 +47,7 @@ pub fn catalog() -> Catalog {
         )
         .with(
             execution_ticket_service::NAME,
-            "execution.tickets + execution.results -> ticket store (idempotent, valid transitions); the service's HTTP API at /api/v1/tickets",
+            "execution.tickets + execution.results + the API's commands -> ticket store (idempotent, valid transitions); the service's HTTP API at /api/v1/tickets",
             execution_ticket_service::build,
         )
         .with(

@@ -24,14 +24,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use engine::ops::{ServiceContext, ServiceError};
 use engine::serde::{AvroSerde, Serde, SerdeRole};
 use serde_json::{Map, Value, json};
 
-use crate::execution_ticket_service::{TICKET_STORE, TICKETS};
-use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket};
+use crate::execution_ticket_service::{
+    COMMAND_OUTCOMES_STORE, COMMANDS, CommandAction, CommandOutcome, DEAD_LETTER, TICKET_STORE,
+    TICKETS, TicketCommand, apply_command, status_symbol,
+};
+use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus};
 
 /// Where the routes live.
 pub const API_PATH: &str = "/api/v1/tickets";
@@ -84,6 +87,12 @@ pub fn routes(
         .route(&format!("{API_PATH}/{{ticket_id}}"), get(get_ticket))
         .route(&format!("{API_PATH}/{{ticket_id}}/result"), get(result))
         .route(&format!("{API_PATH}/{{ticket_id}}/token"), get(token))
+        .route(
+            &format!("{API_PATH}/{{ticket_id}}/status"),
+            patch(update_status),
+        )
+        .route(&format!("{API_PATH}/{{ticket_id}}/retry"), post(retry))
+        .route(&format!("{API_PATH}/compensation"), post(compensation))
         .route("/openapi.json", get(openapi))
         .with_state(api)
 }
@@ -514,11 +523,43 @@ pub fn ticket_from_request(body: &[u8], now_ms: i64) -> Result<ExecutionTicket, 
 }
 
 async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
-    let now_ms = i64::try_from(now().as_millis()).unwrap_or(i64::MAX);
-    let ticket = match ticket_from_request(&body, now_ms) {
+    let ticket = match ticket_from_request(&body, now_ms()) {
         Ok(ticket) => ticket,
         Err(refused) => return detail(StatusCode::UNPROCESSABLE_ENTITY, refused),
     };
+    match publish(&api, &ticket).await {
+        Ok(stored) => (StatusCode::CREATED, Json(ticket_body(stored))).into_response(),
+        Err(e) => e.answer("Failed to create ticket"),
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(now().as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Why a write did not come through.
+enum WriteError {
+    /// Not sent (the registry, the serde, the broker): the route's 500.
+    NotSent(String),
+    /// Sent, but not applied in time, or the store not readable: answered as it is.
+    Answered(Response),
+}
+
+impl WriteError {
+    /// The answer: a 500 with `context` for what was not sent.
+    fn answer(self, context: &str) -> Response {
+        match self {
+            WriteError::NotSent(e) => {
+                detail(StatusCode::INTERNAL_SERVER_ERROR, format!("{context}: {e}"))
+            }
+            WriteError::Answered(response) => response,
+        }
+    }
+}
+
+/// Produces `ticket` to `execution.tickets` (keyed by its id) and waits until the
+/// topology stored it, so that a read right after sees it: the stored ticket.
+async fn publish(api: &Api, ticket: &ExecutionTicket) -> Result<Value, WriteError> {
     let serde = api.tickets.clone();
     let prepared = api
         .prepared
@@ -533,46 +574,429 @@ async fn create(State(api): State<Arc<Api>>, body: Bytes) -> Response {
         })
         .await;
     if let Err(e) = prepared {
-        return detail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Failed to create ticket: {e}"),
-        );
+        return Err(WriteError::NotSent(e.clone()));
     }
     let mut bytes = Vec::new();
-    if let Err(e) = api.tickets.serialize(TICKETS, &ticket, &mut bytes) {
-        return detail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Failed to create ticket: {e}"),
-        );
-    }
-    let id = ticket.ticket_id.clone();
-    if let Err(e) = api.ctx.send(TICKETS, Some(id.as_bytes()), &bytes).await {
-        return detail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Failed to create ticket: {e}"),
-        );
-    }
-    // The broker has it; answer once the topology stored it, so that a read right
-    // after this answer sees the ticket.
+    api.tickets
+        .serialize(TICKETS, ticket, &mut bytes)
+        .map_err(|e| WriteError::NotSent(e.to_string()))?;
+    let id = &ticket.ticket_id;
+    api.ctx
+        .send(TICKETS, Some(id.as_bytes()), &bytes)
+        .await
+        .map_err(|e| WriteError::NotSent(e.to_string()))?;
+    let not_stored = || {
+        format!(
+            "Ticket {id} was written to {TICKETS} but not stored within {} ms: it may have been refused (a duplicate, or a second ticket for its plan's task; see {DEAD_LETTER})",
+            api.options.write_timeout.as_millis()
+        )
+    };
+    wait_for(api, TICKET_STORE, id, not_stored, |stored| {
+        Some(stored.clone())
+    })
+    .await
+}
+
+/// Reads `key` of `store` until `found` finds what it waits for in the value, within the
+/// write timeout; else a 504 saying `late`.
+async fn wait_for<T>(
+    api: &Api,
+    store: &str,
+    key: &str,
+    late: impl Fn() -> String,
+    found: impl Fn(&Value) -> Option<T>,
+) -> Result<T, WriteError> {
     let deadline = tokio::time::Instant::now() + api.options.write_timeout;
     loop {
-        match api.ctx.get(TICKET_STORE, &id).await {
-            Ok(Some(stored)) => {
-                return (StatusCode::CREATED, Json(ticket_body(stored))).into_response();
+        match api.ctx.get(store, key).await {
+            Ok(Some(value)) => {
+                if let Some(done) = found(&value) {
+                    return Ok(done);
+                }
             }
             Ok(None) | Err(ServiceError::Unavailable(_)) => {}
-            Err(e) => return failed(&e),
+            Err(e) => return Err(WriteError::Answered(failed(&e))),
         }
         if tokio::time::Instant::now() >= deadline {
-            return detail(
+            return Err(WriteError::Answered(detail(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "Ticket {id} was written to {TICKETS} but not stored within {} ms: it may have been refused (a duplicate, or a second ticket for its plan's task; see execution-ticket-service.dlq)",
-                    api.options.write_timeout.as_millis()
-                ),
-            );
+                late(),
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Produces `action` on `ticket_id` to the commands topic and waits for the topology to
+/// apply it: the resulting ticket, or the service's refusal.
+async fn command(
+    api: &Api,
+    ticket_id: &str,
+    action: CommandAction,
+) -> Result<ExecutionTicket, WriteError> {
+    let command = TicketCommand {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        ticket_id: ticket_id.to_string(),
+        action,
+    };
+    let bytes = serde_json::to_vec(&command).map_err(|e| WriteError::NotSent(e.to_string()))?;
+    api.ctx
+        .send(COMMANDS, Some(ticket_id.as_bytes()), &bytes)
+        .await
+        .map_err(|e| WriteError::NotSent(e.to_string()))?;
+    let late = || {
+        format!(
+            "The change to ticket {ticket_id} was written to {COMMANDS} but not applied within {} ms",
+            api.options.write_timeout.as_millis()
+        )
+    };
+    let outcome = wait_for(api, COMMAND_OUTCOMES_STORE, ticket_id, late, |outcomes| {
+        serde_json::from_value::<Vec<CommandOutcome>>(outcomes.clone())
+            .ok()?
+            .into_iter()
+            .find(|o| o.command_id == command.command_id)
+    })
+    .await?;
+    outcome.outcome.map_err(|refusal| {
+        WriteError::Answered(detail(
+            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST),
+            refusal.detail,
+        ))
+    })
+}
+
+/// One entry of FastAPI's 422 body for the request body.
+fn body_error(kind: &str, field: Option<&str>, message: &str, input: &Value) -> Value {
+    let loc = match field {
+        Some(field) => json!(["body", field]),
+        None => json!(["body"]),
+    };
+    json!({"type": kind, "loc": loc, "msg": message, "input": input})
+}
+
+/// The JSON object of a request body, or the `detail` of FastAPI's 422.
+fn body_object(body: &[u8]) -> Result<Map<String, Value>, Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(other) => Err(json!([body_error(
+            "model_attributes_type",
+            None,
+            "Input should be a valid dictionary or object to extract fields from",
+            &other
+        )])),
+        Err(e) => Err(
+            json!([{"type": "json_invalid", "loc": ["body", e.column()], "msg": "JSON decode error", "input": {}, "ctx": {"error": e.to_string()}}]),
+        ),
+    }
+}
+
+/// A string field of a request body: required, or optional (`null` allowed).
+fn string_field(
+    fields: &Map<String, Value>,
+    name: &str,
+    required: bool,
+    errors: &mut Vec<Value>,
+) -> Option<String> {
+    match fields.get(name) {
+        None if required => {
+            errors.push(body_error(
+                "missing",
+                Some(name),
+                "Field required",
+                &Value::Object(fields.clone()),
+            ));
+            None
+        }
+        None => None,
+        Some(Value::Null) if !required => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(body_error(
+                "string_type",
+                Some(name),
+                "Input should be a valid string",
+                other,
+            ));
+            None
+        }
+    }
+}
+
+async fn update_status(
+    State(api): State<Arc<Api>>,
+    Path(ticket_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let fields = match body_object(&body) {
+        Ok(fields) => fields,
+        Err(refused) => return detail(StatusCode::UNPROCESSABLE_ENTITY, refused),
+    };
+    let mut errors = Vec::new();
+    let status = match fields.get("status") {
+        None => {
+            errors.push(body_error(
+                "missing",
+                Some("status"),
+                "Field required",
+                &Value::Object(fields.clone()),
+            ));
+            None
+        }
+        Some(value) => match serde_json::from_value::<TicketStatus>(value.clone()) {
+            Ok(status) => Some(status),
+            Err(_) => {
+                let expected =
+                    "'PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'COMPENSATING' or 'COMPENSATED'";
+                let mut error = body_error(
+                    "enum",
+                    Some("status"),
+                    &format!("Input should be {expected}"),
+                    value,
+                );
+                error["ctx"] = json!({"expected": expected});
+                errors.push(error);
+                None
+            }
+        },
+    };
+    let error_message = string_field(&fields, "error_message", false, &mut errors);
+    let actual_duration_ms = match fields.get("actual_duration_ms") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_i64() {
+            Some(n) => Some(n),
+            None => {
+                errors.push(body_error(
+                    "int_type",
+                    Some("actual_duration_ms"),
+                    "Input should be a valid integer",
+                    value,
+                ));
+                None
+            }
+        },
+    };
+    let result = match fields.get("result_data") {
+        None | Some(Value::Null) => None,
+        Some(value @ Value::Object(_)) => Some(python_json_dumps(value)),
+        Some(value) => {
+            errors.push(body_error(
+                "dict_type",
+                Some("result_data"),
+                "Input should be a valid dictionary",
+                value,
+            ));
+            None
+        }
+    };
+    let Some(status) = status.filter(|_| errors.is_empty()) else {
+        return detail(StatusCode::UNPROCESSABLE_ENTITY, errors);
+    };
+    match api.ctx.get(TICKET_STORE, &ticket_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return not_found(),
+        Err(e) => return failed(&e),
+    }
+    let action = CommandAction::UpdateStatus {
+        status,
+        error_message,
+        actual_duration_ms,
+        result,
+    };
+    match command(&api, &ticket_id, action).await {
+        Ok(ticket) => Json(ticket_json(&ticket)).into_response(),
+        Err(e) => e.answer("Failed to update ticket"),
+    }
+}
+
+/// A ticket as the routes answer with it.
+fn ticket_json(ticket: &ExecutionTicket) -> Value {
+    ticket_body(serde_json::to_value(ticket).unwrap_or(Value::Null))
+}
+
+/// A stored ticket, or the answer the route gives when it is not there.
+async fn stored_ticket(
+    api: &Api,
+    ticket_id: &str,
+    missing: String,
+) -> Result<ExecutionTicket, Response> {
+    match api.ctx.get(TICKET_STORE, ticket_id).await {
+        Ok(Some(value)) => serde_json::from_value(value)
+            .map_err(|e| detail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(None) => Err(detail(StatusCode::NOT_FOUND, missing)),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
+async fn retry(State(api): State<Arc<Api>>, Path(ticket_id): Path<String>) -> Response {
+    // Checked here to answer at once, and again where the command is applied.
+    let mut ticket = match stored_ticket(
+        &api,
+        &ticket_id,
+        format!("Ticket não encontrado: {ticket_id}"),
+    )
+    .await
+    {
+        Ok(ticket) => ticket,
+        Err(answer) => return answer,
+    };
+    if let Err(refusal) = apply_command(&mut ticket, &CommandAction::Retry) {
+        return detail(StatusCode::BAD_REQUEST, refusal.detail);
+    }
+    match command(&api, &ticket_id, CommandAction::Retry).await {
+        Ok(ticket) => Json(ticket_json(&ticket)).into_response(),
+        Err(e) => e.answer("Falha ao agendar retry do ticket"),
+    }
+}
+
+async fn compensation(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let fields = match body_object(&body) {
+        Ok(fields) => fields,
+        Err(refused) => return detail(StatusCode::UNPROCESSABLE_ENTITY, refused),
+    };
+    let mut errors = Vec::new();
+    let original_id = string_field(&fields, "original_ticket_id", true, &mut errors);
+    let reason = string_field(&fields, "reason", true, &mut errors);
+    let action = string_field(&fields, "compensation_action", true, &mut errors);
+    let parameters = match fields.get("parameters") {
+        None => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(other) => {
+            errors.push(body_error(
+                "dict_type",
+                Some("parameters"),
+                "Input should be a valid dictionary",
+                other,
+            ));
+            Map::new()
+        }
+    };
+    let (Some(original_id), Some(reason), Some(action), true) =
+        (original_id, reason, action, errors.is_empty())
+    else {
+        return detail(StatusCode::UNPROCESSABLE_ENTITY, errors);
+    };
+    let compensation_ticket_id = uuid::Uuid::new_v4().to_string();
+    let mut original = match stored_ticket(
+        &api,
+        &original_id,
+        format!("Ticket original nao encontrado: {original_id}"),
+    )
+    .await
+    {
+        Ok(ticket) => ticket,
+        Err(answer) => return answer,
+    };
+    let original_status = status_symbol(original.status);
+    let compensate = CommandAction::Compensate {
+        compensation_ticket_id: compensation_ticket_id.clone(),
+    };
+    if let Err(refusal) = apply_command(&mut original, &compensate) {
+        return detail(StatusCode::BAD_REQUEST, refusal.detail);
+    }
+    // The original first: a compensation ticket exists only for a ticket that moved to
+    // COMPENSATING.
+    let original = match command(&api, &original_id, compensate).await {
+        Ok(ticket) => ticket,
+        Err(e) => return e.answer("Falha ao criar ticket de compensacao"),
+    };
+    let ticket = compensation_ticket(
+        &original,
+        &original_status,
+        &compensation_ticket_id,
+        &action,
+        &reason,
+        &parameters,
+        now_ms(),
+    );
+    if let Err(e) = publish(&api, &ticket).await {
+        return e.answer("Falha ao criar ticket de compensacao");
+    }
+    Json(json!({
+        "ticket_id": compensation_ticket_id,
+        "original_ticket_id": original_id,
+        "status": "PENDING",
+        "action": action,
+        "reason": reason,
+    }))
+    .into_response()
+}
+
+/// The ticket that undoes `original`, as the service builds it: task
+/// `compensate-<first 8 characters of the original id>`, two minutes, the action, the
+/// reason and the caller's parameters among its parameters. What the service leaves out
+/// and the contract requires comes from the original (decision, QoS, security level,
+/// retries); the description names the action.
+pub fn compensation_ticket(
+    original: &ExecutionTicket,
+    original_status: &str,
+    ticket_id: &str,
+    action: &str,
+    reason: &str,
+    parameters: &Map<String, Value>,
+    now_ms: i64,
+) -> ExecutionTicket {
+    let task_type = serde_json::to_value(original.task_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut params: std::collections::HashMap<String, String> = [
+        ("action", action),
+        ("reason", reason),
+        ("original_ticket_id", original.ticket_id.as_str()),
+        ("original_task_type", task_type.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in parameters {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => python_json_dumps(other),
+        };
+        params.insert(k.clone(), text);
+    }
+    let prefix: String = original.ticket_id.chars().take(8).collect();
+    ExecutionTicket {
+        ticket_id: ticket_id.to_string(),
+        plan_id: original.plan_id.clone(),
+        intent_id: original.intent_id.clone(),
+        decision_id: original.decision_id.clone(),
+        correlation_id: original.correlation_id.clone(),
+        trace_id: original.trace_id.clone(),
+        span_id: None,
+        task_id: format!("compensate-{prefix}"),
+        task_type: crate::tickets::TaskType::Compensate,
+        description: format!("Compensate ticket {}: {action}", original.ticket_id),
+        dependencies: Vec::new(),
+        status: TicketStatus::Pending,
+        priority: original.priority,
+        risk_band: original.risk_band,
+        sla: crate::tickets::Sla {
+            deadline: now_ms + 120_000,
+            timeout_ms: 120_000,
+            max_retries: original.sla.max_retries,
+        },
+        qos: original.qos.clone(),
+        parameters: params,
+        required_capabilities: original.required_capabilities.clone(),
+        security_level: original.security_level,
+        created_at: now_ms,
+        started_at: None,
+        completed_at: None,
+        estimated_duration_ms: None,
+        actual_duration_ms: None,
+        retry_count: 0,
+        error_message: None,
+        compensation_ticket_id: None,
+        metadata: [
+            ("compensation_reason", reason),
+            ("original_task_type", task_type.as_str()),
+            ("original_status", original_status),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        schema_version: 1,
     }
 }
 
@@ -696,6 +1120,52 @@ pub fn openapi_document() -> Value {
                     }
                 }
             },
+            format!("{API_PATH}/{{ticket_id}}/status"): {
+                "patch": {
+                    "summary": "Atualiza status do ticket.",
+                    "operationId": "update_ticket_status",
+                    "parameters": [id_parameter()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StatusUpdateRequest"}}}},
+                    "responses": {
+                        "200": answer("The ticket once the change is applied", ticket_ref()),
+                        "404": answer("Ticket not found", error()),
+                        "422": answer("A field of the body", error()),
+                        "504": answer("Written to Kafka but not applied in time", error()),
+                    }
+                }
+            },
+            format!("{API_PATH}/{{ticket_id}}/retry"): {
+                "post": {
+                    "summary": "Retry manual de ticket falhado.",
+                    "operationId": "retry_ticket",
+                    "parameters": [id_parameter()],
+                    "responses": {
+                        "200": answer("PENDING again, retry_count + 1", ticket_ref()),
+                        "400": answer("Not FAILED, or sla.max_retries used", error()),
+                        "404": answer("Ticket não encontrado", error()),
+                        "504": answer("Written to Kafka but not applied in time", error()),
+                    }
+                }
+            },
+            format!("{API_PATH}/compensation"): {
+                "post": {
+                    "summary": "Cria ticket de compensacao para reverter operacao falhada.",
+                    "operationId": "create_compensation_ticket",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompensationTicketRequest"}}}},
+                    "responses": {
+                        "200": answer("The compensation ticket, stored; the original COMPENSATING", json!({"type": "object", "properties": {
+                            "ticket_id": {"type": "string"},
+                            "original_ticket_id": {"type": "string"},
+                            "status": {"type": "string"},
+                            "action": {"type": "string"},
+                            "reason": {"type": "string"},
+                        }})),
+                        "400": answer("The original is neither FAILED nor RUNNING", error()),
+                        "404": answer("Ticket original nao encontrado", error()),
+                        "422": answer("A field of the body", error()),
+                    }
+                }
+            },
             format!("{API_PATH}/{{ticket_id}}/token"): {
                 "get": {
                     "summary": "Gera token JWT escopado para o ticket.",
@@ -718,6 +1188,19 @@ pub fn openapi_document() -> Value {
             }
         },
         "components": {"schemas": {
+            "StatusUpdateRequest": {"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": STATUSES},
+                "error_message": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "actual_duration_ms": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                "result_data": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+            }},
+            "CompensationTicketRequest": {"type": "object",
+                "required": ["original_ticket_id", "reason", "compensation_action"], "properties": {
+                "original_ticket_id": {"type": "string"},
+                "reason": {"type": "string"},
+                "compensation_action": {"type": "string"},
+                "parameters": {"type": "object", "default": {}},
+            }},
             "ExecutionTicket": ticket,
             "HTTPError": {"type": "object", "properties": {"detail": {}}},
         }}

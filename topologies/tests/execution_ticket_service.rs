@@ -279,3 +279,151 @@ fn legacy_json_tickets_are_read_and_garbage_is_dead_lettered_not_lost() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "value");
 }
+
+/// The HTTP API's changes, as commands on `execution-ticket-service.commands`: applied
+/// in order with the results, each outcome recorded once (a redelivered command is not
+/// applied again), refusals in the service's words.
+#[test]
+fn commands_change_tickets_as_the_services_routes_did_and_record_their_outcomes() {
+    use service::{
+        COMMAND_OUTCOMES_STORE, COMMANDS, CommandAction, CommandOutcome, Refusal, TicketCommand,
+    };
+    let s = service();
+    let commands =
+        s.driver
+            .input_topic(COMMANDS, Serdes::string(), Serdes::json::<TicketCommand>());
+    let send = |n: u32, ticket: &str, action: CommandAction| {
+        let command = TicketCommand {
+            command_id: format!("c{n}"),
+            ticket_id: ticket.into(),
+            action,
+        };
+        commands.pipe(ticket.into(), command).unwrap();
+    };
+    let outcome = |ticket: &str, n: u32| -> Result<ExecutionTicket, Refusal> {
+        s.driver
+            .store_get::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE, &ticket.into())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|o| o.command_id == format!("c{n}"))
+            .unwrap_or_else(|| panic!("no outcome of c{n}"))
+            .outcome
+    };
+    let refusal = |status: u16, detail: &str| {
+        Err(Refusal {
+            status,
+            detail: detail.into(),
+        })
+    };
+    s.tickets
+        .pipe(None, sample_ticket(1, TicketStatus::Pending))
+        .unwrap();
+    // A retry of a ticket that has not failed, and of one nobody stored.
+    send(1, "ticket-1", CommandAction::Retry);
+    assert_eq!(
+        outcome("ticket-1", 1),
+        refusal(
+            400,
+            "Ticket deve estar em estado FAILED para retry, atual: PENDING"
+        )
+    );
+    send(2, "ghost", CommandAction::Retry);
+    assert_eq!(
+        outcome("ghost", 2),
+        refusal(404, "Ticket não encontrado: ghost")
+    );
+    // PATCH: any status, the message replaced, the result kept in metadata.
+    send(
+        3,
+        "ticket-1",
+        CommandAction::UpdateStatus {
+            status: TicketStatus::Failed,
+            error_message: Some("disk full".into()),
+            actual_duration_ms: Some(70),
+            result: Some("{\"a\": 1}".into()),
+        },
+    );
+    let failed = outcome("ticket-1", 3).unwrap();
+    assert_eq!(
+        failed,
+        s.ticket("ticket-1").unwrap(),
+        "the store holds the outcome"
+    );
+    assert_eq!(failed.status, TicketStatus::Failed);
+    assert_eq!(failed.error_message.as_deref(), Some("disk full"));
+    assert_eq!(failed.actual_duration_ms, Some(70));
+    assert_eq!(failed.metadata["result"], "{\"a\": 1}");
+    // Retries: back to PENDING until sla.max_retries (2 in the sample) are used.
+    send(4, "ticket-1", CommandAction::Retry);
+    let retried = outcome("ticket-1", 4).unwrap();
+    assert_eq!(
+        (retried.status, retried.retry_count),
+        (TicketStatus::Pending, 1)
+    );
+    // The same command delivered again is not applied twice.
+    send(4, "ticket-1", CommandAction::Retry);
+    assert_eq!(s.ticket("ticket-1").unwrap().retry_count, 1);
+    for n in [5, 7] {
+        s.results
+            .pipe(
+                Some("ticket-1".into()),
+                result("ticket-1", ExecutionStatus::Failed, i64::from(n)),
+            )
+            .unwrap();
+        send(n + 1, "ticket-1", CommandAction::Retry);
+    }
+    assert_eq!(outcome("ticket-1", 6).unwrap().retry_count, 2);
+    assert_eq!(
+        outcome("ticket-1", 8),
+        refusal(400, "Limite de retries excedido: 2/2")
+    );
+    // Compensation: from FAILED (or RUNNING) only.
+    send(
+        9,
+        "ticket-1",
+        CommandAction::Compensate {
+            compensation_ticket_id: "comp-1".into(),
+        },
+    );
+    let compensating = outcome("ticket-1", 9).unwrap();
+    assert_eq!(compensating.status, TicketStatus::Compensating);
+    assert_eq!(
+        compensating.compensation_ticket_id.as_deref(),
+        Some("comp-1")
+    );
+    send(
+        10,
+        "ticket-1",
+        CommandAction::Compensate {
+            compensation_ticket_id: "comp-2".into(),
+        },
+    );
+    assert_eq!(
+        outcome("ticket-1", 10),
+        refusal(
+            400,
+            "Ticket original deve estar em estado FAILED ou RUNNING, atual: COMPENSATING"
+        )
+    );
+    assert!(s.dead_letters().is_empty());
+}
+
+#[test]
+fn wrong_api_options_are_refused_with_the_fix() {
+    let refusal = |options: &str| {
+        let ctx = BuildContext {
+            avro: AvroContext {
+                registry: Some(SchemaRegistry::memory(Arc::new(MemoryRegistry::new()))),
+                ..Default::default()
+            },
+            options: options.parse().unwrap(),
+        };
+        service::build(&ctx).unwrap_err().to_string()
+    };
+    let e = refusal("jwt_algorithm = \"RS256\"");
+    assert!(e.contains("set it to \"HS256\""), "{e}");
+    let e = refusal("jwt_secret = \"x\"");
+    assert!(e.contains("known options: jwt_secret_key"), "{e}");
+    let e = refusal("jwt_token_expiration_seconds = 0");
+    assert!(e.contains("at least 1"), "{e}");
+}
