@@ -242,8 +242,6 @@ pub(crate) fn forward_stats(client: &str, stats: &Statistics) {
     );
 }
 
-/// The partition Kafka's default partitioner (Java's, and librdkafka's `murmur2` and
-/// `murmur2_random`) picks for a non-empty `key` among `partitions`.
 /// Waits until every record a producer holds is delivered or has failed (its delivery
 /// callback run), for at most `timeout`; `flush` is the producer's
 /// [`Producer::flush`](rdkafka::producer::Producer::flush).
@@ -269,6 +267,8 @@ pub(crate) fn flush_promptly(
     }
 }
 
+/// The partition Kafka's default partitioner (Java's, and librdkafka's `murmur2` and
+/// `murmur2_random`) picks for a non-empty `key` among `partitions`.
 pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
     // Java's `Utils.toPositive` masks the sign bit rather than taking an absolute value.
     ((murmur2(key) & 0x7fff_ffff) as i32) % partitions.max(1)
