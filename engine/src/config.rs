@@ -128,6 +128,35 @@ pub struct RuntimeSection {
     pub repartition_purge_interval_ms: Option<u64>,
     /// `at_least_once` (default) or `exactly_once_v2`; also `--processing-guarantee`.
     pub processing_guarantee: Option<ProcessingGuarantee>,
+    /// `latency` (default) or `throughput`: what the client defaults favour.
+    pub optimize_for: Option<OptimizeFor>,
+}
+
+/// What the engine's client defaults favour: one named setting for the trade-off
+/// between how soon an output leaves and how many records a request carries.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizeFor {
+    /// Outputs wait at most 5 ms to share a request (`linger.ms` 5, the Java
+    /// producer's default since Kafka 4.0). Chosen from the benchmark's latency runs
+    /// (`ticket-pipeline`, at-least-once, 10,000 records/s, two runs each): p50 5 ms and
+    /// p99 12 to 22 ms, where `linger.ms` 0 gave p50 3.4 ms but p99 33 to 67 ms (more,
+    /// smaller requests load the broker) and 100 gave p50 54 ms.
+    #[default]
+    Latency,
+    /// Outputs wait up to 100 ms to fill larger requests (`linger.ms` 100, Kafka
+    /// Streams' producer default): fewer, larger requests for a busy broker.
+    Throughput,
+}
+
+impl OptimizeFor {
+    /// The producer's `linger.ms` under this setting.
+    pub fn linger_ms(self) -> &'static str {
+        match self {
+            OptimizeFor::Latency => "5",
+            OptimizeFor::Throughput => "100",
+        }
+    }
 }
 
 /// What a topology guarantees about its outputs, as Kafka Streams'
@@ -245,6 +274,8 @@ pub struct EngineConfig {
     pub repartition_purge_interval: Duration,
     /// At-least-once or exactly-once.
     pub processing_guarantee: ProcessingGuarantee,
+    /// What the client defaults favour.
+    pub optimize_for: OptimizeFor,
 }
 
 impl EngineConfig {
@@ -283,6 +314,11 @@ impl EngineConfig {
                 )),
             }
         }
+        let optimize_for = file.runtime.optimize_for.unwrap_or_default();
+        // A linger.ms the user set wins over the named setting.
+        if !properties.contains_key("linger.ms") && !properties.contains_key("producer.linger.ms") {
+            properties.insert("producer.linger.ms".into(), optimize_for.linger_ms().into());
+        }
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         let guarantee = overrides
             .processing_guarantee
@@ -290,6 +326,7 @@ impl EngineConfig {
             .unwrap_or_default();
         let config = EngineConfig {
             processing_guarantee: guarantee,
+            optimize_for,
             bootstrap_servers: non_empty(overrides.bootstrap_servers.clone())
                 .or(non_empty(file.kafka.bootstrap_servers)),
             schema_registry_url: non_empty(overrides.schema_registry_url.clone())
@@ -490,6 +527,40 @@ mod tests {
         assert_eq!(
             c.commit_interval,
             Duration::from_millis(defaults::COMMIT_INTERVAL_MS)
+        );
+    }
+
+    #[test]
+    fn optimize_for_names_the_linger_and_a_linger_set_by_hand_wins() {
+        let linger = |file: &str, kafka: &[&str]| {
+            let file: FileConfig = toml::from_str(file).unwrap();
+            let overrides = Overrides {
+                kafka: kafka.iter().map(|k| k.to_string()).collect(),
+                ..Default::default()
+            };
+            let c = EngineConfig::resolve(file, &overrides).unwrap();
+            let client = ClientSettings {
+                bootstrap_servers: "b:9092".into(),
+                properties: c.kafka_properties,
+            };
+            client
+                .client_config(crate::kafka::ClientRole::Producer)
+                .get("linger.ms")
+                .map(str::to_string)
+        };
+        assert_eq!(linger("", &[]).as_deref(), Some("5"), "latency by default");
+        let throughput = "[runtime]\noptimize_for = \"throughput\"";
+        assert_eq!(linger(throughput, &[]).as_deref(), Some("100"));
+        assert_eq!(linger(throughput, &["linger.ms=7"]).as_deref(), Some("7"));
+        assert_eq!(
+            linger(throughput, &["producer.linger.ms=8"]).as_deref(),
+            Some("8")
+        );
+        let err = toml::from_str::<FileConfig>("[runtime]\noptimize_for = \"speed\"").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `speed`, expected `latency` or `throughput`"),
+            "{err}"
         );
     }
 

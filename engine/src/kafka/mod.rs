@@ -172,6 +172,7 @@ impl ClientSettings {
                     .set("acks", "all")
                     .set("enable.idempotence", "true")
                     .set("partitioner", "murmur2_random")
+                    // `[runtime] optimize_for` (latency, the default): see OptimizeFor.
                     .set("linger.ms", "5");
             }
             ClientRole::Admin => {}
