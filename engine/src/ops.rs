@@ -23,7 +23,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use rdkafka::producer::FutureProducer;
 
@@ -494,30 +494,59 @@ fn elsewhere(
     }
 }
 
-fn lookup(ops: &OpsState, store: String, key: String, uri: &axum::http::Uri) -> Response {
-    let partitions = local_partitions(ops, &store);
-    if partitions.is_empty() {
-        return elsewhere(ops, &store, &key, uri, &[]);
-    }
+/// `key` in the partitions of `store` this instance holds: the partition and entry, or
+/// (not found) the partitions searched. A restoring partition makes it unavailable.
+fn local_get(
+    ops: &OpsState,
+    store: &str,
+    key: &str,
+) -> Result<Result<(i32, crate::state::JsonEntry), Vec<i32>>, ServiceError> {
+    let partitions = local_partitions(ops, store);
     let now = now_ms();
     for (partition, s) in &partitions {
         if s.restoring {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store `{store}` partition {partition} is restoring; retry shortly"),
-            );
+            return Err(restoring(store, *partition));
         }
-        match s.query.get(&*s.store, &key, now) {
-            Ok(Some((k, v))) => {
-                return Json(json!({"store": store, "partition": partition, "key": k, "value": v}))
-                    .into_response();
-            }
+        match s.query.get(&*s.store, key, now) {
+            Ok(Some(entry)) => return Ok(Ok((*partition, entry))),
             Ok(None) => {}
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return Err(ServiceError::BadRequest(e.to_string())),
         }
     }
-    let local: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
-    elsewhere(ops, &store, &key, uri, &local)
+    Ok(Err(partitions.iter().map(|(p, _)| *p).collect()))
+}
+
+/// The entries of `request` in each partition of `store` this instance holds. A
+/// restoring partition makes it unavailable.
+fn local_scan(
+    ops: &OpsState,
+    store: &str,
+    request: &ScanRequest,
+) -> Result<Vec<(i32, Vec<crate::state::JsonEntry>)>, ServiceError> {
+    let now = now_ms();
+    let mut partitions = Vec::new();
+    for (partition, s) in local_partitions(ops, store) {
+        if s.restoring {
+            return Err(restoring(store, partition));
+        }
+        let found = s
+            .query
+            .scan(&*s.store, request, now)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        partitions.push((partition, found));
+    }
+    Ok(partitions)
+}
+
+fn lookup(ops: &OpsState, store: String, key: String, uri: &axum::http::Uri) -> Response {
+    match local_get(ops, &store, &key) {
+        Ok(Ok((partition, (k, v)))) => {
+            Json(json!({"store": store, "partition": partition, "key": k, "value": v}))
+                .into_response()
+        }
+        Ok(Err(local)) => elsewhere(ops, &store, &key, uri, &local),
+        Err(e) => error(e.status(), e.to_string()),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -533,8 +562,7 @@ async fn store_scan(
     Path(store): Path<String>,
     Query(params): Query<ScanParams>,
 ) -> Response {
-    let partitions = local_partitions(&ops, &store);
-    if partitions.is_empty() {
+    if local_partitions(&ops, &store).is_empty() {
         return error(
             StatusCode::NOT_FOUND,
             format!("no partition of store `{store}` is held by this instance"),
@@ -546,24 +574,17 @@ async fn store_scan(
         prefix: params.prefix,
         limit: params.limit.unwrap_or(1000),
     };
-    let now = now_ms();
-    let mut entries = Vec::new();
-    for (partition, s) in &partitions {
-        if s.restoring {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store `{store}` partition {partition} is restoring; retry shortly"),
-            );
-        }
-        match s.query.scan(&*s.store, &request, now) {
-            Ok(found) => entries.extend(
-                found
+    let mut entries: Vec<Value> = match local_scan(&ops, &store, &request) {
+        Ok(found) => found
+            .into_iter()
+            .flat_map(|(partition, entries)| {
+                entries
                     .into_iter()
-                    .map(|(k, v)| json!({"partition": partition, "key": k, "value": v})),
-            ),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        }
-    }
+                    .map(move |(k, v)| json!({"partition": partition, "key": k, "value": v}))
+            })
+            .collect(),
+        Err(e) => return error(e.status(), e.to_string()),
+    };
     entries.truncate(request.limit);
     Json(json!({"store": store, "entries": entries})).into_response()
 }
@@ -697,18 +718,10 @@ impl ServiceContext {
         store: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, ServiceError> {
-        let partitions = local_partitions(&self.ops, store);
-        let now = now_ms();
-        for (partition, s) in &partitions {
-            if s.restoring {
-                return Err(restoring(store, *partition));
-            }
-            match s.query.get(&*s.store, key, now) {
-                Ok(Some((_, value))) => return Ok(Some(value)),
-                Ok(None) => {}
-                Err(e) => return Err(ServiceError::BadRequest(e.to_string())),
-            }
-        }
+        let local = match local_get(&self.ops, store, key)? {
+            Ok((_, (_, value))) => return Ok(Some(value)),
+            Err(local) => local,
+        };
         let route = read(&self.ops.routes).get(store).cloned().ok_or_else(|| {
             ServiceError::Unavailable(format!("store `{store}` is not open on this instance yet"))
         })?;
@@ -717,7 +730,7 @@ impl ServiceContext {
             .key_bytes(key)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let partition = crate::kafka::default_partition(&bytes, route.partitions);
-        if partitions.iter().any(|(p, _)| *p == partition) {
+        if local.contains(&partition) {
             return Ok(None);
         }
         let owner = self
@@ -749,19 +762,11 @@ impl ServiceContext {
             limit: usize::MAX,
             ..ScanRequest::default()
         };
-        let now = now_ms();
-        let mut entries = Vec::new();
         let mut covered = std::collections::BTreeSet::new();
-        for (partition, s) in local_partitions(&self.ops, store) {
-            if s.restoring {
-                return Err(restoring(store, partition));
-            }
-            entries.extend(
-                s.query
-                    .scan(&*s.store, &all, now)
-                    .map_err(|e| ServiceError::BadRequest(e.to_string()))?,
-            );
+        let mut entries = Vec::new();
+        for (partition, found) in local_scan(&self.ops, store, &all)? {
             covered.insert(partition);
+            entries.extend(found);
         }
         let mut owners: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for partition in (0..route.partitions).filter(|p| !covered.contains(p)) {
