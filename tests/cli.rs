@@ -3299,10 +3299,21 @@ fn real_kafka_exactly_once_a_frozen_zombie_writes_nothing_visible_and_rejoins() 
 /// after the second one's close (heartbeats every 100 ms, so it lands quickly).
 #[test]
 fn real_kafka_two_instances_stopped_together_both_stop_cleanly() {
+    two_instances_stopped_together_both_stop_cleanly("exactly_once_v2");
+}
+
+/// The same under at-least-once, where the second one's final commit may meet the
+/// group's new generation and must go through after the rejoin.
+#[test]
+fn real_kafka_two_at_least_once_instances_stopped_together_both_stop_cleanly() {
+    two_instances_stopped_together_both_stop_cleanly("at_least_once");
+}
+
+fn two_instances_stopped_together_both_stop_cleanly(guarantee: &str) {
     let Some(_) = support::real_kafka() else {
         return;
     };
-    let rig = TwoTopologies::start("exactly_once_v2");
+    let rig = TwoTopologies::start(guarantee);
     let (dir, config) = (&rig.dir, &rig.config);
     let (bootstrap, registry) = (&rig.kafka.bootstrap, &rig.kafka.registry);
     // The only table in the file is [runtime]: this line belongs to it.

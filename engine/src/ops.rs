@@ -620,19 +620,29 @@ pub fn router(
         );
     }
     let mut router = router.with_state(ops.clone());
-    let serving = topologies.iter().any(|t| !t.services().is_empty());
-    let producer = serving.then(|| {
-        client
-            .client_config(crate::kafka::ClientRole::Producer)
-            .create::<FutureProducer>()
-            .map_err(|e| crate::kafka::kafka_reason(&e))
-    });
+    // Created once, for the first topology that serves routes of its own.
+    let mut shared: Option<(Result<FutureProducer, String>, ureq::Agent)> = None;
     for topology in topologies {
         for routes in topology.services() {
+            let (producer, peers) = shared
+                .get_or_insert_with(|| {
+                    let producer = client
+                        .client_config(crate::kafka::ClientRole::Producer)
+                        .create::<FutureProducer>()
+                        .map_err(|e| crate::kafka::kafka_reason(&e));
+                    let peers = ureq::Agent::config_builder()
+                        .timeout_global(Some(PEER_TIMEOUT))
+                        .http_status_as_error(false)
+                        .build()
+                        .new_agent();
+                    (producer, peers)
+                })
+                .clone();
             router = router.merge(routes(ServiceContext {
                 ops: ops.clone(),
                 application: topology.application_id().to_string(),
-                producer: producer.clone(),
+                producer,
+                peers,
             }));
         }
     }
@@ -696,7 +706,9 @@ impl ServiceError {
 pub struct ServiceContext {
     ops: Arc<OpsState>,
     application: String,
-    producer: Option<Result<FutureProducer, String>>,
+    producer: Result<FutureProducer, String>,
+    /// Asks the other instances (one connection pool for every request).
+    peers: ureq::Agent,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -738,7 +750,7 @@ impl ServiceContext {
             .owner(&self.application, partition)
             .ok_or_else(|| unowned(store, partition))?;
         let url = format!("http://{owner}/stores/{}/{}", escape(store), escape(key));
-        match peer_get(url).await? {
+        match peer_get(&self.peers, url).await? {
             (200, body) => Ok(Some(body["value"].clone())),
             (404, _) => Ok(None),
             (status, body) => Err(ServiceError::Unavailable(format!(
@@ -778,7 +790,7 @@ impl ServiceContext {
         }
         for (owner, partitions) in owners {
             let url = format!("http://{owner}/stores/{}?limit={}", escape(store), u32::MAX);
-            let body = match peer_get(url).await? {
+            let body = match peer_get(&self.peers, url).await? {
                 (200, body) => body,
                 (status, body) => {
                     return Err(ServiceError::Unavailable(format!(
@@ -806,15 +818,9 @@ impl ServiceContext {
         key: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(i32, i64), ServiceError> {
-        let producer = match &self.producer {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                return Err(ServiceError::NotSent(format!(
-                    "the endpoint's producer could not be created: {e}"
-                )));
-            }
-            None => return Err(ServiceError::NotSent("no producer".into())),
-        };
+        let producer = self.producer.as_ref().map_err(|e| {
+            ServiceError::NotSent(format!("the endpoint's producer could not be created: {e}"))
+        })?;
         let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
@@ -858,13 +864,12 @@ fn escape(text: &str) -> String {
 }
 
 /// GETs `url` from another instance: its status and JSON body.
-async fn peer_get(url: String) -> Result<(u16, serde_json::Value), ServiceError> {
+async fn peer_get(
+    agent: &ureq::Agent,
+    url: String,
+) -> Result<(u16, serde_json::Value), ServiceError> {
+    let agent = agent.clone();
     tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(PEER_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
         let mut response = agent
             .get(&url)
             .call()
