@@ -71,6 +71,40 @@ fn map_replaces_key_and_value_and_keeps_timestamp_and_headers() {
 }
 
 #[test]
+fn a_record_kept_by_filter_reaches_every_child_whole() {
+    // filter and peek pass the record on as it came (without unboxing it): each of the
+    // filter's two children gets the same key, value, timestamp and headers.
+    let b = TopologyBuilder::new("t");
+    let kept = b
+        .stream("in", ["in"], strings())
+        .filter("long", |_k, v: &String| v.len() > 2)
+        .peek("look", |_k, _v| {});
+    kept.to("out", "out", to_strings());
+    kept.map_values("upper", |v: String| v.to_uppercase()).to(
+        "out-upper",
+        "out-upper",
+        to_strings(),
+    );
+    let driver = TestDriver::new(b.build().unwrap());
+    let input = driver.input_topic("in", Serdes::string(), Serdes::string());
+    for (v, ts) in [("ab", 1), ("abc", 2)] {
+        let mut record = Record::new(s("k"), s(v), ts);
+        record.headers = Headers::new().with("trace", v);
+        input.pipe_record(record).unwrap();
+    }
+    for (topic, value) in [("out", "abc"), ("out-upper", "ABC")] {
+        let records = driver
+            .output_topic(topic, Serdes::string(), Serdes::string())
+            .read_records();
+        assert_eq!(records.len(), 1, "{topic}: only the long value is kept");
+        let r = &records[0];
+        assert_eq!((r.key.as_str(), r.value.as_str()), ("k", value));
+        assert_eq!(r.timestamp, 2);
+        assert_eq!(r.headers.last_str("trace"), Some("abc"));
+    }
+}
+
+#[test]
 fn map_values_filter_and_select_key() {
     let b = TopologyBuilder::new("t");
     b.stream("in", ["in"], strings())

@@ -31,6 +31,8 @@ mod report;
 mod side_by_side;
 #[path = "engine_bench/stateful.rs"]
 mod stateful;
+#[path = "engine_bench/task_path.rs"]
+mod task_path;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -240,6 +242,15 @@ fn run(options: &Options) -> Result<()> {
     eprintln!("engine-bench: codec ({} s per case)", options.codec_secs);
     let (mut figures, table) = codec::figures(Duration::from_secs_f64(options.codec_secs));
     eprint!("{table}");
+    figures.extend(task_path::figures(Duration::from_secs_f64(
+        options.codec_secs,
+    )));
+    for f in figures
+        .iter()
+        .filter(|f| f.name.starts_with("per-record path"))
+    {
+        eprintln!("engine-bench: {}: {:?} records/s", f.name, f.value);
+    }
 
     let mut setup = Vec::new();
     if options.skip_pipeline {

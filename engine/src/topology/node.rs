@@ -18,6 +18,7 @@ use super::processor::{PunctuationType, ScheduleId};
 pub(crate) trait AnyData: Any + Send {
     fn clone_data(&self) -> Datum;
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn as_any(&self) -> &dyn Any;
 }
 
 impl<T: Any + Send + Clone> AnyData for T {
@@ -25,6 +26,9 @@ impl<T: Any + Send + Clone> AnyData for T {
         Box::new(self.clone())
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
         self
     }
 }
@@ -38,6 +42,20 @@ pub(crate) fn unbox<T: 'static>(datum: Datum, node: &str) -> Result<T, Processin
         .downcast::<T>()
         .map(|b| *b)
         .map_err(|_| ProcessingError::TypeMismatch {
+            node: node.to_string(),
+            expected: std::any::type_name::<T>(),
+        })
+}
+
+/// Borrows a datum as the type the receiving node was built for, leaving it boxed.
+pub(crate) fn borrow<'d, T: 'static>(
+    datum: &'d Datum,
+    node: &str,
+) -> Result<&'d T, ProcessingError> {
+    (**datum)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ProcessingError::TypeMismatch {
             node: node.to_string(),
             expected: std::any::type_name::<T>(),
         })

@@ -34,7 +34,7 @@ pub struct CodecBenchRow {
     pub bytes_per_record: f64,
 }
 
-fn measure(duration: Duration, mut one_pass: impl FnMut() -> usize) -> f64 {
+pub(super) fn measure(duration: Duration, mut one_pass: impl FnMut() -> usize) -> f64 {
     // Warm up caches and allocator before timing.
     one_pass();
     let start = Instant::now();

@@ -429,6 +429,11 @@ const METHOD: &str = "
 - **Codec**: `run_codec_bench` (src/bin/engine_bench/codec_bench.rs) on one thread, nothing else
   running: encode and decode of realistic `ExecutionTicket` records (~420 bytes of Avro),
   records per second on one core. Reference: serde_avro_fast on the same records.
+- **Per-record path** (src/bin/engine_bench/task_path.rs), same thread, no broker: 256
+  `PENDING` tickets in Confluent Avro through `ticket-pipeline`'s task in the test driver
+  (decode, filter, map, encode, the engine's nodes between them), beside the same decode,
+  status change and encode done by the ticket serde alone. Their ratio is what the
+  engine's nodes (and the test driver) add to the codec per record.
 - **Pipeline**: `engine dev` (its own process) hosts librdkafka's mock cluster with
   16-partition topics. Both tools are timed the same way, round by round: the tool is
   held (the engine frozen with SIGSTOP, the floor's partitions paused) while a round of

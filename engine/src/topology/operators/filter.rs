@@ -1,27 +1,70 @@
 //! `filter`: keeps the records a predicate accepts.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::record::Record;
-use crate::topology::builder::{Data, KStream};
+use crate::topology::builder::{Data, KStream, NodeKind, NodeSpec, add_node};
 use crate::topology::error::ProcessingError;
-use crate::topology::processor::{Processor, ProcessorContext};
+use crate::topology::node::{
+    ErasedRecord, NodeContext, NodeFactory, NodeInstance, NodeOps, TypeSig, borrow,
+};
 
-struct Filter<F>(Arc<F>);
+/// A node that looks at a record without changing it and passes it on, or not, as it
+/// came: the key and value stay in their boxes (no move out and no new box per hop, which
+/// for a large value is an allocation and two copies).
+pub(super) struct PassThrough<K, V, F> {
+    keep: Arc<F>,
+    _types: PhantomData<fn(K, V)>,
+}
 
-impl<K: Data, V: Data, F> Processor<K, V, K, V> for Filter<F>
+impl<K: Data, V: Data, F> NodeInstance for PassThrough<K, V, F>
 where
     F: Fn(&K, &V) -> bool + Send + Sync + 'static,
 {
     fn process(
         &mut self,
-        record: Record<K, V>,
-        ctx: &mut ProcessorContext<'_, K, V>,
+        record: ErasedRecord,
+        ctx: &mut NodeContext<'_>,
     ) -> Result<(), ProcessingError> {
-        if (self.0)(&record.key, &record.value) {
+        let keep = (self.keep)(
+            borrow::<K>(&record.key, ctx.node_name)?,
+            borrow::<V>(&record.value, ctx.node_name)?,
+        );
+        if keep {
             ctx.forward(record);
         }
         Ok(())
+    }
+}
+
+impl<K: Data, V: Data> KStream<K, V> {
+    /// Adds a [`PassThrough`] node: records for which `keep` is true go on unchanged.
+    pub(super) fn attach_pass_through(
+        &self,
+        name: &str,
+        operator: &'static str,
+        keep: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) -> KStream<K, V> {
+        let keep = Arc::new(keep);
+        let factory: NodeFactory = Arc::new(move || {
+            Box::new(PassThrough::<K, V, _> {
+                keep: keep.clone(),
+                _types: PhantomData,
+            }) as Box<dyn NodeInstance>
+        });
+        add_node(
+            &self.state,
+            NodeSpec {
+                name: name.to_string(),
+                prepare: None,
+                stores: Vec::new(),
+                kind: NodeKind::Processor { operator, factory },
+                parents: vec![self.node.clone()],
+                input: Some(TypeSig::of::<K, V>()),
+                output: Some(TypeSig::of::<K, V>()),
+            },
+        );
+        KStream::new(self.state.clone(), name)
     }
 }
 
@@ -40,7 +83,6 @@ impl<K: Data, V: Data> KStream<K, V> {
         name: &str,
         predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
     ) -> KStream<K, V> {
-        let f = Arc::new(predicate);
-        self.attach(name, "filter", move || Filter(f.clone()))
+        self.attach_pass_through(name, "filter", predicate)
     }
 }

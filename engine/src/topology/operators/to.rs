@@ -18,6 +18,9 @@ struct Sink<K, V> {
     key: Arc<dyn Serde<K>>,
     value: Arc<dyn Serde<V>>,
     partitioner: Option<Partitioner<K, V>>,
+    /// Sizes of the last key and value written: each buffer starts at that capacity, so
+    /// a record of about the same size is encoded without growing its buffer.
+    last_len: (usize, usize),
 }
 
 impl<K: Data, V: Data> Processor<K, V, (), ()> for Sink<K, V> {
@@ -32,18 +35,22 @@ impl<K: Data, V: Data> Processor<K, V, (), ()> for Sink<K, V> {
             part,
             source,
         };
-        let mut key = Vec::new();
+        let mut key = Vec::with_capacity(self.last_len.0);
         let key = match self.key.serialize(&self.topic, &record.key, &mut key) {
             Ok(Written::Bytes) => Some(key),
             Ok(Written::Null) => None,
             Err(e) => return Err(error("key", e)),
         };
-        let mut value = Vec::new();
+        let mut value = Vec::with_capacity(self.last_len.1);
         let value = match self.value.serialize(&self.topic, &record.value, &mut value) {
             Ok(Written::Bytes) => Some(value),
             Ok(Written::Null) => None,
             Err(e) => return Err(error("value", e)),
         };
+        self.last_len = (
+            key.as_ref().map_or(0, Vec::len),
+            value.as_ref().map_or(0, Vec::len),
+        );
         let partition = match &self.partitioner {
             None => None,
             Some(p) => {
@@ -98,6 +105,7 @@ impl<K: Data, V: Data> KStream<K, V> {
                 key: produced.key.clone(),
                 value: produced.value.clone(),
                 partitioner: produced.partitioner.clone(),
+                last_len: (0, 0),
             })) as Box<dyn NodeInstance>
         });
         add_node(
