@@ -397,9 +397,9 @@ const METHOD: &str = "
   every topic deleted and created afresh before each run (6 partitions). Three tools do
   the same work on the same input: the engine (`engine run`, its defaults), Kafka Streams
   (`bench/kafka-streams`, the same two topologies in its DSL, its defaults but
-  `commit.interval.ms` 1000 under at_least_once as the engine's, JVM defaults, one stream
-  thread) and the rdkafka floor (a consume-then-produce copy loop in the harness, librdkafka
-  defaults). Each run warms up (100,000 records, so the JVM has compiled Kafka Streams' hot
+  `commit.interval.ms` the engine's (1000 under at_least_once, 25 under
+  exactly_once_v2), JVM defaults, one stream thread) and the rdkafka floor (a
+  consume-then-produce copy loop in the harness, librdkafka defaults). Each run warms up (100,000 records, so the JVM has compiled Kafka Streams' hot
   paths), then the process is frozen (SIGSTOP; the
   floor pauses its partitions) while 200,000 records are written, and the time runs from
   its thaw until a `read_committed` consumer in the harness has seen every output (for

@@ -388,8 +388,8 @@ fn measure(bench: &Bench<'_>, dev: &DevBroker) -> Result<SideBySide> {
                 "Apache Kafka 4.3 (`scripts/kafka`, one node, KRaft) for every tool, topics of \
                  {PARTITIONS} partitions deleted and created afresh for every run; Kafka Streams \
                  {} (`bench/kafka-streams`, Java {}, JVM defaults, one stream thread, its \
-                 defaults but `commit.interval.ms` 1000 under at_least_once as the engine's, \
-                 the Avro serde a few lines over Apache Avro's GenericRecord in Confluent's wire \
+                 defaults but `commit.interval.ms` the engine's (1000 under at_least_once, 25 \
+                 under exactly_once_v2), the Avro serde a few lines over Apache Avro's GenericRecord in Confluent's wire \
                  format); the engine with its defaults{}; {} rounds, each running the \
                  rdkafka floor, then the engine and Kafka Streams under both guarantees; each \
                  run warms up with {WARM_UP} tickets, then the process is frozen (SIGSTOP) while \
