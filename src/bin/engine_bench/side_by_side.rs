@@ -531,7 +531,11 @@ fn throughput_figures(
                     Some(&ratios(&eos, &alos)),
                     (tool == Tool::Engine).then_some(Target::RatioAtLeast(0.7)),
                 )
-                .and_note("a transaction every 100 ms"),
+                .and_note(format!(
+                    "a transaction every {} ms (the engine's default, given to Kafka \
+                     Streams too)",
+                    engine::config::defaults::EOS_LATENCY_COMMIT_INTERVAL_MS
+                )),
             );
         }
     }
