@@ -448,6 +448,18 @@ pub(crate) fn add_processor_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data, P
     let factory: NodeFactory = Arc::new(move || {
         Box::new(ProcessorNode::<P, KIn, VIn, KOut, VOut>::new(factory())) as Box<dyn NodeInstance>
     });
+    add_instance_node::<KIn, VIn, KOut, VOut>(state, name, operator, parents, stores, factory);
+}
+
+/// Adds a processor node whose per-task instances `factory` makes.
+pub(crate) fn add_instance_node<KIn: Data, VIn: Data, KOut: Data, VOut: Data>(
+    state: &Rc<RefCell<BuilderState>>,
+    name: &str,
+    operator: &'static str,
+    parents: Vec<String>,
+    stores: Vec<String>,
+    factory: NodeFactory,
+) {
     add_node(
         state,
         NodeSpec {

@@ -3,10 +3,10 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::topology::builder::{Data, KStream, NodeKind, NodeSpec, add_node};
+use crate::topology::builder::{Data, KStream, add_instance_node};
 use crate::topology::error::ProcessingError;
 use crate::topology::node::{
-    ErasedRecord, NodeContext, NodeFactory, NodeInstance, NodeOps, TypeSig, borrow,
+    ErasedRecord, NodeContext, NodeFactory, NodeInstance, NodeOps, borrow,
 };
 
 /// A node that looks at a record without changing it and passes it on, or not, as it
@@ -52,17 +52,13 @@ impl<K: Data, V: Data> KStream<K, V> {
                 _types: PhantomData,
             }) as Box<dyn NodeInstance>
         });
-        add_node(
+        add_instance_node::<K, V, K, V>(
             &self.state,
-            NodeSpec {
-                name: name.to_string(),
-                prepare: None,
-                stores: Vec::new(),
-                kind: NodeKind::Processor { operator, factory },
-                parents: vec![self.node.clone()],
-                input: Some(TypeSig::of::<K, V>()),
-                output: Some(TypeSig::of::<K, V>()),
-            },
+            name,
+            operator,
+            vec![self.node.clone()],
+            Vec::new(),
+            factory,
         );
         KStream::new(self.state.clone(), name)
     }
