@@ -45,12 +45,12 @@ impl std::fmt::Debug for CatalogEntry {
 /// ```
 /// use engine::Catalog;
 /// use engine::serde::Serdes;
-/// use engine::topology::{Consumed, Produced, TopologyBuilder};
+/// use engine::topology::{Topic, TopologyBuilder};
 ///
 /// let catalog = Catalog::new().with("echo", "copies `in` to `out`", |_ctx| {
 ///     let b = TopologyBuilder::new("echo");
-///     b.stream("in", ["in"], Consumed::with(Serdes::bytes(), Serdes::bytes()))
-///         .to("out", "out", Produced::with(Serdes::bytes(), Serdes::bytes()));
+///     b.stream(&Topic::new("in", Serdes::bytes(), Serdes::bytes())).named("in")
+///         .to(&Topic::new("out", Serdes::bytes(), Serdes::bytes())).named("out");
 ///     b.build()
 /// });
 /// assert!(catalog.get("echo").is_some());

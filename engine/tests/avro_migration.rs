@@ -14,7 +14,7 @@ use engine::serde::{
     AvroContext, AvroSerde, AvroSettings, Fallback, MAGIC_BYTE, Serde, SerdeRole, Serdes,
 };
 use engine::testing::TestDriver;
-use engine::topology::{Consumed, ErrorPolicy, Outcome, Produced, Topology, TopologyBuilder};
+use engine::topology::{ErrorPolicy, Outcome, Topic, Topology, TopologyBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -59,20 +59,15 @@ fn doubler(ctx: &AvroContext) -> Topology {
     let serde = || ctx.value_serde::<Order>(ORDER_SCHEMA).unwrap();
     let b = TopologyBuilder::new("doubler");
     b.error_policy(ErrorPolicy::dead_letter("orders.dlq"));
-    b.stream(
-        "orders",
-        ["orders"],
-        Consumed::with(Serdes::string(), serde()),
-    )
-    .map_values("double", |mut o: Order| {
-        o.amount *= 2;
-        o
-    })
-    .to(
-        "doubled",
-        "doubled",
-        Produced::with(Serdes::string(), serde()),
-    );
+    b.stream(&Topic::new("orders", Serdes::string(), serde()))
+        .named("orders")
+        .map_values(|mut o: Order| {
+            o.amount *= 2;
+            o
+        })
+        .named("double")
+        .to(&Topic::new("doubled", Serdes::string(), serde()))
+        .named("doubled");
     b.build().unwrap()
 }
 
@@ -153,12 +148,10 @@ fn a_value_that_does_not_fit_its_schema_is_refused_naming_the_field_and_nothing_
     let generic = || ctx.value_serde::<Value>(ORDER_SCHEMA).unwrap();
     let b = TopologyBuilder::new("validate");
     b.error_policy(ErrorPolicy::dead_letter("dlq"));
-    b.stream(
-        "in",
-        ["in"],
-        Consumed::with(Serdes::string(), Serdes::json::<Value>()),
-    )
-    .to("out", "out", Produced::with(Serdes::string(), generic()));
+    b.stream(&Topic::new("in", Serdes::string(), Serdes::json::<Value>()))
+        .named("in")
+        .to(&Topic::new("out", Serdes::string(), generic()))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::json::<Value>());
     input

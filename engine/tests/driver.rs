@@ -11,16 +11,16 @@ use engine::record::{Headers, Record, Timestamp};
 use engine::serde::{Serdes, StringSerde};
 use engine::testing::{TestDriver, TestDriverOptions};
 use engine::topology::{
-    Branch, Consumed, ErrorPolicy, OnError, Outcome, Problem, ProcessingError, Processor,
-    ProcessorContext, Produced, PunctuationType, ScheduleId, TopologyBuilder, TopologyError,
+    ErrorPolicy, OnError, Outcome, Problem, ProcessingError, Processor, ProcessorContext,
+    PunctuationType, ScheduleId, Topic, TopologyBuilder, TopologyError,
 };
 
-fn strings() -> Consumed<String, String> {
-    Consumed::with(Serdes::string(), Serdes::string())
+fn strings(topic: &str) -> Topic<String, String> {
+    Topic::new(topic, Serdes::string(), Serdes::string())
 }
 
-fn to_strings() -> Produced<String, String> {
-    Produced::with(Serdes::string(), Serdes::string())
+fn to_strings(topic: &str) -> Topic<String, String> {
+    Topic::new(topic, Serdes::string(), Serdes::string())
 }
 
 fn s(v: &str) -> String {
@@ -53,9 +53,12 @@ impl Io {
 #[test]
 fn map_replaces_key_and_value_and_keeps_timestamp_and_headers() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings())
-        .map("swap", |k: String, v: String| (v, k))
-        .to("out", "out", to_strings());
+    b.stream(&strings("in"))
+        .named("in")
+        .map(|k: String, v: String| (v, k))
+        .named("swap")
+        .to(&to_strings("out"))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     let mut record = Record::new(s("k"), s("v"), 42);
@@ -76,15 +79,17 @@ fn a_record_kept_by_filter_reaches_every_child_whole() {
     // filter's two children gets the same key, value, timestamp and headers.
     let b = TopologyBuilder::new("t");
     let kept = b
-        .stream("in", ["in"], strings())
-        .filter("long", |_k, v: &String| v.len() > 2)
-        .peek("look", |_k, _v| {});
-    kept.to("out", "out", to_strings());
-    kept.map_values("upper", |v: String| v.to_uppercase()).to(
-        "out-upper",
-        "out-upper",
-        to_strings(),
-    );
+        .stream(&strings("in"))
+        .named("in")
+        .filter(|_k, v: &String| v.len() > 2)
+        .named("long")
+        .peek(|_k, _v| {})
+        .named("look");
+    kept.to(&to_strings("out")).named("out");
+    kept.map_values(|v: String| v.to_uppercase())
+        .named("upper")
+        .to(&to_strings("out-upper"))
+        .named("out-upper");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     for (v, ts) in [("ab", 1), ("abc", 2)] {
@@ -107,15 +112,16 @@ fn a_record_kept_by_filter_reaches_every_child_whole() {
 #[test]
 fn map_values_filter_and_select_key() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings())
-        .filter("long", |_k, v: &String| v.len() > 2)
-        .map_values("len", |v: String| v.len() as i64)
-        .select_key("by-len", |_k, n: &i64| format!("len-{n}"))
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+    b.stream(&strings("in"))
+        .named("in")
+        .filter(|_k, v: &String| v.len() > 2)
+        .named("long")
+        .map_values(|v: String| v.len() as i64)
+        .named("len")
+        .select_key(|_k, n: &i64| format!("len-{n}"))
+        .named("by-len")
+        .to(&Topic::new("out", Serdes::string(), Serdes::i64()))
+        .named("out");
     let io = Io::new(b);
     for v in ["a", "abc", "abcd", "xy"] {
         io.pipe("k", v);
@@ -130,13 +136,16 @@ fn map_values_filter_and_select_key() {
 #[test]
 fn flat_map_emits_in_order_and_nothing_for_empty() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings())
-        .flat_map("words", |k: String, v: String| {
+    b.stream(&strings("in"))
+        .named("in")
+        .flat_map(|k: String, v: String| {
             v.split_whitespace()
                 .map(|w| (k.clone(), w.to_string()))
                 .collect::<Vec<_>>()
         })
-        .to("out", "out", to_strings());
+        .named("words")
+        .to(&to_strings("out"))
+        .named("out");
     let io = Io::new(b);
     io.pipe("a", "one two three");
     io.pipe("b", "");
@@ -155,17 +164,20 @@ fn flat_map_emits_in_order_and_nothing_for_empty() {
 #[test]
 fn branch_routes_to_the_first_match_and_drops_unmatched() {
     let b = TopologyBuilder::new("t");
-    let branches = b.stream("in", ["in"], strings()).branch(
-        "route",
-        vec![
-            Branch::when("a", |_k, v: &String| v.starts_with('a')),
-            Branch::when("ab", |_k, v: &String| v.starts_with("ab")),
-            Branch::when("b", |_k, v: &String| v.starts_with('b')),
-        ],
-    );
-    branches[0].to("to-a", "a", to_strings());
-    branches[1].to("to-ab", "ab", to_strings());
-    branches[2].to("to-b", "b", to_strings());
+    b.stream(&strings("in"))
+        .split()
+        .branch(
+            |_k, v: &String| v.starts_with('a'),
+            |a| drop(a.to(&to_strings("a"))),
+        )
+        .branch(
+            |_k, v: &String| v.starts_with("ab"),
+            |ab| drop(ab.to(&to_strings("ab"))),
+        )
+        .branch(
+            |_k, v: &String| v.starts_with('b'),
+            |b| drop(b.to(&to_strings("b"))),
+        );
     let io = Io::new(b);
     for v in ["abc", "bcd", "zzz", "a"] {
         io.pipe("k", v);
@@ -178,15 +190,10 @@ fn branch_routes_to_the_first_match_and_drops_unmatched() {
 #[test]
 fn branch_otherwise_takes_the_rest() {
     let b = TopologyBuilder::new("t");
-    let branches = b.stream("in", ["in"], strings()).branch(
-        "route",
-        vec![
-            Branch::when("x", |_k, v: &String| v == "x"),
-            Branch::otherwise("rest"),
-        ],
-    );
-    branches[0].to("to-x", "x", to_strings());
-    branches[1].to("to-rest", "rest", to_strings());
+    b.stream(&strings("in"))
+        .split()
+        .branch(|_k, v: &String| v == "x", |x| drop(x.to(&to_strings("x"))))
+        .default_branch(|rest| drop(rest.to(&to_strings("rest"))));
     let io = Io::new(b);
     io.pipe("k", "x");
     io.pipe("k", "y");
@@ -197,9 +204,12 @@ fn branch_otherwise_takes_the_rest() {
 #[test]
 fn merge_combines_two_streams_keeping_each_order() {
     let b = TopologyBuilder::new("t");
-    let left = b.stream("in", ["in"], strings());
-    let right = b.stream("in2", ["in2"], strings());
-    left.merge("both", &right).to("out", "out", to_strings());
+    let left = b.stream(&strings("in")).named("in");
+    let right = b.stream(&strings("in2")).named("in2");
+    left.merge(&right)
+        .named("both")
+        .to(&to_strings("out"))
+        .named("out");
     let io = Io::new(b);
     let in2 = io
         .driver
@@ -218,17 +228,19 @@ fn peek_and_for_each_see_every_record() {
     let peeked = Arc::new(Mutex::new(Vec::new()));
     let counted = Arc::new(AtomicUsize::new(0));
     let b = TopologyBuilder::new("t");
-    let stream = b.stream("in", ["in"], strings());
+    let stream = b.stream(&strings("in")).named("in");
     let p = peeked.clone();
     stream
-        .peek("look", move |k: &String, v: &String| {
-            p.lock().unwrap().push(format!("{k}={v}"))
-        })
-        .to("out", "out", to_strings());
+        .peek(move |k: &String, v: &String| p.lock().unwrap().push(format!("{k}={v}")))
+        .named("look")
+        .to(&to_strings("out"))
+        .named("out");
     let c = counted.clone();
-    stream.for_each("count", move |_k, _v| {
-        c.fetch_add(1, Ordering::Relaxed);
-    });
+    stream
+        .for_each(move |_k, _v| {
+            c.fetch_add(1, Ordering::Relaxed);
+        })
+        .named("count");
     let io = Io::new(b);
     io.pipe("a", "1");
     io.pipe("b", "2");
@@ -240,13 +252,17 @@ fn peek_and_for_each_see_every_record() {
 #[test]
 fn fan_out_gives_each_child_its_own_copy_depth_first() {
     let b = TopologyBuilder::new("t");
-    let stream = b.stream("in", ["in"], strings());
+    let stream = b.stream(&strings("in")).named("in");
     stream
-        .map_values("first", |v: String| format!("{v}-1"))
-        .to("out1", "out", to_strings());
+        .map_values(|v: String| format!("{v}-1"))
+        .named("first")
+        .to(&to_strings("out"))
+        .named("out1");
     stream
-        .map_values("second", |v: String| format!("{v}-2"))
-        .to("out2", "out", to_strings());
+        .map_values(|v: String| format!("{v}-2"))
+        .named("second")
+        .to(&to_strings("out"))
+        .named("out2");
     let io = Io::new(b);
     io.pipe("k", "a");
     io.pipe("k", "b");
@@ -325,25 +341,29 @@ impl Processor<String, String, String, String> for Inspect {
 fn inspect_topology() -> TopologyBuilder {
     let b = TopologyBuilder::new("t");
     let out = b
-        .stream("in", ["in"], strings())
-        .process("inspect", || Inspect {
+        .stream(&strings("in"))
+        .named("in")
+        .process(|| Inspect {
             seen: 0,
             wall: None,
             stream: None,
-        });
-    // Children of `inspect`, each a pass-through branch with the expected name.
-    let children = out.branch("inspect-route", vec![Branch::otherwise("all")]);
-    children[0].to("unused", "unused", to_strings());
+        })
+        .named("inspect");
+    // A child of `inspect` besides the ones wired by name below.
+    out.to(&to_strings("unused")).named("unused");
     b.add_processor::<String, String, String, String, _>("inspect-odd", &["inspect"], || Pass)
-        .to("odd", "odd", to_strings());
+        .to(&to_strings("odd"))
+        .named("odd");
     b.add_processor::<String, String, String, String, _>("inspect-even", &["inspect"], || Pass)
-        .to("even", "even", to_strings());
+        .to(&to_strings("even"))
+        .named("even");
     b.add_processor::<String, String, String, String, _>(
         "inspect-punctuations",
         &["inspect"],
         || Pass,
     )
-    .to("punct", "punctuations", to_strings());
+    .to(&to_strings("punctuations"))
+    .named("punct");
     b
 }
 
@@ -437,11 +457,8 @@ fn wall_clock_punctuation_fires_without_input() {
 #[test]
 fn sink_partitioner_chooses_the_partition() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings()).to(
-        "out",
-        "out",
-        to_strings().partitioner(|k: &String, _v: &String, n| k.len() as i32 % n),
-    );
+    b.stream(&strings("in"))
+        .to(&to_strings("out").partitioner(|k: &String, _v: &String, n| k.len() as i32 % n));
     let driver = TestDriver::with_options(
         b.build().unwrap(),
         TestDriverOptions {
@@ -459,12 +476,18 @@ fn sink_partitioner_chooses_the_partition() {
 #[test]
 fn records_written_to_a_topic_the_topology_reads_are_fed_back() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings())
-        .map_values("stage1", |v: String| format!("{v}+1"))
-        .to("to-mid", "mid", to_strings());
-    b.stream("mid", ["mid"], strings())
-        .map_values("stage2", |v: String| format!("{v}+2"))
-        .to("out", "out", to_strings());
+    b.stream(&strings("in"))
+        .named("in")
+        .map_values(|v: String| format!("{v}+1"))
+        .named("stage1")
+        .to(&to_strings("mid"))
+        .named("to-mid");
+    b.stream(&strings("mid"))
+        .named("mid")
+        .map_values(|v: String| format!("{v}+2"))
+        .named("stage2")
+        .to(&to_strings("out"))
+        .named("out");
     let io = Io::new(b);
     io.pipe("k", "v");
     assert_eq!(io.out("out"), vec![(s("k"), s("v+1+2"))]);
@@ -483,36 +506,36 @@ fn problems(b: TopologyBuilder) -> Vec<Problem> {
 #[test]
 fn validation_reports_every_problem_at_once() {
     let b = TopologyBuilder::new("t");
-    let stream = b.stream("in", ["in"], strings());
+    let stream = b.stream(&strings("in")).named("in");
     stream
-        .map_values("dup", |v: String| v)
-        .to("out", "out", to_strings());
+        .map_values(|v: String| v)
+        .named("dup")
+        .to(&to_strings("out"))
+        .named("out");
     stream
-        .map_values("dup", |v: String| v)
-        .to("out2", "out", to_strings());
+        .map_values(|v: String| v)
+        .named("dup")
+        .to(&to_strings("out"))
+        .named("out2");
     // Dangling edge: a parent that does not exist.
     b.add_processor::<String, String, String, String, _>("orphan", &["ghost"], || Pass)
-        .to("orphan-out", "out", to_strings());
+        .to(&to_strings("out"))
+        .named("orphan-out");
     // Cycle between two by-name processors, fed by nothing.
     b.add_processor::<String, String, String, String, _>("loop-a", &["loop-b"], || Pass);
     b.add_processor::<String, String, String, String, _>("loop-b", &["loop-a"], || Pass);
     // A child expecting other types than its parent produces.
     b.add_processor::<String, i64, String, String, _>("wrong-types", &["in"], || WrongTypes)
-        .to("wrong-out", "out", to_strings());
+        .to(&to_strings("out"))
+        .named("wrong-out");
     // A topic written with strings and read back as i64.
-    stream.to("to-loopback", "loopback", to_strings());
-    b.stream(
-        "loopback",
-        ["loopback"],
-        Consumed::with(Serdes::string(), Serdes::i64()),
-    )
-    .to(
-        "lb-out",
-        "out2",
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
+    stream.to(&to_strings("loopback")).named("to-loopback");
+    b.stream(&Topic::new("loopback", Serdes::string(), Serdes::i64()))
+        .named("loopback")
+        .to(&Topic::new("out2", Serdes::string(), Serdes::i64()))
+        .named("lb-out");
     // A pure transform whose output goes nowhere.
-    stream.filter("nowhere", |_k, _v| true);
+    stream.filter(|_k, _v| true).named("nowhere");
     let problems = problems(b);
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     let has = |f: &dyn Fn(&Problem) -> bool| problems.iter().any(f);
@@ -577,9 +600,12 @@ fn a_topology_without_sources_is_invalid() {
 #[test]
 fn describe_lists_nodes_edges_and_serdes() {
     let b = TopologyBuilder::new("app");
-    b.stream("src", ["input"], strings())
-        .map_values("upper", |v: String| v.to_uppercase())
-        .to("sink", "output", to_strings());
+    b.stream(&strings("input"))
+        .named("src")
+        .map_values(|v: String| v.to_uppercase())
+        .named("upper")
+        .to(&to_strings("output"))
+        .named("sink");
     let t = b.build().unwrap();
     let text = t.describe();
     for line in [
@@ -609,22 +635,17 @@ fn describe_lists_nodes_edges_and_serdes() {
 fn failing_topology(policy: ErrorPolicy) -> TestDriver {
     let b = TopologyBuilder::new("t");
     b.error_policy(policy);
-    b.stream(
-        "in",
-        ["in"],
-        Consumed::with(Serdes::string(), Serdes::i64()),
-    )
-    .map_values("check", |v: i64| {
-        if v < 0 {
-            panic!("negative value {v}");
-        }
-        v * 2
-    })
-    .to(
-        "out",
-        "out",
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
+    b.stream(&Topic::new("in", Serdes::string(), Serdes::i64()))
+        .named("in")
+        .map_values(|v: i64| {
+            if v < 0 {
+                panic!("negative value {v}");
+            }
+            v * 2
+        })
+        .named("check")
+        .to(&Topic::new("out", Serdes::string(), Serdes::i64()))
+        .named("out");
     TestDriver::new(b.build().unwrap())
 }
 
@@ -722,16 +743,18 @@ fn dead_letter_policy_keeps_original_bytes_and_says_why() {
 fn a_failing_record_leaves_no_partial_output() {
     let b = TopologyBuilder::new("t");
     b.error_policy(ErrorPolicy::all(OnError::Skip));
-    let stream = b.stream("in", ["in"], strings());
-    stream.to("first", "out", to_strings());
+    let stream = b.stream(&strings("in")).named("in");
+    stream.to(&to_strings("out")).named("first");
     stream
-        .map_values("explode", |v: String| -> String {
+        .map_values(|v: String| -> String {
             if v == "bad" {
                 panic!("bad record")
             }
             v
         })
-        .to("second", "out", to_strings());
+        .named("explode")
+        .to(&to_strings("out"))
+        .named("second");
     let io = Io::new(b);
     io.pipe("k", "bad");
     io.pipe("k", "good");
@@ -745,8 +768,10 @@ fn a_failing_record_leaves_no_partial_output() {
 fn null_keys_need_a_nullable_serde() {
     let b = TopologyBuilder::new("t");
     b.error_policy(ErrorPolicy::all(OnError::Skip));
-    b.stream("in", ["in"], strings())
-        .to("out", "out", to_strings());
+    b.stream(&strings("in"))
+        .named("in")
+        .to(&to_strings("out"))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     assert_eq!(
         driver.pipe_raw("in", None, Some(b"v"), 0, Headers::new()),
@@ -754,16 +779,18 @@ fn null_keys_need_a_nullable_serde() {
     );
 
     let b = TopologyBuilder::new("t");
-    b.stream(
+    b.stream(&Topic::new(
         "in",
-        ["in"],
-        Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()),
-    )
-    .to(
+        Serdes::nullable(Serdes::string()),
+        Serdes::string(),
+    ))
+    .named("in")
+    .to(&Topic::new(
         "out",
-        "out",
-        Produced::with(Serdes::nullable(Serdes::string()), Serdes::string()),
-    );
+        Serdes::nullable(Serdes::string()),
+        Serdes::string(),
+    ))
+    .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     driver
         .pipe_raw("in", None, Some(b"v"), 0, Headers::new())

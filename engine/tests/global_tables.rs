@@ -8,12 +8,12 @@ use engine::record::{Headers, Record};
 use engine::serde::Serdes;
 use engine::testing::TestDriver;
 use engine::topology::{
-    Consumed, Outcome, Problem, ProcessingError, Processor, ProcessorContext, Produced,
-    TopologyBuilder, TopologyError,
+    Outcome, Problem, ProcessingError, Processor, ProcessorContext, Topic, TopologyBuilder,
+    TopologyError,
 };
 
-fn strings() -> Consumed<String, String> {
-    Consumed::with(Serdes::string(), Serdes::string())
+fn strings(topic: &str) -> Topic<String, String> {
+    Topic::new(topic, Serdes::string(), Serdes::string())
 }
 
 fn s(v: &str) -> String {
@@ -24,8 +24,8 @@ fn s(v: &str) -> String {
 /// the global table `products` (keyed by product id): inner to `named`, left to `all`.
 fn orders_with_products() -> TestDriver {
     let b = TopologyBuilder::new("orders");
-    let products = b.global_table("products", "products", strings(), "products-store");
-    let orders = b.stream("orders", ["orders"], strings());
+    let products = b.global_table("products", &strings("products"), "products-store");
+    let orders = b.stream(&strings("orders")).named("orders");
     let product_of = |_id: &String, order: &String| order.split(':').next().unwrap().to_string();
     orders
         .join_global(
@@ -34,11 +34,8 @@ fn orders_with_products() -> TestDriver {
             product_of,
             |order: &String, name: &String| format!("{order} = {name}"),
         )
-        .to(
-            "to-named",
-            "named",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("named", Serdes::string(), Serdes::string()))
+        .named("to-named");
     orders
         .left_join_global(
             "all-orders",
@@ -51,11 +48,8 @@ fn orders_with_products() -> TestDriver {
                 )
             },
         )
-        .to(
-            "to-all",
-            "all",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("all", Serdes::string(), Serdes::string()))
+        .named("to-all");
     TestDriver::new(b.build().unwrap())
 }
 
@@ -151,25 +145,22 @@ fn stream_records_join_the_global_table_by_their_mapped_key_as_of_their_processi
 #[test]
 fn records_the_topology_writes_to_a_global_topic_update_the_global_store() {
     let b = TopologyBuilder::new("feedback");
-    let names = b.global_table("names", "names", strings(), "names-store");
+    let names = b.global_table("names", &strings("names"), "names-store");
     // Renames are written to the global topic; lookups see them.
-    b.stream("renames", ["renames"], strings()).to(
-        "to-names",
-        "names",
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
-    b.stream("lookups", ["lookups"], strings())
+    b.stream(&strings("renames"))
+        .named("renames")
+        .to(&Topic::new("names", Serdes::string(), Serdes::string()))
+        .named("to-names");
+    b.stream(&strings("lookups"))
+        .named("lookups")
         .join_global(
             "named",
             &names,
             |_k: &String, v: &String| v.clone(),
             |v: &String, name: &String| format!("{v}={name}"),
         )
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let renames = driver.input_topic("renames", Serdes::string(), Serdes::string());
     let lookups = driver.input_topic("lookups", Serdes::string(), Serdes::string());
@@ -206,14 +197,13 @@ impl Processor<String, String, String, String> for ReadGlobal {
 fn any_processor_reads_a_global_store_without_declaring_it_and_an_unknown_one_fails() {
     let build = |store: &'static str| {
         let b = TopologyBuilder::new("reader");
-        b.global_table("colours", "colours", strings(), "colours-store");
-        b.stream("in", ["in"], strings())
-            .process("read", move || ReadGlobal { store })
-            .to(
-                "out",
-                "out",
-                Produced::with(Serdes::string(), Serdes::string()),
-            );
+        b.global_table("colours", &strings("colours"), "colours-store");
+        b.stream(&strings("in"))
+            .named("in")
+            .process(move || ReadGlobal { store })
+            .named("read")
+            .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+            .named("out");
         TestDriver::new(b.build().unwrap())
     };
     let driver = build("colours-store");
@@ -241,19 +231,17 @@ fn any_processor_reads_a_global_store_without_declaring_it_and_an_unknown_one_fa
 #[test]
 fn a_global_topic_is_not_a_source_topic_but_is_among_the_topics_the_topology_needs() {
     let b = TopologyBuilder::new("topics");
-    let t = b.global_table("g", "global-topic", strings(), "g-store");
-    b.stream("in", ["in"], strings())
+    let t = b.global_table("g", &strings("global-topic"), "g-store");
+    b.stream(&strings("in"))
+        .named("in")
         .join_global(
             "j",
             &t,
             |k: &String, _v: &String| k.clone(),
             |v: &String, g: &String| format!("{v}{g}"),
         )
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let topology = b.build().unwrap();
     assert_eq!(topology.source_topics(), [s("in")]);
     assert_eq!(topology.global_topics(), [s("global-topic")]);
@@ -280,19 +268,16 @@ fn a_global_topic_is_not_a_source_topic_but_is_among_the_topics_the_topology_nee
 #[test]
 fn a_topic_read_by_a_stream_and_a_global_table_or_a_shared_store_name_is_reported() {
     let b = TopologyBuilder::new("invalid");
-    b.global_table("g", "shared", strings(), "store");
-    b.table("t", "other", strings(), "store")
-        .to_stream("updates")
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-    b.stream("s", ["shared"], strings()).to(
-        "out2",
-        "out2",
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
+    b.global_table("g", &strings("shared"), "store");
+    b.table("t", &strings("other"), "store")
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
+    b.stream(&strings("shared"))
+        .named("s")
+        .to(&Topic::new("out2", Serdes::string(), Serdes::string()))
+        .named("out2");
     let Err(TopologyError::Invalid { problems, .. }) = b.build() else {
         panic!("invalid topology accepted");
     };

@@ -8,7 +8,7 @@
 use engine::serde::Serdes;
 use engine::state::CACHE_ENTRY_OVERHEAD;
 use engine::testing::{TestDriver, TestDriverOptions};
-use engine::topology::{Consumed, Grouped, Produced, Topology, TopologyBuilder};
+use engine::topology::{Grouped, Topic, Topology, TopologyBuilder};
 
 fn s(v: &str) -> String {
     v.to_string()
@@ -21,30 +21,21 @@ const CHANGELOG: &str = "clicks-per-user-changelog";
 fn clicks(caching: bool) -> Topology {
     let b = TopologyBuilder::new("clicks");
     let counts = b
-        .stream(
-            "in",
-            ["clicks"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
+        .stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
+        .named("in")
         .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
         .with_caching(caching)
         .count("count", "per-user");
-    counts.to_stream("updates").to(
-        "out",
-        "counts",
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
-    b.stream(
-        "lookups",
-        ["lookups"],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .join_table("seen-join", &counts, |_: &String, count: &i64| *count)
-    .to(
-        "seen",
-        "seen",
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
+    counts
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new("counts", Serdes::string(), Serdes::i64()))
+        .named("out");
+    b.stream(&Topic::new("lookups", Serdes::string(), Serdes::string()))
+        .named("lookups")
+        .join_table("seen-join", &counts, |_: &String, count: &i64| *count)
+        .to(&Topic::new("seen", Serdes::string(), Serdes::i64()))
+        .named("seen");
     b.build().unwrap()
 }
 

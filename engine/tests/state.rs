@@ -9,30 +9,29 @@ use engine::record::Record;
 use engine::serde::Serdes;
 use engine::testing::TestDriver;
 use engine::topology::{
-    Consumed, ErrorPolicy, Grouped, OnError, Outcome, ProcessingError, Processor, ProcessorContext,
-    Produced, StoreBuilder, TopologyBuilder,
+    ErrorPolicy, Grouped, OnError, Outcome, ProcessingError, Processor, ProcessorContext,
+    StoreBuilder, Topic, TopologyBuilder,
 };
 
 fn s(v: &str) -> String {
     v.to_string()
 }
 
-fn strings() -> Consumed<String, String> {
-    Consumed::with(Serdes::string(), Serdes::string())
+fn strings(topic: &str) -> Topic<String, String> {
+    Topic::new(topic, Serdes::string(), Serdes::string())
 }
 
 #[test]
 fn count_by_key_keeps_a_store_emits_updates_and_writes_the_changelog() {
     let b = TopologyBuilder::new("clicks");
-    b.stream("in", ["clicks"], strings())
+    b.stream(&strings("clicks"))
+        .named("in")
         .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
         .count("count", "per-user")
-        .to_stream("updates")
-        .to(
-            "out",
-            "counts",
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new("counts", Serdes::string(), Serdes::i64()))
+        .named("out");
     let t = b.build().unwrap();
     assert_eq!(t.changelog_topics(), vec![s("clicks-per-user-changelog")]);
     assert!(t.topics().contains(&s("clicks-per-user-changelog")));
@@ -67,20 +66,15 @@ fn count_by_key_keeps_a_store_emits_updates_and_writes_the_changelog() {
 fn reduce_and_aggregate_fold_values_per_key() {
     let b = TopologyBuilder::new("sums");
     let grouped = b
-        .stream(
-            "in",
-            ["amounts"],
-            Consumed::with(Serdes::string(), Serdes::i64()),
-        )
+        .stream(&Topic::new("amounts", Serdes::string(), Serdes::i64()))
+        .named("in")
         .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
     grouped
         .reduce("max", "max-store", Serdes::i64(), |a, b| a.max(b))
-        .to_stream("max-updates")
-        .to(
-            "max-out",
-            "max",
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+        .to_stream()
+        .named("max-updates")
+        .to(&Topic::new("max", Serdes::string(), Serdes::i64()))
+        .named("max-out");
     grouped
         .aggregate(
             "history",
@@ -89,12 +83,10 @@ fn reduce_and_aggregate_fold_values_per_key() {
             String::new,
             |_k, v, acc: String| format!("{acc}{v};"),
         )
-        .to_stream("history-updates")
-        .to(
-            "history-out",
-            "history",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to_stream()
+        .named("history-updates")
+        .to(&Topic::new("history", Serdes::string(), Serdes::string()))
+        .named("history-out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("amounts", Serdes::string(), Serdes::i64());
     for (k, v) in [("a", 5), ("a", 3), ("b", 1), ("a", 9)] {
@@ -116,24 +108,28 @@ fn reduce_and_aggregate_fold_values_per_key() {
 #[test]
 fn group_by_repartitions_through_an_internal_topic() {
     let b = TopologyBuilder::new("words");
-    b.stream("in", ["lines"], strings())
-        .flat_map("split", |_k: String, line: String| {
+    b.stream(&strings("lines"))
+        .named("in")
+        .flat_map(|_k: String, line: String| {
             line.split_whitespace()
                 .map(|w| (s(w), s(w)))
                 .collect::<Vec<_>>()
         })
+        .named("split")
         .group_by(
             "by-first-letter",
             |_k, w: &String| w[..1].to_string(),
             Grouped::with(Serdes::string(), Serdes::string()),
         )
         .count("count", "letters")
-        .to_stream("updates")
-        .to(
-            "out",
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new(
             "letter-counts",
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+            Serdes::string(),
+            Serdes::i64(),
+        ))
+        .named("out");
     let t = b.build().unwrap();
     assert!(
         t.topics().contains(&s("words-by-first-letter-repartition")),
@@ -153,18 +149,18 @@ fn group_by_repartitions_through_an_internal_topic() {
 #[test]
 fn tables_keep_the_latest_value_per_key() {
     let b = TopologyBuilder::new("profiles");
-    b.table("users", "users", strings(), "users-store")
-        .to_stream("changes")
-        .to(
-            "out",
+    b.table("users", &strings("users"), "users-store")
+        .to_stream()
+        .named("changes")
+        .to(&Topic::new(
             "user-changes",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-    b.stream("in", ["events"], strings()).to_table(
+            Serdes::string(),
+            Serdes::string(),
+        ))
+        .named("out");
+    b.stream(&strings("events")).named("in").to_table(
         "latest",
-        "latest-store",
-        Serdes::string(),
-        Serdes::string(),
+        StoreBuilder::persistent("latest-store", Serdes::string(), Serdes::string()),
     );
     let driver = TestDriver::new(b.build().unwrap());
     let users = driver.input_topic("users", Serdes::string(), Serdes::string());
@@ -219,13 +215,12 @@ fn ttl_entries_expire_on_wall_clock_time() {
         StoreBuilder::persistent("seen", Serdes::string(), Serdes::i64())
             .with_ttl(Duration::from_secs(60)),
     );
-    b.stream("in", ["in"], strings())
-        .process_with_stores("dedup", &["seen"], || Dedup)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+    b.stream(&strings("in"))
+        .named("in")
+        .process_with_stores(&["seen"], || Dedup)
+        .named("dedup")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     let out = driver.output_topic("out", Serdes::string(), Serdes::string());
@@ -253,13 +248,12 @@ fn ttl_entries_expire_on_wall_clock_time() {
 #[test]
 fn a_store_must_be_declared_and_exist() {
     let b = TopologyBuilder::new("t");
-    b.stream("in", ["in"], strings())
-        .process_with_stores("dedup", &["missing"], || Dedup)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+    b.stream(&strings("in"))
+        .named("in")
+        .process_with_stores(&["missing"], || Dedup)
+        .named("dedup")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let err = b.build().unwrap_err().to_string();
     assert!(
         err.contains("uses store `missing`, which was never added"),
@@ -274,13 +268,12 @@ fn a_store_must_be_declared_and_exist() {
         Serdes::string(),
         Serdes::i64(),
     ));
-    b.stream("in", ["in"], strings())
-        .process("dedup", || Dedup)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+    b.stream(&strings("in"))
+        .named("in")
+        .process(|| Dedup)
+        .named("dedup")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     assert_eq!(input.pipe(s("k"), s("v")), Ok(Outcome::Skipped));
@@ -295,16 +288,19 @@ mod windows {
         if let Some(p) = policy {
             b.error_policy(p);
         }
-        b.stream("in", ["in"], strings())
+        b.stream(&strings("in"))
+            .named("in")
             .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
             .windowed_by(windows)
             .count("count", "windowed")
-            .to_stream("updates")
-            .to(
+            .to_stream()
+            .named("updates")
+            .to(&Topic::new(
                 "out",
-                "out",
-                Produced::with(WindowedSerde::new(Serdes::string()), Serdes::i64()),
-            );
+                WindowedSerde::new(Serdes::string()),
+                Serdes::i64(),
+            ))
+            .named("out");
         TestDriver::new(b.build().unwrap())
     }
 
@@ -453,19 +449,19 @@ mod sessions {
         if let Some(p) = policy {
             b.error_policy(p);
         }
-        b.stream("in", ["in"], strings())
+        b.stream(&strings("in"))
+            .named("in")
             .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
             .windowed_by(windows)
             .count("count", "sessions")
-            .to_stream("updates")
-            .to(
+            .to_stream()
+            .named("updates")
+            .to(&Topic::new(
                 "out",
-                "out",
-                Produced::with(
-                    WindowedSerde::new(Serdes::string()),
-                    Serdes::nullable(Serdes::i64()),
-                ),
-            );
+                WindowedSerde::new(Serdes::string()),
+                Serdes::nullable(Serdes::i64()),
+            ))
+            .named("out");
         TestDriver::new(b.build().unwrap())
     }
 
@@ -586,15 +582,14 @@ mod sessions {
     #[test]
     fn session_aggregates_merge_with_the_merger_and_reduce_with_the_reducer() {
         let b = TopologyBuilder::new("s");
-        let views = b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::i64()),
-        );
+        let views = b
+            .stream(&Topic::new("in", Serdes::string(), Serdes::i64()))
+            .named("in");
         let grouped = views.group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
         let sessions = SessionWindows::with_inactivity_gap(GAP).grace(Duration::from_secs(60));
-        let nullable_i64 = || {
-            Produced::with(
+        let nullable_i64 = |topic: &str| {
+            Topic::new(
+                topic,
                 WindowedSerde::new(Serdes::string()),
                 Serdes::nullable(Serdes::i64()),
             )
@@ -609,13 +604,17 @@ mod sessions {
                 |_k: &String, v: i64, total: i64| total + v,
                 |_k: &String, a: i64, b: i64| a + b - 100,
             )
-            .to_stream("sum-updates")
-            .to("sum-out", "sums", nullable_i64());
+            .to_stream()
+            .named("sum-updates")
+            .to(&nullable_i64("sums"))
+            .named("sum-out");
         grouped
             .windowed_by(sessions)
             .reduce("max", "maxima", Serdes::i64(), |a: i64, b: i64| a.max(b))
-            .to_stream("max-updates")
-            .to("max-out", "maxima", nullable_i64());
+            .to_stream()
+            .named("max-updates")
+            .to(&nullable_i64("maxima"))
+            .named("max-out");
         let d = TestDriver::new(b.build().unwrap());
         let input = d.input_topic("in", Serdes::string(), Serdes::i64());
         input.pipe_at(s("a"), 1, 0).unwrap();
@@ -701,8 +700,8 @@ mod table_joins {
     use engine::topology::{Problem, TopologyError};
     use std::collections::HashMap;
 
-    fn nullable() -> Consumed<String, Option<String>> {
-        Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()))
+    fn nullable(topic: &str) -> Topic<String, Option<String>> {
+        Topic::new(topic, Serdes::string(), Serdes::nullable(Serdes::string()))
     }
 
     fn show(v: Option<&String>) -> String {
@@ -715,33 +714,40 @@ mod table_joins {
 
     fn joins() -> engine::topology::Topology {
         let b = TopologyBuilder::new("tables");
-        let left = b.table("left", "left", nullable(), "left-store");
-        let right = b.table("right", "right", nullable(), "right-store");
-        let produced = || Produced::with(Serdes::string(), Serdes::nullable(Serdes::string()));
+        let left = b.table("left", &nullable("left"), "left-store");
+        let right = b.table("right", &nullable("right"), "right-store");
+        let produced =
+            |topic: &str| Topic::new(topic, Serdes::string(), Serdes::nullable(Serdes::string()));
         left.join(
             "inner",
             &right,
             |l: &String, r: &String| format!("[{l},{r}]"),
             result_store("inner-store"),
         )
-        .to_stream("inner-updates")
-        .to("inner-out", "inner", produced());
+        .to_stream()
+        .named("inner-updates")
+        .to(&produced("inner"))
+        .named("inner-out");
         left.left_join(
             "left-join",
             &right,
             |l: &String, r: Option<&String>| format!("[{l},{}]", show(r)),
             result_store("left-join-store"),
         )
-        .to_stream("left-updates")
-        .to("left-out", "left-join", produced());
+        .to_stream()
+        .named("left-updates")
+        .to(&produced("left-join"))
+        .named("left-out");
         left.outer_join(
             "outer",
             &right,
             |l: Option<&String>, r: Option<&String>| format!("[{},{}]", show(l), show(r)),
             result_store("outer-store"),
         )
-        .to_stream("outer-updates")
-        .to("outer-out", "outer", produced());
+        .to_stream()
+        .named("outer-updates")
+        .to(&produced("outer"))
+        .named("outer-out");
         b.build().unwrap()
     }
 
@@ -921,9 +927,9 @@ mod stream_joins {
         if let Some(p) = policy {
             b.error_policy(p);
         }
-        let left = b.stream("left", ["left"], strings());
-        let right = b.stream("right", ["right"], strings());
-        let produced = || Produced::with(Serdes::string(), Serdes::string());
+        let left = b.stream(&strings("left")).named("left");
+        let right = b.stream(&strings("right")).named("right");
+        let produced = |topic: &str| Topic::new(topic, Serdes::string(), Serdes::string());
         left.join(
             "inner",
             &right,
@@ -931,7 +937,8 @@ mod stream_joins {
             windows,
             joined(),
         )
-        .to("inner-out", "inner", produced());
+        .to(&produced("inner"))
+        .named("inner-out");
         left.left_join(
             "left-join",
             &right,
@@ -939,7 +946,8 @@ mod stream_joins {
             windows,
             joined(),
         )
-        .to("left-out", "left-join", produced());
+        .to(&produced("left-join"))
+        .named("left-out");
         left.outer_join(
             "outer",
             &right,
@@ -947,7 +955,8 @@ mod stream_joins {
             windows,
             joined(),
         )
-        .to("outer-out", "outer", produced());
+        .to(&produced("outer"))
+        .named("outer-out");
         TestDriver::new(b.build().unwrap())
     }
 
@@ -1121,26 +1130,20 @@ mod stream_joins {
 #[test]
 fn stream_table_joins_see_the_table_as_of_each_record() {
     let b = TopologyBuilder::new("enrich");
-    let users = b.table("users", "users", strings(), "users-store");
-    let clicks = b.stream("clicks", ["clicks"], strings());
+    let users = b.table("users", &strings("users"), "users-store");
+    let clicks = b.stream(&strings("clicks")).named("clicks");
     clicks
         .join_table("inner", &users, |click: &String, user: &String| {
             format!("{user}:{click}")
         })
-        .to(
-            "inner-out",
-            "inner",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("inner", Serdes::string(), Serdes::string()))
+        .named("inner-out");
     clicks
         .left_join_table("left", &users, |click: &String, user: Option<&String>| {
             format!("{}:{click}", user.map_or("?", |u| u.as_str()))
         })
-        .to(
-            "left-out",
-            "left",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to(&Topic::new("left", Serdes::string(), Serdes::string()))
+        .named("left-out");
     let driver = TestDriver::new(b.build().unwrap());
     let users_in = driver.input_topic("users", Serdes::string(), Serdes::string());
     let clicks_in = driver.input_topic("clicks", Serdes::string(), Serdes::string());
@@ -1191,14 +1194,14 @@ fn a_record_that_fails_after_a_store_write_leaves_neither_the_write_nor_its_chan
         Serdes::string(),
         Serdes::i64(),
     ));
-    b.stream("in", ["in"], strings())
-        .process_with_stores("dedup", &["seen"], || Dedup)
-        .process("reject", || RejectBad)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+    b.stream(&strings("in"))
+        .named("in")
+        .process_with_stores(&["seen"], || Dedup)
+        .named("dedup")
+        .process(|| RejectBad)
+        .named("reject")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     let driver = TestDriver::new(b.build().unwrap());
     let input = driver.input_topic("in", Serdes::string(), Serdes::string());
     let out = driver.output_topic("out", Serdes::string(), Serdes::string());
@@ -1227,16 +1230,16 @@ fn a_record_that_fails_after_a_store_write_leaves_neither_the_write_nor_its_chan
 fn a_record_that_fails_downstream_of_a_cache_eviction_leaves_the_cache_and_store_as_they_were() {
     let b = TopologyBuilder::new("joined");
     b.error_policy(ErrorPolicy::all(OnError::Skip));
-    b.stream("in", ["in"], strings())
+    b.stream(&strings("in"))
+        .named("in")
         .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
         .reduce("join", "joined-store", Serdes::string(), |a, v| a + &v)
-        .to_stream("updates")
-        .process("reject", || RejectBad)
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        .to_stream()
+        .named("updates")
+        .process(|| RejectBad)
+        .named("reject")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     // A cache of 0 bytes evicts every write at once, inside the record that made it.
     let driver = TestDriver::with_options(
         b.build().unwrap(),

@@ -15,12 +15,12 @@
 //! ```
 //! use engine::serde::Serdes;
 //! use engine::testing::TestDriver;
-//! use engine::topology::{Consumed, Produced, TopologyBuilder};
+//! use engine::topology::{Topic, TopologyBuilder};
 //!
 //! let b = TopologyBuilder::new("upper");
-//! b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()))
-//!     .map_values("upper", |v: String| v.to_uppercase())
-//!     .to("out", "out", Produced::with(Serdes::string(), Serdes::string()));
+//! b.stream(&Topic::new("in", Serdes::string(), Serdes::string())).named("in")
+//!     .map_values(|v: String| v.to_uppercase()).named("upper")
+//!     .to(&Topic::new("out", Serdes::string(), Serdes::string())).named("out");
 //! let driver = TestDriver::new(b.build().unwrap());
 //! let input = driver.input_topic("in", Serdes::string(), Serdes::string());
 //! let output = driver.output_topic("out", Serdes::string(), Serdes::string());
@@ -206,6 +206,24 @@ impl TestDriver {
             key: Box::new(key),
             value: Box::new(value),
         }
+    }
+
+    /// [`TestDriver::input_topic`] for a declared [`Topic`](crate::topology::Topic), with
+    /// its serdes.
+    pub fn input<K: 'static, V: 'static>(
+        &self,
+        topic: &crate::topology::Topic<K, V>,
+    ) -> TestInputTopic<K, V> {
+        self.input_topic(topic.name(), topic.key_serde(), topic.value_serde())
+    }
+
+    /// [`TestDriver::output_topic`] for a declared [`Topic`](crate::topology::Topic), with
+    /// its serdes.
+    pub fn output<K: 'static, V: 'static>(
+        &self,
+        topic: &crate::topology::Topic<K, V>,
+    ) -> TestOutputTopic<K, V> {
+        self.output_topic(topic.name(), topic.key_serde(), topic.value_serde())
     }
 
     /// Pipes raw bytes, for testing how bad input is handled.

@@ -2,7 +2,7 @@
 //! operators, and `build()` validates the whole graph and freezes it into a [`Topology`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,63 +18,12 @@ use super::error::{DecodeError, Problem, TopologyError};
 use super::node::{Datum, NodeFactory, NodeInstance, SourceDecoder, TypeSig};
 use super::policy::ErrorPolicy;
 use super::processor::{Processor, ProcessorNode};
+use super::topic::Topic;
 
 /// Bounds every key and value type in a topology meets: records are cloned when a stream
 /// fans out, and tasks move between threads.
 pub trait Data: Clone + Send + 'static {}
 impl<T: Clone + Send + 'static> Data for T {}
-
-/// How a source reads its topics: the key and value serdes.
-pub struct Consumed<K, V> {
-    pub(crate) key: Arc<dyn Serde<K>>,
-    pub(crate) value: Arc<dyn Serde<V>>,
-}
-
-impl<K, V> Clone for Consumed<K, V> {
-    fn clone(&self) -> Self {
-        Consumed {
-            key: self.key.clone(),
-            value: self.value.clone(),
-        }
-    }
-}
-
-impl<K, V> Consumed<K, V> {
-    /// Reads keys with `key` and values with `value`.
-    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Consumed {
-            key: Arc::new(key),
-            value: Arc::new(value),
-        }
-    }
-}
-
-/// Chooses a partition from the key, the value and the topic's partition count.
-pub type Partitioner<K, V> = Arc<dyn Fn(&K, &V, i32) -> i32 + Send + Sync>;
-
-/// How a sink writes its topic: the key and value serdes and an optional partitioner.
-pub struct Produced<K, V> {
-    pub(crate) key: Arc<dyn Serde<K>>,
-    pub(crate) value: Arc<dyn Serde<V>>,
-    pub(crate) partitioner: Option<Partitioner<K, V>>,
-}
-
-impl<K, V> Produced<K, V> {
-    /// Writes keys with `key` and values with `value`; the producer partitions by key.
-    pub fn with(key: impl Serde<K>, value: impl Serde<V>) -> Self {
-        Produced {
-            key: Arc::new(key),
-            value: Arc::new(value),
-            partitioner: None,
-        }
-    }
-
-    /// Chooses the partition with `f(key, value, partition_count)` instead.
-    pub fn partitioner(mut self, f: impl Fn(&K, &V, i32) -> i32 + Send + Sync + 'static) -> Self {
-        self.partitioner = Some(Arc::new(f));
-        self
-    }
-}
 
 /// What kind of node, with what it needs to run.
 #[derive(Clone)]
@@ -159,6 +108,58 @@ pub(crate) struct BuilderState {
     pub copartitioned: Vec<(String, Vec<String>)>,
     /// Global tables, materialized from every partition of their topic on every instance.
     pub globals: Vec<GlobalDef>,
+    /// How many names have been generated (the number in the next one).
+    pub generated_count: usize,
+    /// Nodes whose names were generated and may still be changed with `named`.
+    pub generated: HashSet<String>,
+    /// Names that could not be given (reported with the other problems).
+    pub naming_problems: Vec<Problem>,
+}
+
+impl BuilderState {
+    /// A new node name for `operator`, as Kafka Streams makes them: the operator in
+    /// upper case and a number counting the names generated before,
+    /// e.g. `KSTREAM-FILTER-0000000003`. [`KStream::named`] can replace it.
+    pub(crate) fn generate_name(&mut self, prefix: &str, operator: &str) -> String {
+        let name = format!(
+            "{prefix}-{}-{:010}",
+            operator.replace('_', "").to_uppercase(),
+            self.generated_count
+        );
+        self.generated_count += 1;
+        self.generated.insert(name.clone());
+        name
+    }
+
+    /// Renames node `old` to `new` (and every edge to it), if `old` was generated; records
+    /// a problem otherwise. Returns the node's name afterwards.
+    pub(crate) fn rename(&mut self, old: &str, new: &str) -> String {
+        if !self.generated.remove(old) {
+            self.naming_problems.push(Problem::FixedName {
+                node: old.to_string(),
+                name: new.to_string(),
+            });
+            return old.to_string();
+        }
+        for node in &mut self.nodes {
+            if node.name == old {
+                node.name = new.to_string();
+            }
+            for parent in &mut node.parents {
+                if parent == old {
+                    *parent = new.to_string();
+                }
+            }
+        }
+        for (_, inputs) in &mut self.copartitioned {
+            for input in inputs {
+                if input == old {
+                    *input = new.to_string();
+                }
+            }
+        }
+        new.to_string()
+    }
 }
 
 /// A global table as declared: its topic, its store, and how a record of the topic
@@ -262,17 +263,62 @@ impl<K: 'static, V: 'static> StoreBuilder<K, V> {
     }
 }
 
+/// A store declared with [`TopologyBuilder::add_store`], with its key and value types:
+/// a processor reads and writes it with `ctx.store(&handle)` without repeating its name
+/// or types. Cheap to clone.
+///
+/// ```
+/// use engine::serde::Serdes;
+/// use engine::topology::{StoreBuilder, TopologyBuilder};
+/// let b = TopologyBuilder::new("app");
+/// let seen = b.add_store(StoreBuilder::persistent("seen", Serdes::string(), Serdes::i64()));
+/// assert_eq!(seen.name(), "seen");
+/// ```
+pub struct StoreRef<K, V> {
+    name: Arc<str>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for StoreRef<K, V> {
+    fn clone(&self) -> Self {
+        StoreRef {
+            name: self.name.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for StoreRef<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreRef").field(&self.name).finish()
+    }
+}
+
+impl<K, V> StoreRef<K, V> {
+    pub(crate) fn new(name: &str) -> Self {
+        StoreRef {
+            name: Arc::from(name),
+            _types: PhantomData,
+        }
+    }
+
+    /// The store's name (its changelog is `<application>-<name>-changelog`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Declares a topology.
 ///
 /// ```
-/// use engine::topology::{TopologyBuilder, Consumed, Produced};
+/// use engine::topology::{TopologyBuilder, Topic};
 /// use engine::serde::Serdes;
 ///
 /// let builder = TopologyBuilder::new("shout");
 /// builder
-///     .stream("words", ["words"], Consumed::with(Serdes::string(), Serdes::string()))
-///     .map_values("upper", |v: String| v.to_uppercase())
-///     .to("to-shouts", "shouts", Produced::with(Serdes::string(), Serdes::string()));
+///     .stream(&Topic::new("words", Serdes::string(), Serdes::string())).named("words")
+///     .map_values(|v: String| v.to_uppercase()).named("upper")
+///     .to(&Topic::new("shouts", Serdes::string(), Serdes::string())).named("to-shouts");
 /// let topology = builder.build().unwrap();
 /// assert!(topology.describe().contains("Sink: to-shouts (topic: shouts)"));
 /// ```
@@ -293,6 +339,9 @@ impl TopologyBuilder {
                 error_policy: ErrorPolicy::default(),
                 copartitioned: Vec::new(),
                 globals: Vec::new(),
+                generated_count: 0,
+                generated: HashSet::new(),
+                naming_problems: Vec::new(),
             })),
         }
     }
@@ -303,10 +352,10 @@ impl TopologyBuilder {
         self
     }
 
-    /// Adds a key-value store that processors can declare and use.
-    pub fn add_store<K: 'static, V: 'static>(&self, store: StoreBuilder<K, V>) -> &Self {
-        add_store(&self.state, store);
-        self
+    /// Adds a key-value store that processors can declare and use; the returned handle
+    /// names it with its types (`ctx.store(&handle)` in a processor).
+    pub fn add_store<K: 'static, V: 'static>(&self, store: StoreBuilder<K, V>) -> StoreRef<K, V> {
+        add_store(&self.state, store)
     }
 
     /// Serves `GET {path}/{key}` from store `store` on the operations endpoint
@@ -331,14 +380,11 @@ impl TopologyBuilder {
         self
     }
 
-    /// A stream of the records of `topics`, decoded with `consumed`'s serdes.
-    pub fn stream<K: Data, V: Data, T: Into<String>>(
-        &self,
-        name: &str,
-        topics: impl IntoIterator<Item = T>,
-        consumed: Consumed<K, V>,
-    ) -> KStream<K, V> {
-        add_source(&self.state, name, topics, consumed)
+    /// A stream of the records of `topic`, decoded with its serdes. The source node's
+    /// name is generated (`KSTREAM-SOURCE-0000000000`); `.named(..)` gives it one.
+    pub fn stream<K: Data, V: Data>(&self, topic: &Topic<K, V>) -> KStream<K, V> {
+        let name = self.state.borrow_mut().generate_name("KSTREAM", "source");
+        add_source(&self.state, &name, topic)
     }
 
     /// Adds a processor fed by the nodes named in `parents` (the Processor API, for
@@ -366,14 +412,20 @@ impl TopologyBuilder {
     /// Every problem with the topology as declared so far; empty when it is valid.
     pub fn validate(&self) -> Vec<Problem> {
         let state = self.state.borrow();
-        super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes)
+        let mut problems = state.naming_problems.clone();
+        problems.extend(super::validate::problems(
+            &state.nodes,
+            &state.stores,
+            &state.globals,
+            &state.routes,
+        ));
+        problems
     }
 
     /// Validates and freezes the topology; the error lists every problem at once.
     pub fn build(self) -> Result<Topology, TopologyError> {
+        let problems = self.validate();
         let state = self.state.borrow();
-        let problems =
-            super::validate::problems(&state.nodes, &state.stores, &state.globals, &state.routes);
         if !problems.is_empty() {
             return Err(TopologyError::Invalid {
                 topology: state.application_id.clone(),
@@ -384,18 +436,17 @@ impl TopologyBuilder {
     }
 }
 
-pub(crate) fn add_source<K: Data, V: Data, T: Into<String>>(
+pub(crate) fn add_source<K: Data, V: Data>(
     state: &Rc<RefCell<BuilderState>>,
     name: &str,
-    topics: impl IntoIterator<Item = T>,
-    consumed: Consumed<K, V>,
+    topic: &Topic<K, V>,
 ) -> KStream<K, V> {
-    let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
+    let topics = vec![topic.name().to_string()];
     let prepare = prepare_fn(
         name,
         topics.clone(),
-        consumed.key.clone(),
-        consumed.value.clone(),
+        topic.key.clone(),
+        topic.value.clone(),
         SerdeRole::Read,
     );
     let spec = NodeSpec {
@@ -404,11 +455,11 @@ pub(crate) fn add_source<K: Data, V: Data, T: Into<String>>(
         stores: Vec::new(),
         kind: NodeKind::Source {
             topics,
-            key: consumed.key.info(),
-            value: consumed.value.info(),
+            key: topic.key.info(),
+            value: topic.value.info(),
             decoder: Arc::new(TypedDecoder {
-                key: consumed.key,
-                value: consumed.value,
+                key: topic.key.clone(),
+                value: topic.value.clone(),
             }),
         },
         parents: Vec::new(),
@@ -422,13 +473,15 @@ pub(crate) fn add_source<K: Data, V: Data, T: Into<String>>(
 pub(crate) fn add_store<K: 'static, V: 'static>(
     state: &Rc<RefCell<BuilderState>>,
     store: StoreBuilder<K, V>,
-) {
+) -> StoreRef<K, V> {
     let serdes = Arc::new(store.serdes);
+    let handle = StoreRef::new(&store.spec.name);
     state.borrow_mut().stores.push(StoreDef {
         query: Arc::new(StoreQuery::new(&store.spec.name, serdes.clone())),
         spec: store.spec,
         serdes,
     });
+    handle
 }
 
 pub(crate) fn add_node(state: &Rc<RefCell<BuilderState>>, spec: NodeSpec) {
@@ -535,9 +588,49 @@ impl<K, V> KStream<K, V> {
     pub fn node_name(&self) -> &str {
         &self.node
     }
+
+    /// Names the node this stream comes out of, in place of the name generated for it
+    /// (Kafka Streams' `Named.as`): names show in `describe()`, logs, metrics and
+    /// errors. Only generated names can be changed; an operator whose name fixes a
+    /// store or an internal topic (joins, aggregations, `repartition`, `table`) takes
+    /// its name where it is called, and naming it here is reported by `build()`.
+    ///
+    /// ```
+    /// # use engine::topology::{Topic, TopologyBuilder};
+    /// # use engine::serde::Serdes;
+    /// # let b = TopologyBuilder::new("app");
+    /// # let words = Topic::new("words", Serdes::string(), Serdes::string());
+    /// let non_empty = b
+    ///     .stream(&words)
+    ///     .filter(|_k: &String, v: &String| !v.is_empty())
+    ///     .named("non-empty");
+    /// assert_eq!(non_empty.node_name(), "non-empty");
+    /// ```
+    pub fn named(self, name: &str) -> KStream<K, V> {
+        let name = self.state.borrow_mut().rename(&self.node, name);
+        KStream::new(self.state, &name)
+    }
 }
 
 impl<K: Data, V: Data> KStream<K, V> {
+    /// A generated name for a node of `operator` (see [`KStream::named`]).
+    pub(crate) fn generate_name(&self, operator: &str) -> String {
+        self.state.borrow_mut().generate_name("KSTREAM", operator)
+    }
+
+    /// Attaches a processor node with a generated name.
+    pub(crate) fn attach_generated<K2: Data, V2: Data, P>(
+        &self,
+        operator: &'static str,
+        factory: impl Fn() -> P + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
+        let name = self.generate_name(operator);
+        self.attach(&name, operator, factory)
+    }
+
     /// Attaches a processor node to this stream; the building block of every operator.
     pub(crate) fn attach<K2: Data, V2: Data, P>(
         &self,
@@ -807,17 +900,17 @@ impl Topology {
     /// this once it knows the topics' partition counts, before processing anything.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, StoreBuilder};
+    /// # use engine::topology::{TopologyBuilder, Topic, StoreBuilder};
     /// # use engine::serde::Serdes;
-    /// # use std::collections::HashMap;
+    /// # use std::collections::{HashMap, HashSet};
     /// let b = TopologyBuilder::new("joined");
-    /// let nullable = || Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()));
-    /// let left = b.table("left", "left", nullable(), "left-store");
-    /// let right = b.table("right", "right", nullable(), "right-store");
+    /// let nullable = |t: &str| Topic::new(t, Serdes::string(), Serdes::nullable(Serdes::string()));
+    /// let left = b.table("left", &nullable("left"), "left-store");
+    /// let right = b.table("right", &nullable("right"), "right-store");
     /// left.join("both", &right, |l: &String, r: &String| format!("{l}{r}"),
     ///     StoreBuilder::persistent("both", Serdes::string(), Serdes::nullable(Serdes::string())))
-    ///     .to_stream("updates")
-    ///     .for_each("ignore", |_k: &String, _v: &Option<String>| {});
+    ///     .to_stream().named("updates")
+    ///     .for_each(|_k: &String, _v: &Option<String>| {}).named("ignore");
     /// let topology = b.build().unwrap();
     /// let counts = HashMap::from([("left".to_string(), 3), ("right".to_string(), 4)]);
     /// assert!(topology.check_copartitioning(&counts).is_err());

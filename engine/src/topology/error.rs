@@ -20,6 +20,10 @@ pub enum TopologyError {
         /// Every problem found.
         problems: Vec<Problem>,
     },
+    /// An Avro schema given to a serde could not be used (it does not parse, or does not
+    /// fit the Rust type).
+    #[error("{0}")]
+    Schema(#[from] crate::serde::avro::AvroError),
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -34,6 +38,13 @@ fn list(problems: &[Problem]) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Problem {
+    /// `named` was called on a node whose name its operator fixed.
+    FixedName {
+        /// The node's name.
+        node: String,
+        /// The name asked for.
+        name: String,
+    },
     /// Two nodes share a name.
     DuplicateName {
         /// The name.
@@ -178,6 +189,10 @@ impl fmt::Display for Problem {
                 f,
                 "node name `{name}` must be non-empty and use only ASCII letters, digits, '.', '_' and '-'"
             ),
+            Problem::FixedName { node, name } => write!(
+                f,
+                "node `{node}` cannot be renamed `{name}`: its name was given where it was declared (it names a store, an internal topic or a branch); pass `{name}` to the operator instead of calling `named`"
+            ),
             Problem::BadOption { message } => write!(f, "configuration option: {message}"),
             Problem::NotCoPartitioned { join, topics } => write!(
                 f,
@@ -231,6 +246,12 @@ pub enum ProcessingError {
         /// Its real children.
         children: Vec<String>,
     },
+    /// A store could not be read or written.
+    #[error("{0}")]
+    Store(#[from] crate::state::StoreError),
+    /// A serde failed inside a processor (a sink's failure is [`Self::Serialize`]).
+    #[error("{0}")]
+    Serde(#[from] SerdeError),
     /// A sink could not serialize.
     #[error("sink `{node}` could not serialize the {part} for topic `{topic}`: {source}")]
     Serialize {
@@ -272,7 +293,9 @@ impl ProcessingError {
     pub(crate) fn field_name(&self) -> Option<&str> {
         match self {
             ProcessingError::Failed { field, .. } => field.as_deref(),
-            ProcessingError::Serialize { source, .. } => source.field(),
+            ProcessingError::Serialize { source, .. } | ProcessingError::Serde(source) => {
+                source.field()
+            }
             _ => None,
         }
     }

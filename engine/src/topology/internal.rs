@@ -62,14 +62,14 @@ impl Topology {
     /// The internal topics this topology needs: its stores' changelogs, sorted by name.
     ///
     /// ```
-    /// # use engine::topology::{Consumed, Grouped, Produced, TopologyBuilder};
+    /// # use engine::topology::{Topic, Grouped, TopologyBuilder};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// b.stream(&Topic::new("in", Serdes::string(), Serdes::string())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .count("count", "per-key")
-    ///     .to_stream("updates")
-    ///     .to("out", "counts", Produced::with(Serdes::string(), Serdes::i64()));
+    ///     .to_stream().named("updates")
+    ///     .to(&Topic::new("counts", Serdes::string(), Serdes::i64())).named("out");
     /// let topics = b.build().unwrap().internal_topics();
     /// assert_eq!(topics[0].name, "counts-per-key-changelog");
     /// assert_eq!(topics[0].configs["cleanup.policy"], "compact");
@@ -134,27 +134,28 @@ mod tests {
     use std::time::Duration;
 
     use crate::serde::Serdes;
-    use crate::topology::{Consumed, Grouped, TimeWindows, TopologyBuilder};
+    use crate::topology::{Grouped, TimeWindows, Topic, TopologyBuilder};
 
     #[test]
     fn a_windowed_store_changelog_is_compacted_and_deleted_after_its_windows_and_a_day() {
         let b = TopologyBuilder::new("clicks");
         let grouped = b
-            .stream(
-                "in",
-                ["clicks"],
-                Consumed::with(Serdes::string(), Serdes::string()),
-            )
+            .stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
+            .named("in")
             .group_by_key(Grouped::with(Serdes::string(), Serdes::string()));
         grouped
             .windowed_by(TimeWindows::of(Duration::from_secs(60)).grace(Duration::from_secs(30)))
             .count("windowed", "per-minute")
-            .to_stream("windowed-updates")
-            .for_each("ignore", |_k, _v| {});
+            .to_stream()
+            .named("windowed-updates")
+            .for_each(|_k, _v| {})
+            .named("ignore");
         grouped
             .count("total", "per-key")
-            .to_stream("total-updates")
-            .for_each("ignore-totals", |_k, _v| {});
+            .to_stream()
+            .named("total-updates")
+            .for_each(|_k, _v| {})
+            .named("ignore-totals");
         let topics = b.build().unwrap().internal_topics();
         let configs: Vec<(&str, Vec<(&str, &str)>)> = topics
             .iter()

@@ -15,11 +15,10 @@ mod operators;
 mod policy;
 mod processor;
 pub(crate) mod task;
+mod topic;
 mod validate;
 
-pub use builder::{
-    Consumed, Data, KStream, Partitioner, Produced, StoreBuilder, Topology, TopologyBuilder,
-};
+pub use builder::{Data, KStream, StoreBuilder, StoreRef, Topology, TopologyBuilder};
 pub use error::{
     DecodeError, ErrorClass, Problem, ProcessingError, RecordError, Result, TopologyError,
 };
@@ -29,13 +28,14 @@ pub(crate) use node::{
     CHANGELOG_DEFERRED, CHANGELOG_EPOCH, CHANGELOG_FENCE_KEY, CHANGELOG_LAST, CHANGELOG_POSITIONS,
 };
 pub use operators::{
-    Branch, Emit, GlobalKTable, Grouped, JoinWindows, KGroupedStream, KTable, LateRecords,
-    SessionWindowedKStream, SessionWindows, StreamJoined, TimeWindowedKStream, TimeWindows,
-    Windowed, WindowedSerde, Windowing,
+    Branch, Emit, FirstSeen, GlobalKTable, Grouped, JoinWindows, Joined, KGroupedStream, KTable,
+    LateRecords, SessionWindowedKStream, SessionWindows, Split, StreamJoined, Terminal,
+    TimeWindowedKStream, TimeWindows, Windowed, WindowedSerde, Windowing,
 };
 pub use policy::{ErrorPolicy, OnError, headers as dead_letter_headers};
 pub use processor::{Deferred, Processor, ProcessorContext, PunctuationType, ScheduleId};
 pub(crate) use task::decode_deferred;
 pub use task::{Outcome, Task};
+pub use topic::{Partitioner, Topic};
 
 pub(crate) use task::dead_letter_record;

@@ -312,6 +312,7 @@ pub(crate) trait NodeOps {
     fn forward(&mut self, record: ErasedRecord);
     fn forward_to(&mut self, child: &str, record: ErasedRecord) -> Result<(), ProcessingError>;
     fn child_names(&self) -> &[Arc<str>];
+    fn node_name(&self) -> &str;
     fn metadata(&self) -> Option<&RecordMetadata>;
     fn task(&self) -> &TaskInfo;
     fn stream_time(&self) -> Timestamp;
@@ -331,6 +332,9 @@ pub(crate) trait NodeOps {
 impl NodeOps for NodeContext<'_> {
     fn child_names(&self) -> &[Arc<str>] {
         self.child_names
+    }
+    fn node_name(&self) -> &str {
+        self.node_name
     }
     fn metadata(&self) -> Option<&RecordMetadata> {
         self.metadata

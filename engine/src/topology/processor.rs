@@ -154,6 +154,11 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
         self.inner.task().partition
     }
 
+    /// The name of the node this processor runs as.
+    pub fn node_name(&self) -> &str {
+        self.inner.node_name()
+    }
+
     /// The application id (consumer group) of the topology.
     pub fn application_id(&self) -> &str {
         &self.inner.task().application_id
@@ -202,6 +207,15 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ProcessorContext<'_, 
             now,
             _types: PhantomData,
         })
+    }
+
+    /// The store `store` declared with [`TopologyBuilder::add_store`](super::TopologyBuilder::add_store),
+    /// typed by its handle. The node must have declared it (`process_with_stores`).
+    pub fn store<SK: 'static, SV: 'static>(
+        &mut self,
+        store: &super::StoreRef<SK, SV>,
+    ) -> Result<KeyValueStore<'_, SK, SV>, StoreError> {
+        self.kv_store(store.name())
     }
 
     /// The store of a global table (`TopologyBuilder::global_table`), read-only: every

@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::serde::short_type_name;
 
+use std::any::TypeId;
+
 use super::builder::{GlobalDef, NodeKind, NodeSpec, StoreDef};
 use super::error::Problem;
 use super::node::TypeSig;
+use super::operators::branch::BranchTypes;
 
 /// Operators without side effects: if their output goes nowhere they are dead code.
 const PURE_OPERATORS: &[&str] = &[
@@ -250,6 +253,8 @@ fn describe_sig(sig: &TypeSig) -> String {
 
 fn check_types(parent: &NodeSpec, child: &NodeSpec, problems: &mut Vec<Problem>) {
     match (&parent.output, &child.input) {
+        // A split's router gives each branch the types that branch declared.
+        (Some(out), Some(_)) if out.value == TypeId::of::<BranchTypes>() => {}
         (Some(out), Some(input)) if out.key != input.key || out.value != input.value => problems
             .push(Problem::TypeMismatch {
                 parent: parent.name.clone(),

@@ -515,20 +515,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_open_withdraws_its_stores_and_the_partition_opens_again() {
         use crate::serde::Serdes;
-        use crate::topology::{Consumed, Grouped, TopologyBuilder};
+        use crate::topology::{Grouped, Topic, TopologyBuilder};
         let broker = crate::kafka::EmbeddedBroker::start(1).unwrap();
         broker.create_topic("in", 1).unwrap();
         broker.create_topic("app-counts-changelog", 1).unwrap();
         let b = TopologyBuilder::new("app");
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
-        .count("count", "counts")
-        .to_stream("updates")
-        .for_each("ignore", |_k, _v| {});
+        b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+            .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+            .count("count", "counts")
+            .to_stream()
+            .for_each(|_k, _v| {});
         let topology = b.build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = super::RunSettings::new(broker.bootstrap_servers());

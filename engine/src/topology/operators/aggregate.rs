@@ -11,11 +11,10 @@ use std::sync::Arc;
 use crate::record::Record;
 use crate::serde::{I64Serde, Serde};
 use crate::state::typed::CacheFlush;
-use crate::topology::builder::{
-    Consumed, Data, KStream, Produced, StoreBuilder, add_source, add_store,
-};
+use crate::topology::builder::{Data, KStream, StoreBuilder, add_source, add_store};
 use crate::topology::error::ProcessingError;
 use crate::topology::processor::{Processor, ProcessorContext};
+use crate::topology::topic::Topic;
 
 use super::table::KTable;
 
@@ -62,15 +61,15 @@ impl<K, V> KGroupedStream<K, V> {
     /// flushes before a commit.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .with_caching(false)
     ///     .count("count", "clicks-per-user")
-    ///     .to_stream("every-update")
-    ///     .to("out", "click-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    ///     .to_stream().named("every-update")
+    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn with_caching(mut self, caching: bool) -> Self {
@@ -100,7 +99,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ) -> KGroupedStream<K2, V> {
         let key = grouped.key.clone();
         let stream = self
-            .select_key(&format!("{name}-key"), f)
+            .select_key_node(&format!("{name}-key"), f)
             .repartition(name, grouped);
         KGroupedStream {
             stream,
@@ -113,25 +112,14 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// records are partitioned by their current key (after `select_key` or `map`) and
     /// every record of a key reaches the same task and its stores.
     pub fn repartition(&self, name: &str, serdes: Grouped<K, V>) -> KStream<K, V> {
-        let topic = format!("{}-{name}-repartition", self.application_id());
-        self.to(
-            &format!("{name}-repartition-sink"),
-            &topic,
-            Produced {
-                key: serdes.key.clone(),
-                value: serdes.value.clone(),
-                partitioner: None,
-            },
-        );
-        add_source(
-            &self.state,
-            &format!("{name}-repartition-source"),
-            [topic],
-            Consumed {
-                key: serdes.key,
-                value: serdes.value,
-            },
-        )
+        let topic = Topic {
+            name: format!("{}-{name}-repartition", self.application_id()),
+            key: serdes.key,
+            value: serdes.value,
+            partitioner: None,
+        };
+        self.to_node(&format!("{name}-repartition-sink"), &topic);
+        add_source(&self.state, &format!("{name}-repartition-source"), &topic)
     }
 }
 
@@ -237,14 +225,14 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// Counts records per key in the RocksDB store `store`.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .count("count", "clicks-per-user")
-    ///     .to_stream("updates")
-    ///     .to("out", "click-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    ///     .to_stream().named("updates")
+    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn count(&self, name: &str, store: &str) -> KTable<K, i64> {

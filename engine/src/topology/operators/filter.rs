@@ -1,4 +1,4 @@
-//! `filter`: keeps the records a predicate accepts.
+//! `filter` and `try_filter`: keep the records a predicate accepts.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub(super) struct PassThrough<K, V, F> {
 
 impl<K: Data, V: Data, F> NodeInstance for PassThrough<K, V, F>
 where
-    F: Fn(&K, &V) -> bool + Send + Sync + 'static,
+    F: Fn(&K, &V) -> Result<bool, ProcessingError> + Send + Sync + 'static,
 {
     fn process(
         &mut self,
@@ -29,7 +29,7 @@ where
         let keep = (self.keep)(
             borrow::<K>(&record.key, ctx.node_name)?,
             borrow::<V>(&record.value, ctx.node_name)?,
-        );
+        )?;
         if keep {
             ctx.forward(record);
         }
@@ -43,7 +43,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         &self,
         name: &str,
         operator: &'static str,
-        keep: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+        keep: impl Fn(&K, &V) -> Result<bool, ProcessingError> + Send + Sync + 'static,
     ) -> KStream<K, V> {
         let keep = Arc::new(keep);
         let factory: NodeFactory = Arc::new(move || {
@@ -68,17 +68,38 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Keeps the records for which `predicate` is true.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let non_empty = s.filter("non-empty", |_k: &String, v: &String| !v.is_empty());
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let non_empty = s.filter(|_k: &String, v: &String| !v.is_empty());
     /// ```
     pub fn filter(
         &self,
-        name: &str,
         predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
     ) -> KStream<K, V> {
-        self.attach_pass_through(name, "filter", predicate)
+        let name = self.generate_name("filter");
+        self.attach_pass_through(&name, "filter", move |k, v| Ok(predicate(k, v)))
+    }
+
+    /// [`KStream::filter`] with a predicate that may fail: an `Err` goes to the error
+    /// policy (see [`KStream::try_map`]).
+    ///
+    /// ```
+    /// # use engine::topology::{ProcessingError, TopologyBuilder, Topic};
+    /// # use engine::serde::Serdes;
+    /// # let b = TopologyBuilder::new("app");
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let large = s.try_filter(|_k: &String, v: &String| {
+    ///     let n: i64 = v.parse().map_err(|_| ProcessingError::field("amount", "not a number"))?;
+    ///     Ok(n > 100)
+    /// });
+    /// ```
+    pub fn try_filter(
+        &self,
+        predicate: impl Fn(&K, &V) -> Result<bool, ProcessingError> + Send + Sync + 'static,
+    ) -> KStream<K, V> {
+        let name = self.generate_name("filter");
+        self.attach_pass_through(&name, "filter", predicate)
     }
 }

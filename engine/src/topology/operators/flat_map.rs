@@ -44,23 +44,48 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// input's timestamp and headers).
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let words = s.flat_map("words", |_k: String, line: String| {
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let words = s.flat_map(|_k: String, line: String| {
     ///     line.split_whitespace().map(|w| (w.to_string(), 1i64)).collect::<Vec<_>>()
     /// });
     /// ```
     pub fn flat_map<K2: Data, V2: Data, I>(
         &self,
-        name: &str,
         f: impl Fn(K, V) -> I + Send + Sync + 'static,
     ) -> KStream<K2, V2>
     where
         I: IntoIterator<Item = (K2, V2)> + 'static,
     {
         let f = Arc::new(f);
-        self.attach(name, "flat_map", move || FlatMap(f.clone()))
+        self.attach_generated("flat_map", move || FlatMap(f.clone()))
+    }
+
+    /// Replaces each record with one record per value `f` returns, each with the input's
+    /// key, timestamp and headers (Kafka Streams' `flatMapValues`).
+    ///
+    /// ```
+    /// # use engine::topology::{TopologyBuilder, Topic};
+    /// # use engine::serde::Serdes;
+    /// # let b = TopologyBuilder::new("app");
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let words = s.flat_map_values(|line: String| {
+    ///     line.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+    /// });
+    /// ```
+    pub fn flat_map_values<V2: Data, I>(
+        &self,
+        f: impl Fn(V) -> I + Send + Sync + 'static,
+    ) -> KStream<K, V2>
+    where
+        I: IntoIterator<Item = V2> + 'static,
+    {
+        let f = Arc::new(move |k: K, v: V| {
+            let values = f(v).into_iter();
+            values.map(move |v| (k.clone(), v))
+        });
+        self.attach_generated("flat_map_values", move || FlatMap(f.clone()))
     }
 }

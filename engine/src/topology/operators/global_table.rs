@@ -13,8 +13,9 @@ use std::sync::Arc;
 use crate::serde::{Serde, SerdeRole, Written};
 use crate::state::{BytesStore, StoreQuery, framing, typed::StoreSerdes};
 use crate::topology::builder::{
-    Consumed, Data, GlobalDef, PrepareFn, StoreBuilder, StoreDef, TopologyBuilder, prepare_fn,
+    Data, GlobalDef, PrepareFn, StoreBuilder, StoreDef, TopologyBuilder, prepare_fn,
 };
+use crate::topology::topic::Topic;
 
 /// The latest value per key of every partition of a topic, on every instance; joined by
 /// streams with [`KStream::join_global`](crate::topology::KStream::join_global).
@@ -54,7 +55,7 @@ pub(crate) trait GlobalCodec: Send + Sync {
 struct TypedGlobalCodec<K, V> {
     topic: String,
     store: String,
-    consumed: Consumed<K, V>,
+    consumed: Topic<K, V>,
     serdes: Arc<StoreSerdes<K, V>>,
 }
 
@@ -136,17 +137,16 @@ impl TopologyBuilder {
     /// piped to `topic` updates the store immediately.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("enrich");
-    /// let countries = b.global_table("countries", "countries",
-    ///     Consumed::with(Serdes::string(), Serdes::string()), "countries-store");
+    /// let countries = b.global_table("countries", &Topic::new("countries", Serdes::string(), Serdes::string()), "countries-store");
     /// assert_eq!(countries.store_name(), "countries-store");
-    /// b.stream("orders", ["orders"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders")
     ///     .join_global("with-country", &countries,
     ///         |_order_id: &String, order: &String| order.split(':').next().unwrap_or("").to_string(),
     ///         |order: &String, country: &String| format!("{order} ({country})"))
-    ///     .to("out", "enriched", Produced::with(Serdes::string(), Serdes::string()));
+    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string())).named("out");
     /// let topology = b.build().unwrap();
     /// assert_eq!(topology.global_topics(), ["countries"]);
     /// assert!(!topology.source_topics().contains(&"countries".to_string()));
@@ -154,10 +154,11 @@ impl TopologyBuilder {
     pub fn global_table<K: Data, V: Data>(
         &self,
         name: &str,
-        topic: &str,
-        consumed: Consumed<K, V>,
+        topic: &Topic<K, V>,
         store: &str,
     ) -> GlobalKTable<K, V> {
+        let consumed = topic.clone();
+        let topic = topic.name();
         let builder = StoreBuilder::persistent(store, consumed.key.clone(), consumed.value.clone());
         let (mut spec, serdes) = builder.into_parts();
         // The topic itself is the changelog.

@@ -43,13 +43,13 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// the table lacks are dropped.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("enrich");
-    /// let users = b.table("users", "users", Consumed::with(Serdes::string(), Serdes::string()), "users-store");
-    /// b.stream("clicks", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// let users = b.table("users", &Topic::new("users", Serdes::string(), Serdes::string()), "users-store");
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("clicks")
     ///     .join_table("with-user", &users, |click: &String, user: &String| format!("{user}: {click}"))
-    ///     .to("out", "enriched", Produced::with(Serdes::string(), Serdes::string()));
+    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join_table<VT: Data, VR: Data>(

@@ -47,17 +47,16 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// `key_mapper(key, value)`; records whose mapped key the table lacks are dropped.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("orders");
-    /// let products = b.global_table("products", "products",
-    ///     Consumed::with(Serdes::string(), Serdes::string()), "products-store");
+    /// let products = b.global_table("products", &Topic::new("products", Serdes::string(), Serdes::string()), "products-store");
     /// // Orders are keyed by order id; the value names the product.
-    /// b.stream("orders", ["orders"], Consumed::with(Serdes::string(), Serdes::string()))
+    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders")
     ///     .join_global("with-product", &products,
     ///         |_id: &String, product: &String| product.clone(),
     ///         |product: &String, name: &String| format!("{product}: {name}"))
-    ///     .to("out", "named-orders", Produced::with(Serdes::string(), Serdes::string()));
+    ///     .to(&Topic::new("named-orders", Serdes::string(), Serdes::string())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join_global<GK: Data, GV: Data, VR: Data>(

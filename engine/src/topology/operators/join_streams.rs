@@ -420,12 +420,12 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// | 50 | `C` | | `joiner(C, b)`, `joiner(C, c)` at 50 |
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced, JoinWindows, StreamJoined};
+    /// # use engine::topology::{TopologyBuilder, Topic, JoinWindows, StreamJoined};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("payments");
-    /// let orders = b.stream("orders", ["orders"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let payments = b.stream("payments", ["payments"], Consumed::with(Serdes::string(), Serdes::i64()));
+    /// let orders = b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders");
+    /// let payments = b.stream(&Topic::new("payments", Serdes::string(), Serdes::i64())).named("payments");
     /// orders
     ///     .join(
     ///         "paid",
@@ -434,7 +434,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///         JoinWindows::of(Duration::from_secs(600)),
     ///         StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::i64()),
     ///     )
-    ///     .to("out", "paid-orders", Produced::with(Serdes::string(), Serdes::string()));
+    ///     .to(&Topic::new("paid-orders", Serdes::string(), Serdes::string())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join<VO: Data, VR: Data>(
@@ -457,12 +457,12 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// (stream time past its timestamp plus `after` plus grace), never earlier.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced, JoinWindows, StreamJoined};
+    /// # use engine::topology::{TopologyBuilder, Topic, JoinWindows, StreamJoined};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("ads");
-    /// let views = b.stream("views", ["ad-views"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let clicks = b.stream("clicks", ["ad-clicks"], Consumed::with(Serdes::string(), Serdes::string()));
+    /// let views = b.stream(&Topic::new("ad-views", Serdes::string(), Serdes::string())).named("views");
+    /// let clicks = b.stream(&Topic::new("ad-clicks", Serdes::string(), Serdes::string())).named("clicks");
     /// views
     ///     .left_join(
     ///         "view-click",
@@ -471,7 +471,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///         JoinWindows::of(Duration::from_secs(60)).grace(Duration::from_secs(5)),
     ///         StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string()),
     ///     )
-    ///     .to("out", "view-clicks", Produced::with(Serdes::string(), Serdes::string()));
+    ///     .to(&Topic::new("view-clicks", Serdes::string(), Serdes::string())).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn left_join<VO: Data, VR: Data>(
@@ -491,12 +491,12 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// timestamp plus `before` plus grace).
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced, JoinWindows, StreamJoined};
+    /// # use engine::topology::{TopologyBuilder, Topic, JoinWindows, StreamJoined};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("reconcile");
-    /// let ours = b.stream("ours", ["ledger"], Consumed::with(Serdes::string(), Serdes::i64()));
-    /// let theirs = b.stream("theirs", ["bank"], Consumed::with(Serdes::string(), Serdes::i64()));
+    /// let ours = b.stream(&Topic::new("ledger", Serdes::string(), Serdes::i64())).named("ours");
+    /// let theirs = b.stream(&Topic::new("bank", Serdes::string(), Serdes::i64())).named("theirs");
     /// ours.outer_join(
     ///     "reconciled",
     ///     &theirs,
@@ -504,7 +504,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///     JoinWindows::of(Duration::from_secs(3600)),
     ///     StreamJoined::with(Serdes::string(), Serdes::i64(), Serdes::i64()),
     /// )
-    /// .for_each("report", |_id: &String, _matches: &bool| {});
+    /// .for_each(|_id: &String, _matches: &bool| {}).named("report");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn outer_join<VO: Data, VR: Data>(

@@ -91,12 +91,12 @@ impl<K: Data, V: Data> KTable<K, Option<V>> {
     /// | | `None` | `None` |
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced, StoreBuilder};
+    /// # use engine::topology::{TopologyBuilder, Topic, StoreBuilder};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("profiles");
-    /// let nullable = || Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()));
-    /// let names = b.table("names", "names", nullable(), "names-store");
-    /// let emails = b.table("emails", "emails", nullable(), "emails-store");
+    /// let nullable = |t: &str| Topic::new(t, Serdes::string(), Serdes::nullable(Serdes::string()));
+    /// let names = b.table("names", &nullable("names"), "names-store");
+    /// let emails = b.table("emails", &nullable("emails"), "emails-store");
     /// names
     ///     .join(
     ///         "profiles",
@@ -104,8 +104,8 @@ impl<K: Data, V: Data> KTable<K, Option<V>> {
     ///         |name: &String, email: &String| format!("{name} <{email}>"),
     ///         StoreBuilder::persistent("profiles", Serdes::string(), Serdes::nullable(Serdes::string())),
     ///     )
-    ///     .to_stream("profile-updates")
-    ///     .to("out", "profiles", Produced::with(Serdes::string(), Serdes::nullable(Serdes::string())));
+    ///     .to_stream().named("profile-updates")
+    ///     .to(&Topic::new("profiles", Serdes::string(), Serdes::nullable(Serdes::string()))).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join<VO: Data, VR: Data>(
@@ -134,12 +134,12 @@ impl<K: Data, V: Data> KTable<K, Option<V>> {
     /// | | `None` | |
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, StoreBuilder};
+    /// # use engine::topology::{TopologyBuilder, Topic, StoreBuilder};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("orders");
-    /// let nullable = || Consumed::with(Serdes::string(), Serdes::nullable(Serdes::string()));
-    /// let orders = b.table("orders", "orders", nullable(), "orders-store");
-    /// let shipments = b.table("shipments", "shipments", nullable(), "shipments-store");
+    /// let nullable = |t: &str| Topic::new(t, Serdes::string(), Serdes::nullable(Serdes::string()));
+    /// let orders = b.table("orders", &nullable("orders"), "orders-store");
+    /// let shipments = b.table("shipments", &nullable("shipments"), "shipments-store");
     /// let status = orders.left_join(
     ///     "status",
     ///     &shipments,
@@ -172,12 +172,12 @@ impl<K: Data, V: Data> KTable<K, Option<V>> {
     /// | | `None` | `None` |
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, StoreBuilder};
+    /// # use engine::topology::{TopologyBuilder, Topic, StoreBuilder};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("inventory");
-    /// let nullable = || Consumed::with(Serdes::string(), Serdes::nullable(Serdes::i64()));
-    /// let store_a = b.table("a", "stock-a", nullable(), "stock-a-store");
-    /// let store_b = b.table("b", "stock-b", nullable(), "stock-b-store");
+    /// let nullable = |t: &str| Topic::new(t, Serdes::string(), Serdes::nullable(Serdes::i64()));
+    /// let store_a = b.table("a", &nullable("stock-a"), "stock-a-store");
+    /// let store_b = b.table("b", &nullable("stock-b"), "stock-b-store");
     /// let total = store_a.outer_join(
     ///     "total",
     ///     &store_b,

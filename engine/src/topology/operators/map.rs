@@ -1,4 +1,4 @@
-//! `map`: a new key and value for every record.
+//! `map` and `try_map`: a new key and value for every record.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ impl<K, V, K2: Data, V2: Data, F> Processor<K, V, K2, V2> for Map<F>
 where
     K: Send + 'static,
     V: Send + 'static,
-    F: Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
+    F: Fn(K, V) -> Result<(K2, V2), ProcessingError> + Send + Sync + 'static,
 {
     fn process(
         &mut self,
@@ -26,7 +26,7 @@ where
             timestamp,
             headers,
         } = record;
-        let (key, value) = (self.0)(key, value);
+        let (key, value) = (self.0)(key, value)?;
         ctx.forward(Record {
             key,
             value,
@@ -41,18 +41,41 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Replaces each record's key and value; timestamp and headers are kept.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let lengths = s.map("length", |k: String, v: String| (k, v.len() as i64));
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let lengths = s.map(|k: String, v: String| (k, v.len() as i64));
     /// ```
     pub fn map<K2: Data, V2: Data>(
         &self,
-        name: &str,
         f: impl Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
     ) -> KStream<K2, V2> {
+        let f = Arc::new(move |k: K, v: V| -> Result<(K2, V2), ProcessingError> { Ok(f(k, v)) });
+        self.attach_generated("map", move || Map(f.clone()))
+    }
+
+    /// [`KStream::map`] with a function that may refuse a record: an `Err` goes to the
+    /// topology's error policy with the record's topic, partition and offset (and the
+    /// field, for [`ProcessingError::field`]); `?` works on store and serde errors.
+    ///
+    /// ```
+    /// # use engine::topology::{ProcessingError, TopologyBuilder, Topic};
+    /// # use engine::serde::Serdes;
+    /// # let b = TopologyBuilder::new("app");
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let amounts = s.try_map(|k: String, v: String| {
+    ///     let amount: i64 = v
+    ///         .parse()
+    ///         .map_err(|e| ProcessingError::field("amount", format!("not a number: {e}")))?;
+    ///     Ok((k, amount))
+    /// });
+    /// ```
+    pub fn try_map<K2: Data, V2: Data>(
+        &self,
+        f: impl Fn(K, V) -> Result<(K2, V2), ProcessingError> + Send + Sync + 'static,
+    ) -> KStream<K2, V2> {
         let f = Arc::new(f);
-        self.attach(name, "map", move || Map(f.clone()))
+        self.attach_generated("map", move || Map(f.clone()))
     }
 }

@@ -8,17 +8,18 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// The records of both streams, each stream's order kept (no order between them).
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// let a = b.stream("a", ["a"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let c = b.stream("c", ["c"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let both = a.merge("both", &c);
+    /// let a = b.stream(&Topic::new("a", Serdes::string(), Serdes::string())).named("a");
+    /// let c = b.stream(&Topic::new("c", Serdes::string(), Serdes::string())).named("c");
+    /// let both = a.merge(&c).named("both");
     /// ```
-    pub fn merge(&self, name: &str, other: &KStream<K, V>) -> KStream<K, V> {
+    pub fn merge(&self, other: &KStream<K, V>) -> KStream<K, V> {
+        let name = self.generate_name("merge");
         pass_through(
             self,
-            name,
+            &name,
             "merge",
             vec![self.node.clone(), other.node.clone()],
         )

@@ -7,7 +7,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Runs a custom processor; `factory` makes one instance per task (partition).
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Processor, ProcessorContext, ProcessingError};
+    /// # use engine::topology::{TopologyBuilder, Topic, Processor, ProcessorContext, ProcessingError};
     /// # use engine::record::Record;
     /// # use engine::serde::Serdes;
     /// struct Count(i64);
@@ -20,25 +20,23 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///     }
     /// }
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let counts = s.process("count", || Count(0));
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
+    /// let counts = s.process(|| Count(0));
     /// ```
     pub fn process<K2: Data, V2: Data, P>(
         &self,
-        name: &str,
         factory: impl Fn() -> P + Send + Sync + 'static,
     ) -> KStream<K2, V2>
     where
         P: Processor<K, V, K2, V2>,
     {
-        self.attach(name, "process", factory)
+        self.attach_generated("process", factory)
     }
 
     /// [`KStream::process`] for a processor that uses the named stores (added with
     /// `TopologyBuilder::add_store`) through `ctx.kv_store`.
     pub fn process_with_stores<K2: Data, V2: Data, P>(
         &self,
-        name: &str,
         stores: &[&str],
         factory: impl Fn() -> P + Send + Sync + 'static,
     ) -> KStream<K2, V2>
@@ -46,6 +44,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         P: Processor<K, V, K2, V2>,
     {
         let stores = stores.iter().map(|s| s.to_string()).collect();
-        self.attach_with_stores(name, "process", stores, factory)
+        let name = self.generate_name("process");
+        self.attach_with_stores(&name, "process", stores, factory)
     }
 }

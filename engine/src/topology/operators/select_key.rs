@@ -28,15 +28,24 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Re-keys each record with `f(key, value)`; the value is kept.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// let by_first_word = s.select_key("first-word", |_k: &String, v: &String| {
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string())).named("in");
+    /// let by_first_word = s.select_key(|_k: &String, v: &String| {
     ///     v.split_whitespace().next().unwrap_or_default().to_string()
-    /// });
+    /// }).named("first-word");
     /// ```
     pub fn select_key<K2: Data>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+    ) -> KStream<K2, V> {
+        let name = self.generate_name("key_select");
+        self.select_key_node(&name, f)
+    }
+
+    /// Adds the `select_key` node `name`.
+    pub(crate) fn select_key_node<K2: Data>(
         &self,
         name: &str,
         f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,

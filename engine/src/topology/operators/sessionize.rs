@@ -86,12 +86,12 @@ impl SessionWindows {
 /// A grouped stream with session windows, ready to aggregate.
 ///
 /// ```
-/// # use engine::topology::{TopologyBuilder, Consumed, Grouped, SessionWindows};
+/// # use engine::topology::{TopologyBuilder, Topic, Grouped, SessionWindows};
 /// # use engine::serde::Serdes;
 /// # use std::time::Duration;
 /// let b = TopologyBuilder::new("visits");
 /// let visits = b
-///     .stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
 ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
 ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(1800)));
 /// ```
@@ -350,11 +350,11 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// replaced sessions, so write them with a nullable serde.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, Produced, SessionWindows, WindowedSerde};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped, SessionWindows, WindowedSerde};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("sessions");
-    /// b.stream("in", ["page-views"], Consumed::with(Serdes::string(), Serdes::i64()))
+    /// b.stream(&Topic::new("page-views", Serdes::string(), Serdes::i64())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(300)))
     ///     .aggregate(
@@ -365,12 +365,8 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     ///         |_user: &String, millis: i64, total: i64| total + millis,
     ///         |_user: &String, a: i64, b: i64| a + b,
     ///     )
-    ///     .to_stream("updates")
-    ///     .to(
-    ///         "out",
-    ///         "time-on-site",
-    ///         Produced::with(WindowedSerde::new(Serdes::string()), Serdes::nullable(Serdes::i64())),
-    ///     );
+    ///     .to_stream().named("updates")
+    ///     .to(&Topic::new("time-on-site", WindowedSerde::new(Serdes::string()), Serdes::nullable(Serdes::i64()))).named("out");
     /// assert!(b.build().is_ok());
     /// ```
     pub fn aggregate<A: Data>(
@@ -394,12 +390,12 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// combine their aggregates with `f` too.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, SessionWindows};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped, SessionWindows};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("longest");
     /// let longest = b
-    ///     .stream("in", ["calls"], Consumed::with(Serdes::string(), Serdes::i64()))
+    ///     .stream(&Topic::new("calls", Serdes::string(), Serdes::i64())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(60)))
     ///     .reduce("longest", "longest-call", Serdes::i64(), |a: i64, b: i64| a.max(b));
@@ -424,12 +420,12 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// Counts records per key and session.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, SessionWindows};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped, SessionWindows};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("visits");
     /// let clicks_per_visit = b
-    ///     .stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(1800)))
     ///     .count("count", "clicks-per-visit");

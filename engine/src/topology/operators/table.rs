@@ -4,10 +4,12 @@
 use std::marker::PhantomData;
 
 use crate::record::Record;
-use crate::serde::Serde;
-use crate::topology::builder::{Consumed, Data, KStream, StoreBuilder, TopologyBuilder, add_store};
+use crate::topology::builder::{
+    Data, KStream, StoreBuilder, TopologyBuilder, add_source, add_store,
+};
 use crate::topology::error::ProcessingError;
 use crate::topology::processor::{Processor, ProcessorContext};
+use crate::topology::topic::Topic;
 
 use super::branch::pass_through;
 
@@ -38,10 +40,15 @@ impl<K: Data, V: Data> KTable<K, V> {
     }
 
     /// The table's updates as a stream (one record per change).
-    pub fn to_stream(&self, name: &str) -> KStream<K, V> {
+    pub fn to_stream(&self) -> KStream<K, V> {
+        let name = self
+            .updates
+            .state
+            .borrow_mut()
+            .generate_name("KTABLE", "to_stream");
         pass_through(
             &self.updates,
-            name,
+            &name,
             "to_stream",
             vec![self.updates.node.clone()],
         )
@@ -59,24 +66,19 @@ impl<K: Data, V: Data> Processor<K, V, K, V> for Materialize {
         record: Record<K, V>,
         ctx: &mut ProcessorContext<'_, K, V>,
     ) -> Result<(), ProcessingError> {
-        ctx.kv_store::<K, V>(&self.store)
-            .and_then(|mut s| s.put(&record.key, &record.value))
-            .map_err(|e| ProcessingError::new(e.to_string()))?;
+        ctx.kv_store::<K, V>(&self.store)?
+            .put(&record.key, &record.value)?;
         ctx.forward(record);
         Ok(())
     }
 }
 
 impl<K: Data, V: Data> KStream<K, V> {
-    /// A table of the latest value per key of this stream, in the RocksDB store `store`.
-    pub fn to_table(
-        &self,
-        name: &str,
-        store: &str,
-        key: impl Serde<K>,
-        value: impl Serde<V>,
-    ) -> KTable<K, V> {
-        add_store(&self.state, StoreBuilder::persistent(store, key, value));
+    /// A table of the latest value per key of this stream, in the store `store`
+    /// declares (Kafka Streams' `toTable(Materialized)`), e.g. with a TTL.
+    pub fn to_table(&self, name: &str, store: StoreBuilder<K, V>) -> KTable<K, V> {
+        let store = add_store(&self.state, store);
+        let store = store.name();
         let store_name = store.to_string();
         let updates =
             self.attach_with_stores(name, "to_table", vec![store.to_string()], move || {
@@ -93,11 +95,13 @@ impl TopologyBuilder {
     pub fn table<K: Data, V: Data>(
         &self,
         name: &str,
-        topic: &str,
-        consumed: Consumed<K, V>,
+        topic: &Topic<K, V>,
         store: &str,
     ) -> KTable<K, V> {
-        let stream = self.stream(&format!("{name}-source"), [topic], consumed.clone());
-        stream.to_table(name, store, consumed.key, consumed.value)
+        let stream = add_source(&self.state, &format!("{name}-source"), topic);
+        stream.to_table(
+            name,
+            StoreBuilder::persistent(store, topic.key.clone(), topic.value.clone()),
+        )
     }
 }

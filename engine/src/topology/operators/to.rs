@@ -1,19 +1,21 @@
 //! `to`: the sink that serializes records and writes them to a topic.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::record::{ProducedRecord, Record};
 use crate::serde::SerdeRole;
 use crate::serde::{Serde, Written};
 use crate::topology::builder::{
-    Data, KStream, NodeKind, NodeSpec, Partitioner, Produced, add_node, prepare_fn,
+    BuilderState, Data, KStream, NodeKind, NodeSpec, add_node, prepare_fn,
 };
 use crate::topology::error::ProcessingError;
 use crate::topology::node::{NodeInstance, TypeSig};
 use crate::topology::processor::{Processor, ProcessorContext, ProcessorNode};
+use crate::topology::topic::{Partitioner, Topic};
 
 struct Sink<K, V> {
-    node: Arc<str>,
     topic: Arc<str>,
     key: Arc<dyn Serde<K>>,
     value: Arc<dyn Serde<V>>,
@@ -30,7 +32,7 @@ impl<K: Data, V: Data> Processor<K, V, (), ()> for Sink<K, V> {
         ctx: &mut ProcessorContext<'_, (), ()>,
     ) -> Result<(), ProcessingError> {
         let error = |part, source| ProcessingError::Serialize {
-            node: self.node.to_string(),
+            node: ctx.node_name().to_string(),
             topic: self.topic.to_string(),
             part,
             source,
@@ -57,7 +59,8 @@ impl<K: Data, V: Data> Processor<K, V, (), ()> for Sink<K, V> {
                 let count = ctx.partition_count(&self.topic).ok_or_else(|| {
                     ProcessingError::new(format!(
                         "sink `{}` has a partitioner but the partition count of `{}` is unknown",
-                        self.node, self.topic
+                        ctx.node_name(),
+                        self.topic
                     ))
                 })?;
                 Some(p(&record.key, &record.value, count).rem_euclid(count.max(1)))
@@ -75,32 +78,67 @@ impl<K: Data, V: Data> Processor<K, V, (), ()> for Sink<K, V> {
     }
 }
 
+/// A node that ends a stream (the sink of [`KStream::to`], [`KStream::for_each`]), to
+/// give it a name.
+pub struct Terminal {
+    pub(crate) state: Rc<RefCell<BuilderState>>,
+    pub(crate) node: String,
+}
+
+impl Terminal {
+    /// Names the node in place of its generated name (see [`KStream::named`]).
+    pub fn named(self, name: &str) -> Terminal {
+        let node = self.state.borrow_mut().rename(&self.node, name);
+        Terminal {
+            state: self.state,
+            node,
+        }
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+}
+
 impl<K: Data, V: Data> KStream<K, V> {
-    /// Writes the stream to `topic` with `produced`'s serdes (and partitioner, if any).
+    /// Writes the stream to `topic` with its serdes (and partitioner, if it has one).
+    /// The sink's name is generated (`KSTREAM-SINK-0000000004`); `.named(..)` on the
+    /// returned [`Terminal`] gives it one.
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Produced};
+    /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream("in", ["in"], Consumed::with(Serdes::string(), Serdes::string()));
-    /// s.to("out", "output", Produced::with(Serdes::string(), Serdes::string())
-    ///     .partitioner(|k: &String, _v: &String, n| k.len() as i32 % n));
+    /// # let input = Topic::new("in", Serdes::string(), Serdes::string());
+    /// let output = Topic::new("output", Serdes::string(), Serdes::string())
+    ///     .partitioner(|k: &String, _v: &String, n| k.len() as i32 % n);
+    /// b.stream(&input).to(&output);
     /// ```
-    pub fn to(&self, name: &str, topic: &str, produced: Produced<K, V>) {
+    pub fn to(&self, topic: &Topic<K, V>) -> Terminal {
+        let name = self.generate_name("sink");
+        self.to_node(&name, topic);
+        Terminal {
+            state: self.state.clone(),
+            node: name,
+        }
+    }
+
+    /// Adds the sink node `name` writing `topic`.
+    pub(crate) fn to_node(&self, name: &str, topic: &Topic<K, V>) {
         let prepare = prepare_fn(
             name,
-            vec![topic.to_string()],
-            produced.key.clone(),
-            produced.value.clone(),
+            vec![topic.name().to_string()],
+            topic.key.clone(),
+            topic.value.clone(),
             SerdeRole::Write,
         );
-        let key_info = produced.key.info();
-        let value_info = produced.value.info();
-        let node: Arc<str> = Arc::from(name);
-        let topic_name: Arc<str> = Arc::from(topic);
+        let key_info = topic.key.info();
+        let value_info = topic.value.info();
+        let topic_name: Arc<str> = Arc::from(topic.name());
+        let produced = topic.clone();
         let factory = Arc::new(move || {
             Box::new(ProcessorNode::<_, K, V, (), ()>::new(Sink {
-                node: node.clone(),
                 topic: topic_name.clone(),
                 key: produced.key.clone(),
                 value: produced.value.clone(),
@@ -115,7 +153,7 @@ impl<K: Data, V: Data> KStream<K, V> {
                 prepare: Some(prepare),
                 stores: Vec::new(),
                 kind: NodeKind::Sink {
-                    topic: topic.to_string(),
+                    topic: topic.name().to_string(),
                     key: key_info,
                     value: value_info,
                     factory,

@@ -210,12 +210,12 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// ([`SessionWindows`](super::SessionWindows)).
     ///
     /// ```
-    /// # use engine::topology::{TopologyBuilder, Consumed, Grouped, TimeWindows};
+    /// # use engine::topology::{TopologyBuilder, Topic, Grouped, TimeWindows};
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("per-minute");
     /// let per_minute = b
-    ///     .stream("in", ["clicks"], Consumed::with(Serdes::string(), Serdes::string()))
+    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .windowed_by(TimeWindows::of(Duration::from_secs(60)))
     ///     .count("count", "clicks-per-minute");
