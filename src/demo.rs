@@ -32,7 +32,7 @@ use topologies::decisions::{
     CONSOLIDATED_DECISION_SCHEMA, CognitivePlan, ConsolidatedDecision, GeneratorSettings,
     generate_decisions,
 };
-use topologies::orchestrator::{self, Incident, is_actionable};
+use topologies::orchestrator::{self, Incident, IncidentType, is_actionable};
 use topologies::results::{EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionStatus};
 use topologies::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TaskType};
 use topologies::{execution_ticket_service as ticket_service, worker_agents as worker};
@@ -934,7 +934,7 @@ fn reconcile(
     let ticket_failed = o
         .incidents
         .iter()
-        .filter(|i| i.incident_type == "TICKET_FAILED")
+        .filter(|i| i.incident_type == IncidentType::TicketFailed)
         .count();
     let failed_compensations = o
         .tickets

@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 
+use engine::BuildContext;
+use engine::serde::Serdes;
+use engine::topology::{Topic, TopologyError};
 use serde::{Deserialize, Serialize};
 
 use crate::tickets::RiskBand;
@@ -11,6 +14,19 @@ use crate::tickets::RiskBand;
 /// The Avro schema of [`ConsolidatedDecision`].
 pub const CONSOLIDATED_DECISION_SCHEMA: &str =
     include_str!("../../schemas/consolidated-decision/consolidated-decision.avsc");
+
+/// The decisions' topic, written by the consensus service.
+pub const TOPIC: &str = "plans.consensus";
+
+/// [`TOPIC`] with its serdes: nullable string keys, values the Avro contract.
+pub fn topic(
+    ctx: &BuildContext,
+) -> Result<Topic<Option<String>, ConsolidatedDecision>, TopologyError> {
+    let value = ctx
+        .avro
+        .contract_value_serde::<ConsolidatedDecision>(CONSOLIDATED_DECISION_SCHEMA)?;
+    Ok(Topic::new(TOPIC, Serdes::nullable(Serdes::string()), value))
+}
 
 /// The consensus outcome.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]

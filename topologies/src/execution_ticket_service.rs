@@ -12,27 +12,28 @@ use engine::BuildContext;
 use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
-    Consumed, ErrorPolicy, Grouped, KStream, ProcessingError, Processor, ProcessorContext,
-    Produced, PunctuationType, ScheduleId, StoreBuilder, Topology, TopologyBuilder, TopologyError,
+    ErrorPolicy, Grouped, ProcessingError, Processor, ProcessorContext, PunctuationType,
+    ScheduleId, StoreBuilder, Topic, Topology, TopologyBuilder, TopologyError,
 };
 
-use crate::results::{EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionStatus};
-use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus};
+use crate::results::{ExecutionResult, ExecutionStatus};
+use crate::tickets::{ExecutionTicket, TicketStatus};
 
 /// Name and application id.
 pub const NAME: &str = "execution-ticket-service";
 /// Tickets in.
-pub const TICKETS: &str = "execution.tickets";
+pub const TICKETS: &str = crate::tickets::TOPIC;
 /// Results in.
-pub const RESULTS: &str = "execution.results";
+pub const RESULTS: &str = crate::results::TOPIC;
 /// Records the service cannot handle, with their original bytes.
 pub const DEAD_LETTER: &str = "execution-ticket-service.dlq";
 /// ticket id -> ticket (JSON).
 pub const TICKET_STORE: &str = "tickets";
 /// `plan_id/task_id` -> ticket id.
 pub const PLAN_TASK_STORE: &str = "plan-tasks";
-/// Idempotency key -> first-seen time; kept a week.
+/// Idempotency key -> where it was first seen; kept a week.
 pub const IDEMPOTENCY_STORE: &str = "idempotency-keys";
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Changes asked through the HTTP API (`PATCH .../status`, `POST .../retry`,
 /// `POST /compensation`), keyed by ticket id, as JSON [`TicketCommand`]s: applied to the
 /// store in order with the workers' results, so every change flows through Kafka and
@@ -188,8 +189,7 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
         let id = command.ticket_id.clone();
         let mut outcomes = ctx
             .kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
-            .and_then(|o| o.get(&id))
-            .map_err(store_error)?
+            .and_then(|o| o.get(&id))?
             .unwrap_or_default();
         if outcomes.iter().any(|o| o.command_id == command.command_id) {
             // Delivered again (at-least-once): applied already.
@@ -197,14 +197,12 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
             return Ok(());
         }
         let outcome = {
-            let mut tickets = ctx
-                .kv_store::<String, ExecutionTicket>(TICKET_STORE)
-                .map_err(store_error)?;
-            match tickets.get(&id).map_err(store_error)? {
+            let mut tickets = ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)?;
+            match tickets.get(&id)? {
                 None => Err(not_found(&command.action, &id)),
                 Some(mut ticket) => match apply_command(&mut ticket, &command.action) {
                     Ok(()) => {
-                        tickets.put(&id, &ticket).map_err(store_error)?;
+                        tickets.put(&id, &ticket)?;
                         Ok(ticket)
                     }
                     Err(refusal) => Err(refusal),
@@ -220,7 +218,7 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
         }
         ctx.kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
             .and_then(|mut o| o.put(&id, &outcomes))
-            .map_err(store_error)
+            .map_err(ProcessingError::from)
     }
 }
 /// Where the ticket API is served by `engine run --http`.
@@ -300,10 +298,6 @@ fn api_options(ctx: &BuildContext) -> Result<crate::ticket_api::ApiOptions, Topo
     })
 }
 
-fn store_error(e: engine::state::StoreError) -> ProcessingError {
-    ProcessingError::new(e.to_string())
-}
-
 /// The ticket's idempotency key: `metadata.idempotency_key`, else its id.
 fn idempotency_key(ticket: &ExecutionTicket) -> String {
     ticket
@@ -311,35 +305,6 @@ fn idempotency_key(ticket: &ExecutionTicket) -> String {
         .get("idempotency_key")
         .cloned()
         .unwrap_or_else(|| ticket.ticket_id.clone())
-}
-
-/// Drops tickets whose idempotency key was seen (runs partitioned by that key).
-struct Deduplicate;
-
-impl Processor<String, ExecutionTicket, String, ExecutionTicket> for Deduplicate {
-    fn process(
-        &mut self,
-        record: Record<String, ExecutionTicket>,
-        ctx: &mut ProcessorContext<'_, String, ExecutionTicket>,
-    ) -> Result<(), ProcessingError> {
-        let first = {
-            let mut seen = ctx
-                .kv_store::<String, i64>(IDEMPOTENCY_STORE)
-                .map_err(store_error)?;
-            let first = seen.get(&record.key).map_err(store_error)?.is_none();
-            if first {
-                seen.put(&record.key, &record.timestamp)
-                    .map_err(store_error)?;
-            }
-            first
-        };
-        if first {
-            ctx.forward(record);
-        } else {
-            tracing::debug!(ticket_id = %record.value.ticket_id, idempotency_key = %record.key, "duplicate ticket skipped");
-        }
-        Ok(())
-    }
 }
 
 /// Refuses a second ticket for a plan's task (runs partitioned by plan).
@@ -354,10 +319,8 @@ impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask 
         let ticket = &record.value;
         let plan_task = format!("{}/{}", ticket.plan_id, ticket.task_id);
         {
-            let mut plan_tasks = ctx
-                .kv_store::<String, String>(PLAN_TASK_STORE)
-                .map_err(store_error)?;
-            match plan_tasks.get(&plan_task).map_err(store_error)? {
+            let mut plan_tasks = ctx.kv_store::<String, String>(PLAN_TASK_STORE)?;
+            match plan_tasks.get(&plan_task)? {
                 Some(existing) if existing != ticket.ticket_id => {
                     return Err(ProcessingError::field(
                         "task_id",
@@ -367,9 +330,7 @@ impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask 
                         ),
                     ));
                 }
-                _ => plan_tasks
-                    .put(&plan_task, &ticket.ticket_id)
-                    .map_err(store_error)?,
+                _ => plan_tasks.put(&plan_task, &ticket.ticket_id)?,
             }
         }
         ctx.forward(record);
@@ -397,12 +358,11 @@ impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
     ) -> Result<(), ProcessingError> {
         let mut ticket = record.value;
         let waiting = {
-            let mut pending = ctx
-                .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-                .map_err(store_error)?;
-            let waiting = pending.get(&record.key).map_err(store_error)?;
+            let mut pending =
+                ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)?;
+            let waiting = pending.get(&record.key)?;
             if waiting.is_some() {
-                pending.delete(&record.key).map_err(store_error)?;
+                pending.delete(&record.key)?;
             }
             waiting.unwrap_or_default()
         };
@@ -420,7 +380,7 @@ impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
         }
         ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)
             .and_then(|mut t| t.put(&record.key, &ticket))
-            .map_err(store_error)
+            .map_err(ProcessingError::from)
     }
 }
 
@@ -504,17 +464,15 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
         let result = record.value;
         let stored = ctx
             .kv_store::<String, ExecutionTicket>(TICKET_STORE)
-            .and_then(|t| t.get(&result.ticket_id))
-            .map_err(store_error)?;
+            .and_then(|t| t.get(&result.ticket_id))?;
         let Some(mut ticket) = stored else {
             let now = ctx.wall_clock_time();
-            let mut pending = ctx
-                .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-                .map_err(store_error)?;
+            let mut pending =
+                ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)?;
             let id = result.ticket_id.clone();
-            let mut waiting = pending.get(&id).map_err(store_error)?.unwrap_or_default();
+            let mut waiting = pending.get(&id)?.unwrap_or_default();
             waiting.push((now, result));
-            return pending.put(&id, &waiting).map_err(store_error);
+            return pending.put(&id, &waiting).map_err(ProcessingError::from);
         };
         match apply(&mut ticket, result)? {
             Applied::Duplicate => {
@@ -524,7 +482,7 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
             Applied::Changed => ctx
                 .kv_store::<String, ExecutionTicket>(TICKET_STORE)
                 .and_then(|mut t| t.put(&ticket.ticket_id, &ticket))
-                .map_err(store_error),
+                .map_err(ProcessingError::from),
         }
     }
 
@@ -537,15 +495,13 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
         let timeout = i64::try_from(self.orphan_timeout.as_millis()).unwrap_or(i64::MAX);
         let expired: Vec<(String, Vec<(i64, ExecutionResult)>)> = ctx
             .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-            .and_then(|p| p.all())
-            .map_err(store_error)?
+            .and_then(|p| p.all())?
             .into_iter()
             .filter(|(_, waiting)| waiting.first().is_some_and(|(at, _)| now - at >= timeout))
             .collect();
         for (id, waiting) in expired {
             ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-                .and_then(|mut p| p.delete(&id))
-                .map_err(store_error)?;
+                .and_then(|mut p| p.delete(&id))?;
             for (at, result) in waiting {
                 tracing::warn!(ticket_id = %id, waited_ms = now - at, "a result's ticket never arrived: dead-lettered");
                 let mut orphan = Record::new(id.clone(), result, now);
@@ -577,17 +533,15 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
 /// Builds the topology.
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     let options = api_options(ctx)?;
-    let tickets =
-        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
-    let api_tickets = std::sync::Arc::new(crate::avro_value::<ExecutionTicket>(
-        ctx,
-        NAME,
-        "api",
-        EXECUTION_TICKET_SCHEMA,
-    )?);
-    let results =
-        crate::avro_value::<ExecutionResult>(ctx, NAME, "results", EXECUTION_RESULT_SCHEMA)?;
-    let key = || Serdes::nullable(Serdes::string());
+    let tickets = crate::tickets::topic(ctx)?;
+    let results = crate::results::topic(ctx)?;
+    let commands = Topic::new(COMMANDS, Serdes::string(), Serdes::json::<TicketCommand>());
+    let orphans = Topic::new(
+        DEAD_LETTER,
+        Serdes::string(),
+        Serdes::json::<ExecutionResult>(),
+    );
+    let api_tickets = tickets.value_serde();
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
     b.add_store(StoreBuilder::persistent(
@@ -606,44 +560,6 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
         Serdes::string(),
     ));
     b.add_store(
-        StoreBuilder::persistent(IDEMPOTENCY_STORE, Serdes::string(), Serdes::i64())
-            .with_ttl(Duration::from_secs(7 * 24 * 3600)),
-    );
-    b.serve_http(move |service| {
-        crate::ticket_api::routes(service, api_tickets.clone(), options.clone())
-    });
-    // Tickets arrive keyed by plan (orchestrator) or ticket (REST); each check runs in the
-    // task that owns its key, so the stream is repartitioned for each.
-    let internal = || Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>());
-    let stored: KStream<String, ExecutionResult> = b
-        .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
-        .select_key("by-idempotency-key", |_k, t: &ExecutionTicket| {
-            idempotency_key(t)
-        })
-        .repartition("tickets-by-idempotency-key", internal())
-        .process_with_stores("deduplicate", &[IDEMPOTENCY_STORE], || Deduplicate)
-        .select_key("by-plan", |_k, t: &ExecutionTicket| t.plan_id.clone())
-        .repartition("tickets-by-plan", internal())
-        .process_with_stores("one-per-task", &[PLAN_TASK_STORE], || OnePerTask)
-        .select_key("by-ticket", |_k, t: &ExecutionTicket| t.ticket_id.clone())
-        .repartition("tickets-by-id", internal())
-        .process_with_stores("store", &[TICKET_STORE, PENDING_RESULTS_STORE], || Store);
-    let orphan_timeout = ORPHAN_RESULT_TIMEOUT;
-    let orphans: KStream<String, ExecutionResult> = b
-        .stream("results", [RESULTS], Consumed::with(key(), results))
-        .select_key("result-by-ticket", |_k, r: &ExecutionResult| {
-            r.ticket_id.clone()
-        })
-        .repartition(
-            "results-by-id",
-            Grouped::with(Serdes::string(), Serdes::json::<ExecutionResult>()),
-        )
-        .process_with_stores(
-            "apply-result",
-            &[TICKET_STORE, PENDING_RESULTS_STORE],
-            move || ApplyResult { orphan_timeout },
-        );
-    b.add_store(
         StoreBuilder::persistent(
             COMMAND_OUTCOMES_STORE,
             Serdes::string(),
@@ -651,25 +567,62 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
         )
         .with_ttl(Duration::from_secs(24 * 3600)),
     );
-    b.stream(
-        "commands",
-        [COMMANDS],
-        Consumed::with(Serdes::string(), Serdes::json::<TicketCommand>()),
-    )
-    .repartition(
-        "commands-by-id",
-        Grouped::with(Serdes::string(), Serdes::json::<TicketCommand>()),
-    )
-    .process_with_stores(
-        "apply-command",
-        &[TICKET_STORE, COMMAND_OUTCOMES_STORE],
-        || ApplyCommand,
-    );
-    let awaiting: KStream<String, ExecutionResult> = stored.merge("orphan-results", &orphans);
-    awaiting.to(
-        "orphans-out",
-        DEAD_LETTER,
-        Produced::with(Serdes::string(), Serdes::json::<ExecutionResult>()),
-    );
+    b.serve_http(move |service| {
+        crate::ticket_api::routes(service, api_tickets.clone(), options.clone())
+    });
+
+    // Tickets arrive keyed by plan (orchestrator) or ticket (REST); each check runs in the
+    // task that owns its key, so the stream is repartitioned for each.
+    let stored = b
+        .stream(&tickets)
+        .select_key(|_k, t: &ExecutionTicket| idempotency_key(t))
+        .repartition(
+            "tickets-by-idempotency-key",
+            Grouped::with(Serdes::string(), Serdes::json()),
+        )
+        .deduplicate(
+            IDEMPOTENCY_STORE,
+            |key: &String, _t| key.clone(),
+            Serdes::string(),
+            WEEK,
+        )
+        .select_key(|_k, t: &ExecutionTicket| t.plan_id.clone())
+        .repartition(
+            "tickets-by-plan",
+            Grouped::with(Serdes::string(), Serdes::json()),
+        )
+        .process_with_stores(&[PLAN_TASK_STORE], || OnePerTask)
+        .named("one-per-task")
+        .select_key(|_k, t: &ExecutionTicket| t.ticket_id.clone())
+        .repartition(
+            "tickets-by-id",
+            Grouped::with(Serdes::string(), Serdes::json()),
+        )
+        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], || Store)
+        .named("store");
+
+    // Results move the stored tickets; one whose ticket never comes is dead-lettered.
+    let orphan_timeout = ORPHAN_RESULT_TIMEOUT;
+    let orphaned = b
+        .stream(&results)
+        .select_key(|_k, r: &ExecutionResult| r.ticket_id.clone())
+        .repartition(
+            "results-by-id",
+            Grouped::with(Serdes::string(), Serdes::json()),
+        )
+        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], move || {
+            ApplyResult { orphan_timeout }
+        })
+        .named("apply-result");
+    stored.merge(&orphaned).to(&orphans).named("orphans-out");
+
+    // The API's commands, applied in order with the results.
+    b.stream(&commands)
+        .repartition(
+            "commands-by-id",
+            Grouped::with(Serdes::string(), Serdes::json()),
+        )
+        .process_with_stores(&[TICKET_STORE, COMMAND_OUTCOMES_STORE], || ApplyCommand)
+        .named("apply-command");
     b.build()
 }

@@ -14,28 +14,7 @@ pub mod ticket_pipeline;
 pub mod tickets;
 pub mod worker_agents;
 
-use engine::serde::AvroSerde;
-use engine::topology::{Problem, TopologyError};
-use engine::{BuildContext, Catalog};
-
-/// The Avro value serde of `node` in `topology` for one of the upstream contracts in
-/// `schemas/` (their shape is not ours to change), or the problem that stops the build.
-pub(crate) fn avro_value<T>(
-    ctx: &BuildContext,
-    topology: &str,
-    node: &str,
-    schema: &str,
-) -> Result<AvroSerde<T>, TopologyError> {
-    ctx.avro
-        .contract_value_serde::<T>(schema)
-        .map_err(|e| TopologyError::Invalid {
-            topology: topology.into(),
-            problems: vec![Problem::Serde {
-                node: node.into(),
-                message: e.to_string(),
-            }],
-        })
-}
+use engine::Catalog;
 
 /// Every topology of the `engine` command.
 pub fn catalog() -> Catalog {

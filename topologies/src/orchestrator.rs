@@ -25,29 +25,27 @@ use engine::BuildContext;
 use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
-    Branch, Consumed, ErrorPolicy, Grouped, KStream, Problem, ProcessingError, Processor,
-    ProcessorContext, Produced, PunctuationType, ScheduleId, StoreBuilder, Topology,
+    Branch, ErrorPolicy, Grouped, Joined, KStream, Problem, ProcessingError, Processor,
+    ProcessorContext, PunctuationType, ScheduleId, StoreBuilder, StoreRef, Topic, Topology,
     TopologyBuilder, TopologyError,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::decisions::{
-    CONSOLIDATED_DECISION_SCHEMA, CognitivePlan, ConsolidatedDecision, DecisionType,
-};
-use crate::results::{EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionStatus};
+use crate::decisions::{CognitivePlan, ConsolidatedDecision, DecisionType};
+use crate::results::{ExecutionResult, ExecutionStatus};
 use crate::tickets::{
-    Consistency, DeliveryMode, Durability, EXECUTION_TICKET_SCHEMA, ExecutionTicket, Priority, QoS,
-    RiskBand, SecurityLevel, Sla, TaskType, TicketStatus,
+    Consistency, DeliveryMode, Durability, ExecutionTicket, Priority, QoS, RiskBand, SecurityLevel,
+    Sla, TaskType, TicketStatus,
 };
 
 /// Name and application id.
 pub const NAME: &str = "orchestrator-dynamic";
 /// Decisions in.
-pub const DECISIONS: &str = "plans.consensus";
+pub const DECISIONS: &str = crate::decisions::TOPIC;
 /// Tickets out (and read back, to know which plan a result belongs to).
-pub const TICKETS: &str = "execution.tickets";
+pub const TICKETS: &str = crate::tickets::TOPIC;
 /// Results in.
-pub const RESULTS: &str = "execution.results";
+pub const RESULTS: &str = crate::results::TOPIC;
 /// Incidents out.
 pub const INCIDENTS: &str = "orchestration.incidents";
 /// SLA violations out.
@@ -58,8 +56,9 @@ pub const DEAD_LETTER: &str = "orchestrator-dynamic.dlq";
 pub const DECISION_STORE: &str = "decisions-seen";
 /// ticket id -> plan id.
 pub const TICKET_INDEX: &str = "ticket-plans";
-/// ticket id -> results that arrived before their ticket was indexed.
-pub const EARLY_RESULTS: &str = "early-results";
+/// The join of results with their ticket's plan; a result that arrived before its
+/// ticket waits in the join's store `results-with-plan-waiting` (kept a day).
+pub const RESULTS_WITH_PLAN: &str = "results-with-plan";
 /// plan id -> [`PlanState`].
 pub const PLAN_STORE: &str = "plans";
 /// `<deadline, 20 digits>/<ticket id>` -> plan id, for the SLA check.
@@ -74,10 +73,6 @@ const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f72_6368_6573_7472_617
 
 fn derived_id(name: &str) -> String {
     uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
-}
-
-fn store_error(e: engine::state::StoreError) -> ProcessingError {
-    ProcessingError::new(e.to_string())
 }
 
 /// Options of `[topologies.orchestrator-dynamic]`.
@@ -101,14 +96,41 @@ impl Default for OrchestratorOptions {
     }
 }
 
+/// What an incident reports.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IncidentType {
+    /// A ticket failed; its plan is being compensated.
+    TicketFailed,
+    /// A compensation ticket failed.
+    CompensationFailed,
+}
+
+/// How urgent an incident is, from the plan's risk band.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    /// Critical or high risk.
+    High,
+    /// Medium or low risk.
+    Medium,
+}
+
+impl From<RiskBand> for Severity {
+    fn from(risk: RiskBand) -> Self {
+        match risk {
+            RiskBand::Critical | RiskBand::High => Severity::High,
+            RiskBand::Medium | RiskBand::Low => Severity::Medium,
+        }
+    }
+}
+
 /// An incident on `orchestration.incidents`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Incident {
     pub incident_id: String,
-    /// `TICKET_FAILED` or `COMPENSATION_FAILED`.
-    pub incident_type: String,
-    /// From the plan's risk band: critical/high -> `HIGH`, else `MEDIUM`.
-    pub severity: String,
+    pub incident_type: IncidentType,
+    pub severity: Severity,
     pub plan_id: String,
     pub decision_id: String,
     pub ticket_id: String,
@@ -140,17 +162,6 @@ pub struct PlanTickets {
     pub decision_id: String,
     /// In execution order.
     pub tickets: Vec<ExecutionTicket>,
-}
-
-/// What the ticket router sees, keyed by ticket id.
-// Records move by value once per hop; boxing the large variant would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub enum RouteEvent {
-    /// A ticket of this plan was written to `execution.tickets`.
-    Ticket { plan_id: String },
-    /// A worker reported on a ticket.
-    Result(ExecutionResult),
 }
 
 /// What the plan tracker sees, keyed by plan id.
@@ -187,13 +198,29 @@ pub struct TrackedTicket {
     pub sla_violated: bool,
 }
 
+/// Where a plan's saga stands.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlanStatus {
+    /// Results arrived before the plan's tickets (kept in `early_results`).
+    #[default]
+    Pending,
+    /// Tickets are out; none failed.
+    Running,
+    /// Every ticket completed.
+    Completed,
+    /// A ticket failed: the plan is being compensated.
+    Failed,
+    /// Every compensation completed.
+    Compensated,
+}
+
 /// Where a plan stands (stored in [`PLAN_STORE`], served at [`API_PATH`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct PlanState {
     pub plan_id: String,
     pub decision_id: String,
-    /// `RUNNING`, `COMPLETED`, `FAILED` (compensating), or `COMPENSATED`.
-    pub status: String,
+    pub status: PlanStatus,
     /// Ticket ids in execution order.
     pub order: Vec<String>,
     pub tickets: BTreeMap<String, TrackedTicket>,
@@ -201,56 +228,6 @@ pub struct PlanState {
     pub compensations: BTreeMap<String, TicketStatus>,
     /// Results that arrived before the plan's tickets.
     pub early_results: Vec<ExecutionResult>,
-}
-
-/// `plans.consensus` may repeat a decision; the first record carrying a decision id wins.
-/// A record seen again at the same offset is a redelivery after a crash and is processed
-/// again (its tickets have the same ids), so nothing is lost between the store update and
-/// the output.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct SeenAt {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-struct DeduplicateDecisions;
-
-impl Processor<String, ConsolidatedDecision, String, ConsolidatedDecision>
-    for DeduplicateDecisions
-{
-    fn process(
-        &mut self,
-        record: Record<String, ConsolidatedDecision>,
-        ctx: &mut ProcessorContext<'_, String, ConsolidatedDecision>,
-    ) -> Result<(), ProcessingError> {
-        let here = ctx.record_metadata().map(|m| SeenAt {
-            topic: m.topic.to_string(),
-            partition: m.partition,
-            offset: m.offset,
-        });
-        let first = {
-            let mut seen = ctx
-                .kv_store::<String, SeenAt>(DECISION_STORE)
-                .map_err(store_error)?;
-            match seen.get(&record.key).map_err(store_error)? {
-                Some(at) => Some(at) == here,
-                None => {
-                    if let Some(here) = &here {
-                        seen.put(&record.key, here).map_err(store_error)?;
-                    }
-                    true
-                }
-            }
-        };
-        if first {
-            ctx.forward(record);
-        } else {
-            ctx.count_skipped();
-            tracing::info!(decision_id = %record.key, plan_id = %record.value.plan_id, "duplicate decision skipped");
-        }
-        Ok(())
-    }
 }
 
 /// Whether a decision becomes tickets.
@@ -503,70 +480,6 @@ impl Processor<String, ConsolidatedDecision, String, PlanTickets> for GenerateTi
     }
 }
 
-/// Finds the plan of each result through the tickets seen on `execution.tickets`
-/// (partitioned by ticket id); results that arrive first wait for their ticket.
-struct RouteResults;
-
-impl Processor<String, RouteEvent, String, PlanEvent> for RouteResults {
-    fn process(
-        &mut self,
-        record: Record<String, RouteEvent>,
-        ctx: &mut ProcessorContext<'_, String, PlanEvent>,
-    ) -> Result<(), ProcessingError> {
-        let ticket_id = record.key;
-        match record.value {
-            RouteEvent::Ticket { plan_id } => {
-                let waiting = {
-                    let mut index = ctx
-                        .kv_store::<String, String>(TICKET_INDEX)
-                        .map_err(store_error)?;
-                    index.put(&ticket_id, &plan_id).map_err(store_error)?;
-                    let mut early = ctx
-                        .kv_store::<String, Vec<ExecutionResult>>(EARLY_RESULTS)
-                        .map_err(store_error)?;
-                    let waiting = early.get(&ticket_id).map_err(store_error)?;
-                    if waiting.is_some() {
-                        early.delete(&ticket_id).map_err(store_error)?;
-                    }
-                    waiting.unwrap_or_default()
-                };
-                for result in waiting {
-                    ctx.forward(Record::new(
-                        plan_id.clone(),
-                        PlanEvent::Result(result),
-                        record.timestamp,
-                    ));
-                }
-            }
-            RouteEvent::Result(result) => {
-                let plan = ctx
-                    .kv_store::<String, String>(TICKET_INDEX)
-                    .and_then(|index| index.get(&ticket_id))
-                    .map_err(store_error)?;
-                match plan {
-                    Some(plan_id) => ctx.forward(Record::new(
-                        plan_id,
-                        PlanEvent::Result(result),
-                        record.timestamp,
-                    )),
-                    None => {
-                        let mut early = ctx
-                            .kv_store::<String, Vec<ExecutionResult>>(EARLY_RESULTS)
-                            .map_err(store_error)?;
-                        let mut waiting = early
-                            .get(&ticket_id)
-                            .map_err(store_error)?
-                            .unwrap_or_default();
-                        waiting.push(result);
-                        early.put(&ticket_id, &waiting).map_err(store_error)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn deadline_key(deadline: i64, ticket_id: &str) -> String {
     format!("{:020}/{ticket_id}", deadline.max(0))
 }
@@ -581,30 +494,37 @@ fn is_finished(status: TicketStatus) -> bool {
 /// Follows each plan's tickets; compensates, raises incidents and SLA violations.
 struct TrackPlans {
     sla_check: Duration,
+    plans: StoreRef<String, PlanState>,
+    /// `deadline/ticket_id` -> plan id, so the due ones are a range scan.
+    deadlines: StoreRef<String, String>,
 }
 
 type PlanCtx<'a> = ProcessorContext<'a, String, PlanOutput>;
 
 impl TrackPlans {
-    fn load(ctx: &mut PlanCtx<'_>, plan_id: &str) -> Result<Option<PlanState>, ProcessingError> {
-        ctx.kv_store::<String, PlanState>(PLAN_STORE)
-            .and_then(|s| s.get(&plan_id.to_string()))
-            .map_err(store_error)
+    fn load(
+        &self,
+        ctx: &mut PlanCtx<'_>,
+        plan_id: &str,
+    ) -> Result<Option<PlanState>, ProcessingError> {
+        Ok(ctx.store(&self.plans)?.get(&plan_id.to_string())?)
     }
 
-    fn save(ctx: &mut PlanCtx<'_>, plan: &PlanState) -> Result<(), ProcessingError> {
-        ctx.kv_store::<String, PlanState>(PLAN_STORE)
-            .and_then(|mut s| s.put(&plan.plan_id, plan))
-            .map_err(store_error)
+    fn save(&self, ctx: &mut PlanCtx<'_>, plan: &PlanState) -> Result<(), ProcessingError> {
+        Ok(ctx.store(&self.plans)?.put(&plan.plan_id, plan)?)
     }
 
-    fn clear_deadline(ctx: &mut PlanCtx<'_>, t: &ExecutionTicket) -> Result<(), ProcessingError> {
-        ctx.kv_store::<String, String>(DEADLINE_STORE)
-            .and_then(|mut s| s.delete(&deadline_key(t.sla.deadline, &t.ticket_id)))
-            .map_err(store_error)
+    fn clear_deadline(
+        &self,
+        ctx: &mut PlanCtx<'_>,
+        t: &ExecutionTicket,
+    ) -> Result<(), ProcessingError> {
+        let key = deadline_key(t.sla.deadline, &t.ticket_id);
+        Ok(ctx.store(&self.deadlines)?.delete(&key)?)
     }
 
     fn start_plan(
+        &self,
         ctx: &mut PlanCtx<'_>,
         plan: &mut PlanState,
         tickets: PlanTickets,
@@ -616,16 +536,10 @@ impl TrackPlans {
         }
         plan.plan_id = tickets.plan_id;
         plan.decision_id = tickets.decision_id;
-        plan.status = "RUNNING".into();
-        {
-            let mut deadlines = ctx
-                .kv_store::<String, String>(DEADLINE_STORE)
-                .map_err(store_error)?;
-            for t in &tickets.tickets {
-                deadlines
-                    .put(&deadline_key(t.sla.deadline, &t.ticket_id), &plan.plan_id)
-                    .map_err(store_error)?;
-            }
+        plan.status = PlanStatus::Running;
+        let mut deadlines = ctx.store(&self.deadlines)?;
+        for t in &tickets.tickets {
+            deadlines.put(&deadline_key(t.sla.deadline, &t.ticket_id), &plan.plan_id)?;
         }
         for t in tickets.tickets {
             plan.order.push(t.ticket_id.clone());
@@ -640,7 +554,7 @@ impl TrackPlans {
             );
         }
         for result in std::mem::take(&mut plan.early_results) {
-            Self::apply(ctx, plan, result, timestamp)?;
+            self.apply(ctx, plan, result, timestamp)?;
         }
         Ok(())
     }
@@ -692,20 +606,20 @@ impl TrackPlans {
     fn incident(
         ctx: &mut PlanCtx<'_>,
         plan: &PlanState,
-        kind: &str,
+        kind: IncidentType,
         ticket: &ExecutionTicket,
         error: Option<String>,
         compensations: Vec<String>,
         timestamp: i64,
     ) {
-        let severity = match ticket.risk_band {
-            RiskBand::Critical | RiskBand::High => "HIGH",
-            RiskBand::Medium | RiskBand::Low => "MEDIUM",
+        let kind_name = match kind {
+            IncidentType::TicketFailed => "TICKET_FAILED",
+            IncidentType::CompensationFailed => "COMPENSATION_FAILED",
         };
         let incident = Incident {
-            incident_id: derived_id(&format!("incident/{kind}/{}", ticket.ticket_id)),
-            incident_type: kind.to_string(),
-            severity: severity.to_string(),
+            incident_id: derived_id(&format!("incident/{kind_name}/{}", ticket.ticket_id)),
+            incident_type: kind,
+            severity: Severity::from(ticket.risk_band),
             plan_id: plan.plan_id.clone(),
             decision_id: plan.decision_id.clone(),
             ticket_id: ticket.ticket_id.clone(),
@@ -714,7 +628,7 @@ impl TrackPlans {
             compensation_ticket_ids: compensations,
             timestamp: ctx.wall_clock_time(),
         };
-        tracing::info!(plan_id = %plan.plan_id, ticket_id = %ticket.ticket_id, incident_type = kind, "incident raised");
+        tracing::info!(plan_id = %plan.plan_id, ticket_id = %ticket.ticket_id, incident_type = kind_name, "incident raised");
         ctx.forward(Record::new(
             plan.plan_id.clone(),
             PlanOutput::Incident(incident),
@@ -723,6 +637,7 @@ impl TrackPlans {
     }
 
     fn apply(
+        &self,
         ctx: &mut PlanCtx<'_>,
         plan: &mut PlanState,
         result: ExecutionResult,
@@ -762,7 +677,7 @@ impl TrackPlans {
                 Self::incident(
                     ctx,
                     &plan_view,
-                    "COMPENSATION_FAILED",
+                    IncidentType::CompensationFailed,
                     &original,
                     result.error_message.clone(),
                     vec![],
@@ -790,24 +705,24 @@ impl TrackPlans {
                 }
             }
             ExecutionStatus::Completed => {
-                Self::clear_deadline(ctx, &ticket)?;
+                self.clear_deadline(ctx, &ticket)?;
                 if let Some(t) = plan.tickets.get_mut(&id) {
                     t.status = TicketStatus::Completed;
                 }
-                if plan.status == "FAILED" {
+                if plan.status == PlanStatus::Failed {
                     // A saga already compensating undoes late completions too.
                     let targets = BTreeSet::from([id.clone()]);
                     Self::compensate(ctx, plan, &targets, timestamp);
                 }
             }
             ExecutionStatus::Failed => {
-                Self::clear_deadline(ctx, &ticket)?;
+                self.clear_deadline(ctx, &ticket)?;
                 if let Some(t) = plan.tickets.get_mut(&id) {
                     t.status = TicketStatus::Failed;
                 }
                 let executed =
                     result.result.metadata.get("failure").map(String::as_str) == Some("execution");
-                let mut targets: BTreeSet<String> = if plan.status == "FAILED" {
+                let mut targets: BTreeSet<String> = if plan.status == PlanStatus::Failed {
                     BTreeSet::new()
                 } else {
                     plan.tickets
@@ -819,13 +734,13 @@ impl TrackPlans {
                 if executed {
                     targets.insert(id.clone());
                 }
-                plan.status = "FAILED".into();
+                plan.status = PlanStatus::Failed;
                 let compensations = Self::compensate(ctx, plan, &targets, timestamp);
                 let plan_view = plan.clone();
                 Self::incident(
                     ctx,
                     &plan_view,
-                    "TICKET_FAILED",
+                    IncidentType::TicketFailed,
                     &ticket,
                     result.error_message.clone(),
                     compensations,
@@ -838,7 +753,7 @@ impl TrackPlans {
     }
 
     fn update_status(plan: &mut PlanState) {
-        if plan.status == "FAILED" {
+        if plan.status == PlanStatus::Failed {
             let compensated = plan
                 .compensations
                 .values()
@@ -848,14 +763,14 @@ impl TrackPlans {
                 .values()
                 .all(|t| is_finished(t.status) || t.compensation_ticket_id.is_some());
             if compensated && settled && !plan.compensations.is_empty() {
-                plan.status = "COMPENSATED".into();
+                plan.status = PlanStatus::Compensated;
             }
         } else if plan
             .tickets
             .values()
             .all(|t| t.status == TicketStatus::Completed)
         {
-            plan.status = "COMPLETED".into();
+            plan.status = PlanStatus::Completed;
         }
     }
 }
@@ -874,17 +789,17 @@ impl Processor<String, PlanEvent, String, PlanOutput> for TrackPlans {
         record: Record<String, PlanEvent>,
         ctx: &mut ProcessorContext<'_, String, PlanOutput>,
     ) -> Result<(), ProcessingError> {
-        let mut plan = Self::load(ctx, &record.key)?.unwrap_or_else(|| PlanState {
+        let mut plan = self.load(ctx, &record.key)?.unwrap_or_else(|| PlanState {
             plan_id: record.key.clone(),
             ..PlanState::default()
         });
         match record.value {
             PlanEvent::Tickets(tickets) => {
-                Self::start_plan(ctx, &mut plan, tickets, record.timestamp)?
+                self.start_plan(ctx, &mut plan, tickets, record.timestamp)?
             }
-            PlanEvent::Result(result) => Self::apply(ctx, &mut plan, result, record.timestamp)?,
+            PlanEvent::Result(result) => self.apply(ctx, &mut plan, result, record.timestamp)?,
         }
-        Self::save(ctx, &plan)
+        self.save(ctx, &plan)
     }
 
     fn punctuate(
@@ -893,23 +808,15 @@ impl Processor<String, PlanEvent, String, PlanOutput> for TrackPlans {
         now: i64,
         ctx: &mut ProcessorContext<'_, String, PlanOutput>,
     ) -> Result<(), ProcessingError> {
-        let due = {
-            let deadlines = ctx
-                .kv_store::<String, String>(DEADLINE_STORE)
-                .map_err(store_error)?;
-            // Keys sort by deadline; everything below `now + 1` is due.
-            deadlines
-                .range(None, Some(&format!("{:020}", now.saturating_add(1).max(0))))
-                .map_err(store_error)?
-        };
+        // Keys sort by deadline; everything below `now + 1` is due.
+        let due_before = format!("{:020}", now.saturating_add(1).max(0));
+        let due = ctx.store(&self.deadlines)?.range(None, Some(&due_before))?;
         for (key, plan_id) in due {
-            ctx.kv_store::<String, String>(DEADLINE_STORE)
-                .and_then(|mut s| s.delete(&key))
-                .map_err(store_error)?;
+            ctx.store(&self.deadlines)?.delete(&key)?;
             let Some(ticket_id) = key.split_once('/').map(|(_, t)| t.to_string()) else {
                 continue;
             };
-            let Some(mut plan) = Self::load(ctx, &plan_id)? else {
+            let Some(mut plan) = self.load(ctx, &plan_id)? else {
                 continue;
             };
             let Some(tracked) = plan.tickets.get_mut(&ticket_id) else {
@@ -936,7 +843,7 @@ impl Processor<String, PlanEvent, String, PlanOutput> for TrackPlans {
                 PlanOutput::Violation(violation),
                 now,
             ));
-            Self::save(ctx, &plan)?;
+            self.save(ctx, &plan)?;
         }
         Ok(())
     }
@@ -959,145 +866,130 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     if options.sla_check_interval_ms == 0 {
         return Err(bad_option("sla_check_interval_ms must be at least 1"));
     }
-    let decisions = crate::avro_value::<ConsolidatedDecision>(
-        ctx,
-        NAME,
-        "decisions",
-        CONSOLIDATED_DECISION_SCHEMA,
-    )?;
-    let tickets_in =
-        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
-    let tickets_out =
-        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
-    let compensations_out =
-        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
-    let results =
-        crate::avro_value::<ExecutionResult>(ctx, NAME, "results", EXECUTION_RESULT_SCHEMA)?;
-    let key = || Serdes::nullable(Serdes::string());
+    let sla_check = Duration::from_millis(options.sla_check_interval_ms);
+    let decisions = crate::decisions::topic(ctx)?;
+    let tickets = crate::tickets::topic(ctx)?;
+    let results = crate::results::topic(ctx)?;
+    let incidents = Topic::new(INCIDENTS, Serdes::string(), Serdes::json::<Incident>());
+    let violations = Topic::new(SLA_VIOLATIONS, Serdes::string(), Serdes::json());
     let week = Duration::from_secs(7 * 24 * 3600);
 
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
-    b.add_store(
-        StoreBuilder::persistent(DECISION_STORE, Serdes::string(), Serdes::json::<SeenAt>())
-            .with_ttl(week),
-    );
-    b.add_store(
-        StoreBuilder::persistent(TICKET_INDEX, Serdes::string(), Serdes::string()).with_ttl(week),
-    );
-    b.add_store(
-        StoreBuilder::persistent(
-            EARLY_RESULTS,
-            Serdes::string(),
-            Serdes::json::<Vec<ExecutionResult>>(),
-        )
-        .with_ttl(Duration::from_secs(24 * 3600)),
-    );
-    b.add_store(StoreBuilder::persistent(
+    let plans_store = b.add_store(StoreBuilder::persistent(
         PLAN_STORE,
         Serdes::string(),
         Serdes::json::<PlanState>(),
     ));
-    b.add_store(StoreBuilder::persistent(
+    let deadlines = b.add_store(StoreBuilder::persistent(
         DEADLINE_STORE,
         Serdes::string(),
         Serdes::string(),
     ));
     b.expose_store(API_PATH, PLAN_STORE);
 
-    // Decisions -> deduplicated by id -> approved -> tickets.
+    // Decisions, once per decision id; the approved ones become a plan's tickets.
     let plans: KStream<String, PlanTickets> = b
-        .stream("decisions", [DECISIONS], Consumed::with(key(), decisions))
-        .select_key("by-decision-id", |_k, d: &ConsolidatedDecision| {
-            d.decision_id.clone()
-        })
+        .stream(&decisions)
+        .select_key(|_k, d: &ConsolidatedDecision| d.decision_id.clone())
         .repartition(
             "decisions-by-id",
-            Grouped::with(Serdes::string(), Serdes::json::<ConsolidatedDecision>()),
+            Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores("deduplicate", &[DECISION_STORE], || DeduplicateDecisions)
-        .filter("approved", |_k, d: &ConsolidatedDecision| is_actionable(d))
-        .process("generate-tickets", || GenerateTickets);
+        .deduplicate(
+            DECISION_STORE,
+            |id: &String, _d| id.clone(),
+            Serdes::string(),
+            week,
+        )
+        .filter(|_k, d| is_actionable(d))
+        .process(|| GenerateTickets)
+        .named("generate-tickets");
     plans
-        .flat_map("plan-tickets", |k: String, p: PlanTickets| {
-            p.tickets.into_iter().map(move |t| (Some(k.clone()), t))
+        .flat_map(|plan_id: String, p: PlanTickets| {
+            p.tickets
+                .into_iter()
+                .map(move |t| (Some(plan_id.clone()), t))
         })
-        .to("tickets-out", TICKETS, Produced::with(key(), tickets_out));
+        .to(&tickets)
+        .named("tickets-out");
 
-    // Which plan each result belongs to: tickets and results meet by ticket id.
-    let indexed = b
-        .stream("tickets", [TICKETS], Consumed::with(key(), tickets_in))
-        .map("ticket-to-route", |_k, t: ExecutionTicket| {
-            (t.ticket_id, RouteEvent::Ticket { plan_id: t.plan_id })
-        });
+    // Each result finds its plan through the ticket it reports on; a result that
+    // overtook its ticket waits for it up to a day.
+    let ticket_plans = b
+        .stream(&tickets)
+        .map(|_k, t: ExecutionTicket| (t.ticket_id, t.plan_id))
+        .repartition(
+            "tickets-by-id",
+            Grouped::with(Serdes::string(), Serdes::string()),
+        )
+        .to_table(
+            "ticket-plans",
+            StoreBuilder::persistent(TICKET_INDEX, Serdes::string(), Serdes::string())
+                .with_ttl(week),
+        );
     let reported = b
-        .stream("results", [RESULTS], Consumed::with(key(), results))
-        .map("result-to-route", |_k, r: ExecutionResult| {
-            (r.ticket_id.clone(), RouteEvent::Result(r))
-        });
-    let routed = indexed
-        .merge("tickets-and-results", &reported)
+        .stream(&results)
+        .select_key(|_k, r: &ExecutionResult| r.ticket_id.clone())
         .repartition(
-            "by-ticket",
-            Grouped::with(Serdes::string(), Serdes::json::<RouteEvent>()),
+            "results-by-ticket",
+            Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores("route-results", &[TICKET_INDEX, EARLY_RESULTS], || {
-            RouteResults
-        });
+        .join_table_with_grace(
+            RESULTS_WITH_PLAN,
+            &ticket_plans,
+            |r: ExecutionResult, plan_id: &String| (plan_id.clone(), r),
+            Joined::with(Serdes::string(), Serdes::json()).grace(Duration::from_secs(24 * 3600)),
+        )
+        .map(|_ticket_id, (plan_id, r)| (plan_id, PlanEvent::Result(r)));
 
-    // Each plan's saga, partitioned by plan.
-    let sla_check = Duration::from_millis(options.sla_check_interval_ms);
-    let outputs = plans
-        .map_values("plan-started", |p: PlanTickets| PlanEvent::Tickets(p))
-        .merge("plan-events", &routed)
-        .repartition(
-            "by-plan",
-            Grouped::with(Serdes::string(), Serdes::json::<PlanEvent>()),
+    // Each plan's saga, partitioned by plan: compensations, incidents, SLA violations.
+    plans
+        .map_values(PlanEvent::Tickets)
+        .merge(&reported)
+        .repartition("by-plan", Grouped::with(Serdes::string(), Serdes::json()))
+        .process_with_stores(&[PLAN_STORE, DEADLINE_STORE], move || TrackPlans {
+            sla_check,
+            plans: plans_store.clone(),
+            deadlines: deadlines.clone(),
+        })
+        .named("track-plans")
+        .split()
+        .named("outputs")
+        .branch_map(
+            |_k, o| match o {
+                PlanOutput::Ticket(t) => Branch::Take(t),
+                other => Branch::Pass(other),
+            },
+            |compensations| {
+                compensations
+                    .map(|plan_id: String, t| (Some(plan_id), t))
+                    .to(&tickets)
+                    .named("compensations-out");
+            },
         )
-        .process_with_stores("track-plans", &[PLAN_STORE, DEADLINE_STORE], move || {
-            TrackPlans { sla_check }
-        });
-    let branches = outputs.branch(
-        "outputs",
-        vec![
-            Branch::when("compensations", |_k, o: &PlanOutput| {
-                matches!(o, PlanOutput::Ticket(_))
-            }),
-            Branch::when("incidents", |_k, o: &PlanOutput| {
-                matches!(o, PlanOutput::Incident(_))
-            }),
-            Branch::otherwise("violations"),
-        ],
-    );
-    branches[0]
-        .flat_map("compensation-tickets", |k: String, o: PlanOutput| match o {
-            PlanOutput::Ticket(t) => Some((Some(k), t)),
-            _ => None,
-        })
-        .to(
-            "compensations-out",
-            TICKETS,
-            Produced::with(key(), compensations_out),
-        );
-    branches[1]
-        .flat_map("incident-records", |_k: String, o: PlanOutput| match o {
-            PlanOutput::Incident(i) => Some((i.incident_id.clone(), i)),
-            _ => None,
-        })
-        .to(
-            "incidents-out",
-            INCIDENTS,
-            Produced::with(Serdes::string(), Serdes::json::<Incident>()),
-        );
-    branches[2]
-        .flat_map("violation-records", |_k: String, o: PlanOutput| match o {
-            PlanOutput::Violation(v) => Some((v.violation_id.clone(), v)),
-            _ => None,
-        })
-        .to(
-            "violations-out",
-            SLA_VIOLATIONS,
-            Produced::with(Serdes::string(), Serdes::json::<SlaViolation>()),
+        .branch_map(
+            |_k, o| match o {
+                PlanOutput::Incident(i) => Branch::Take(i),
+                other => Branch::Pass(other),
+            },
+            |raised| {
+                raised
+                    .select_key(|_k, i: &Incident| i.incident_id.clone())
+                    .to(&incidents)
+                    .named("incidents-out");
+            },
+        )
+        .branch_map(
+            |_k, o| match o {
+                PlanOutput::Violation(v) => Branch::Take(v),
+                other => Branch::Pass(other),
+            },
+            |late| {
+                late.select_key(|_k, v: &SlaViolation| v.violation_id.clone())
+                    .to(&violations)
+                    .named("violations-out");
+            },
         );
     b.build()
 }

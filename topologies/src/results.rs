@@ -2,11 +2,26 @@
 
 use std::collections::HashMap;
 
+use engine::BuildContext;
+use engine::serde::Serdes;
+use engine::topology::{Topic, TopologyError};
 use serde::{Deserialize, Serialize};
 
 /// The Avro schema of [`ExecutionResult`].
 pub const EXECUTION_RESULT_SCHEMA: &str =
     include_str!("../../schemas/execution-result/execution-result.avsc");
+
+/// The results' topic: written by `worker-agents`, read by `orchestrator-dynamic` and
+/// `execution-ticket-service`.
+pub const TOPIC: &str = "execution.results";
+
+/// [`TOPIC`] with its serdes: keys are ticket ids (nullable), values the Avro contract.
+pub fn topic(ctx: &BuildContext) -> Result<Topic<Option<String>, ExecutionResult>, TopologyError> {
+    let value = ctx
+        .avro
+        .contract_value_serde::<ExecutionResult>(EXECUTION_RESULT_SCHEMA)?;
+    Ok(Topic::new(TOPIC, Serdes::nullable(Serdes::string()), value))
+}
 
 /// The status a worker reports.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]

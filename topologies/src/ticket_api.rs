@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use engine::ops::{ServiceContext, ServiceError};
-use engine::serde::{AvroSerde, Serde, SerdeRole};
+use engine::serde::{Serde, SerdeRole};
 use serde_json::{Map, Value, json};
 
 use crate::execution_ticket_service::{
@@ -63,7 +63,7 @@ impl Default for ApiOptions {
 
 struct Api {
     ctx: ServiceContext,
-    tickets: Arc<AvroSerde<ExecutionTicket>>,
+    tickets: Arc<dyn Serde<ExecutionTicket>>,
     options: ApiOptions,
     /// The ticket schema registered for writing to `execution.tickets`, once.
     prepared: tokio::sync::OnceCell<Result<(), String>>,
@@ -72,7 +72,7 @@ struct Api {
 /// The API's routes, built by the operations endpoint with its [`ServiceContext`].
 pub fn routes(
     ctx: ServiceContext,
-    tickets: Arc<AvroSerde<ExecutionTicket>>,
+    tickets: Arc<dyn Serde<ExecutionTicket>>,
     options: ApiOptions,
 ) -> Router {
     let api = Arc::new(Api {

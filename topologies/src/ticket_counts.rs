@@ -3,9 +3,7 @@
 
 use engine::BuildContext;
 use engine::serde::Serdes;
-use engine::topology::{
-    Consumed, ErrorPolicy, Grouped, Problem, Produced, Topology, TopologyBuilder, TopologyError,
-};
+use engine::topology::{ErrorPolicy, Grouped, Topic, Topology, TopologyBuilder, TopologyError};
 
 use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket};
 
@@ -24,30 +22,15 @@ pub const DEAD_LETTER: &str = "bench.tickets.counts.dlq";
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     let tickets = ctx
         .avro
-        .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-        .map_err(|e| TopologyError::Invalid {
-            topology: NAME.into(),
-            problems: vec![Problem::Serde {
-                node: "tickets".into(),
-                message: e.to_string(),
-            }],
-        })?;
+        .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)?;
     let builder = TopologyBuilder::new(NAME);
     builder.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
     builder
-        .stream(
-            "tickets",
-            [INPUT],
-            Consumed::with(Serdes::string(), tickets),
-        )
-        .map_values("plan", |t: ExecutionTicket| t.plan_id)
+        .stream(&Topic::new(INPUT, Serdes::string(), tickets))
+        .map_values(|t: ExecutionTicket| t.plan_id)
         .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
         .count("count", STORE)
-        .to_stream("updates")
-        .to(
-            "counts",
-            OUTPUT,
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+        .to_stream()
+        .to(&Topic::new(OUTPUT, Serdes::string(), Serdes::i64()));
     builder.build()
 }

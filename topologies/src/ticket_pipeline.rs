@@ -5,9 +5,7 @@
 
 use engine::BuildContext;
 use engine::serde::Serdes;
-use engine::topology::{
-    Consumed, ErrorPolicy, Problem, Produced, Topology, TopologyBuilder, TopologyError,
-};
+use engine::topology::{ErrorPolicy, Topic, Topology, TopologyBuilder, TopologyError};
 
 use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TicketStatus};
 
@@ -22,29 +20,21 @@ pub const DEAD_LETTER: &str = "bench.tickets.dlq";
 
 /// Builds the topology.
 pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
-    let tickets = || {
+    let tickets = std::sync::Arc::new(
         ctx.avro
-            .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)
-            .map_err(|e| TopologyError::Invalid {
-                topology: NAME.into(),
-                problems: vec![Problem::Serde {
-                    node: "tickets".into(),
-                    message: e.to_string(),
-                }],
-            })
-    };
-    let key = || Serdes::nullable(Serdes::string());
+            .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)?,
+    );
+    let input = Topic::new(INPUT, Serdes::nullable(Serdes::string()), tickets.clone());
+    let output = Topic::new(OUTPUT, Serdes::nullable(Serdes::string()), tickets);
     let builder = TopologyBuilder::new(NAME);
     builder.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
     builder
-        .stream("tickets", [INPUT], Consumed::with(key(), tickets()?))
-        .filter("pending", |_k, t: &ExecutionTicket| {
-            t.status == TicketStatus::Pending
-        })
-        .map_values("start", |mut t: ExecutionTicket| {
+        .stream(&input)
+        .filter(|_k, t: &ExecutionTicket| t.status == TicketStatus::Pending)
+        .map_values(|mut t: ExecutionTicket| {
             t.status = TicketStatus::Running;
             t
         })
-        .to("started", OUTPUT, Produced::with(key(), tickets()?));
+        .to(&output);
     builder.build()
 }

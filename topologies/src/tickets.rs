@@ -3,11 +3,27 @@
 
 use std::collections::HashMap;
 
+use engine::BuildContext;
+use engine::serde::Serdes;
+use engine::topology::{Topic, TopologyError};
 use serde::{Deserialize, Serialize};
 
 /// The Avro schema of [`ExecutionTicket`].
 pub const EXECUTION_TICKET_SCHEMA: &str =
     include_str!("../../schemas/execution-ticket/execution-ticket.avsc");
+
+/// The tickets' topic: written by `orchestrator-dynamic` and the ticket API, read by
+/// `execution-ticket-service` and `worker-agents`.
+pub const TOPIC: &str = "execution.tickets";
+
+/// [`TOPIC`] with its serdes: keys are plan ids (null in some producers' records), values
+/// the Avro contract (or the legacy JSON, read alike).
+pub fn topic(ctx: &BuildContext) -> Result<Topic<Option<String>, ExecutionTicket>, TopologyError> {
+    let value = ctx
+        .avro
+        .contract_value_serde::<ExecutionTicket>(EXECUTION_TICKET_SCHEMA)?;
+    Ok(Topic::new(TOPIC, Serdes::nullable(Serdes::string()), value))
+}
 
 /// What a ticket asks a worker to do.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]

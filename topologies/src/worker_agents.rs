@@ -36,24 +36,21 @@ use engine::BuildContext;
 use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
-    Branch, Consumed, Deferred, ErrorPolicy, Grouped, Problem, ProcessingError, Processor,
-    ProcessorContext, Produced, PunctuationType, ScheduleId, StoreBuilder, Topology,
-    TopologyBuilder, TopologyError,
+    Branch, Deferred, ErrorPolicy, Grouped, Problem, ProcessingError, Processor, ProcessorContext,
+    PunctuationType, ScheduleId, StoreBuilder, Topic, Topology, TopologyBuilder, TopologyError,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::executor::{ExecutionOutput, Executor, ShellExecutor, SimulatedExecutor};
-use crate::results::{
-    EXECUTION_RESULT_SCHEMA, ExecutionResult, ExecutionResultPayload, ExecutionStatus,
-};
-use crate::tickets::{EXECUTION_TICKET_SCHEMA, ExecutionTicket, TaskType, TicketStatus};
+use crate::results::{ExecutionResult, ExecutionResultPayload, ExecutionStatus};
+use crate::tickets::{ExecutionTicket, TaskType, TicketStatus};
 
 /// Name and application id.
 pub const NAME: &str = "worker-agents";
 /// Tickets in.
-pub const TICKETS: &str = "execution.tickets";
+pub const TICKETS: &str = crate::tickets::TOPIC;
 /// Results out.
-pub const RESULTS: &str = "execution.results";
+pub const RESULTS: &str = crate::results::TOPIC;
 /// Invalid tickets (original bytes) and exhausted ones (JSON).
 pub const DEAD_LETTER: &str = "execution.tickets.dlq";
 /// ticket id -> final status (COMPLETED or FAILED) of the tickets this worker finished.
@@ -61,8 +58,15 @@ pub const OUTCOME_STORE: &str = "ticket-outcomes";
 /// ticket id -> ticket, for the tickets accepted and not finished (waiting or running).
 pub const JOBS_STORE: &str = "ticket-jobs";
 
-fn store_error(e: engine::state::StoreError) -> ProcessingError {
-    ProcessingError::new(e.to_string())
+/// Which executor `worker-agents` runs tickets with (`executor = "..."`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Sleeps each ticket's estimated duration and fails at `failure_rate` (default).
+    #[default]
+    Simulated,
+    /// Runs the command configured for the ticket's task type.
+    Shell,
 }
 
 /// Options of `[topologies.worker-agents]`.
@@ -75,9 +79,9 @@ pub struct WorkerOptions {
     /// Tickets executing at once per task (default 10).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// `simulated` (default) or `shell`.
-    #[serde(default = "default_executor")]
-    pub executor: String,
+    /// Which executor runs the tickets.
+    #[serde(default)]
+    pub executor: ExecutorKind,
     /// Simulated executor: chance that an attempt fails (default 0).
     #[serde(default)]
     pub failure_rate: f64,
@@ -103,9 +107,6 @@ fn default_agent_id() -> String {
 }
 fn default_max_in_flight() -> usize {
     10
-}
-fn default_executor() -> String {
-    "simulated".to_string()
 }
 fn one() -> f64 {
     1.0
@@ -177,8 +178,8 @@ impl WorkerSettings {
         if o.poll_interval_ms == 0 {
             return Err("poll_interval_ms must be at least 1".into());
         }
-        let executor: Arc<dyn Executor> = match o.executor.as_str() {
-            "simulated" => {
+        let executor: Arc<dyn Executor> = match o.executor {
+            ExecutorKind::Simulated => {
                 if !o.commands.is_empty() {
                     return Err(
                         "commands are for executor = \"shell\"; remove them or set executor = \"shell\""
@@ -190,7 +191,7 @@ impl WorkerSettings {
                     time_scale: o.time_scale,
                 })
             }
-            "shell" => {
+            ExecutorKind::Shell => {
                 if o.commands.is_empty() {
                     return Err(
                         "executor = \"shell\" needs commands, e.g. [topologies.worker-agents.commands] BUILD = \"make build\""
@@ -210,11 +211,6 @@ impl WorkerSettings {
                     commands.insert(task_type, command.clone());
                 }
                 Arc::new(ShellExecutor { commands })
-            }
-            other => {
-                return Err(format!(
-                    "executor = \"{other}\" is unknown: use \"simulated\" or \"shell\""
-                ));
             }
         };
         Ok(WorkerSettings {
@@ -390,7 +386,7 @@ impl Execute {
     ) -> Result<Option<TicketStatus>, ProcessingError> {
         ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
             .and_then(|s| s.get(&ticket_id.to_string()))
-            .map_err(store_error)
+            .map_err(ProcessingError::from)
     }
 
     fn gate(ctx: &mut Ctx<'_>, ticket: &ExecutionTicket) -> Result<Gate, ProcessingError> {
@@ -473,11 +469,9 @@ impl Execute {
         status: TicketStatus,
     ) -> Result<(), ProcessingError> {
         ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
-            .and_then(|mut s| s.put(&job.ticket.ticket_id, &status))
-            .map_err(store_error)?;
+            .and_then(|mut s| s.put(&job.ticket.ticket_id, &status))?;
         ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|mut s| s.delete(&job.ticket.ticket_id))
-            .map_err(store_error)?;
+            .and_then(|mut s| s.delete(&job.ticket.ticket_id))?;
         if let Some(d) = job.deferred {
             ctx.complete(d);
         }
@@ -655,8 +649,7 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
         // finished: they wait and run again. The first punctuation starts them.
         let pending = ctx
             .kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|s| s.all())
-            .map_err(store_error)?;
+            .and_then(|s| s.all())?;
         if !pending.is_empty() {
             tracing::info!(
                 partition = ctx.partition(),
@@ -690,8 +683,7 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
             return Ok(());
         }
         ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|mut s| s.put(&id, &ticket))
-            .map_err(store_error)?;
+            .and_then(|mut s| s.put(&id, &ticket))?;
         // At-least-once: the record also stays uncommitted until the ticket's final
         // result is acknowledged (`None` under exactly-once: the store write commits
         // with the transaction).
@@ -731,11 +723,8 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
 
 /// Builds the topology with `settings` (an executor of your own, for instance).
 pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topology, TopologyError> {
-    let tickets =
-        crate::avro_value::<ExecutionTicket>(ctx, NAME, "tickets", EXECUTION_TICKET_SCHEMA)?;
-    let results =
-        crate::avro_value::<ExecutionResult>(ctx, NAME, "results-out", EXECUTION_RESULT_SCHEMA)?;
-    let key = || Serdes::nullable(Serdes::string());
+    let tickets = crate::tickets::topic(ctx)?;
+    let results = crate::results::topic(ctx)?;
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
     b.add_store(
@@ -752,43 +741,47 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
         Serdes::json::<ExecutionTicket>(),
     ));
     let outputs = b
-        .stream("tickets", [TICKETS], Consumed::with(key(), tickets))
-        .process("validate", || Validate)
-        .select_key("by-plan", |_k, t: &ExecutionTicket| t.plan_id.clone())
+        .stream(&tickets)
+        .process(|| Validate)
+        .named("validate")
+        .select_key(|_k, t: &ExecutionTicket| t.plan_id.clone())
+        .named("by-plan")
         .repartition(
             "tickets-by-plan",
             Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>()),
         )
-        .process_with_stores("execute", &[OUTCOME_STORE, JOBS_STORE], move || {
+        .process_with_stores(&[OUTCOME_STORE, JOBS_STORE], move || {
             Execute::new(settings.clone())
-        });
-    let branches = outputs.branch(
-        "outputs",
-        vec![
-            Branch::when("results", |_k, o: &WorkerOutput| {
-                matches!(o, WorkerOutput::Result(_))
-            }),
-            Branch::otherwise("exhausted"),
-        ],
-    );
-    branches[0]
-        .flat_map("result-records", |k: String, o: WorkerOutput| match o {
-            WorkerOutput::Result(r) => Some((Some(k), r)),
-            WorkerOutput::DeadLetter(_) => None,
         })
-        .to("results-out", RESULTS, Produced::with(key(), results));
-    branches[1]
-        .flat_map(
-            "dead-letter-records",
-            |k: String, o: WorkerOutput| match o {
-                WorkerOutput::DeadLetter(d) => Some((k, d)),
-                WorkerOutput::Result(_) => None,
+        .named("execute");
+    let dead_letters = Topic::new(
+        DEAD_LETTER,
+        Serdes::string(),
+        Serdes::json::<DeadLetterTicket>(),
+    );
+    outputs
+        .split()
+        .named("outputs")
+        .branch_map(
+            |_k, o| match o {
+                WorkerOutput::Result(r) => Branch::Take(r),
+                other => Branch::Pass(other),
+            },
+            |reported| {
+                reported
+                    .map(|k: String, r| (Some(k), r))
+                    .to(&results)
+                    .named("results-out");
             },
         )
-        .to(
-            "dead-letters-out",
-            DEAD_LETTER,
-            Produced::with(Serdes::string(), Serdes::json::<DeadLetterTicket>()),
+        .branch_map(
+            |_k, o| match o {
+                WorkerOutput::DeadLetter(d) => Branch::Take(d),
+                other => Branch::Pass(other),
+            },
+            |exhausted| {
+                exhausted.to(&dead_letters).named("dead-letters-out");
+            },
         );
     b.build()
 }

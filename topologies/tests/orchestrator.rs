@@ -14,8 +14,8 @@ use engine::serde::{AvroContext, Serdes};
 use engine::testing::{TestDriver, TestDriverOptions, TestInputTopic, TestOutputTopic};
 use topologies::decisions::*;
 use topologies::orchestrator::{
-    self, DEAD_LETTER, DECISIONS, INCIDENTS, Incident, PLAN_STORE, PlanState, RESULTS,
-    SLA_VIOLATIONS, SlaViolation, TICKETS,
+    self, DEAD_LETTER, DECISIONS, INCIDENTS, Incident, IncidentType, PLAN_STORE, PlanState,
+    PlanStatus, RESULTS, SLA_VIOLATIONS, Severity, SlaViolation, TICKETS,
 };
 use topologies::results::*;
 use topologies::tickets::*;
@@ -370,7 +370,7 @@ fn a_failure_compensates_the_completed_tickets_and_the_failed_one_in_reverse_top
         assert_eq!(c.metadata["compensates"], original);
     }
     let incident = o.incidents.read_value().unwrap();
-    assert_eq!(incident.incident_type, "TICKET_FAILED");
+    assert_eq!(incident.incident_type, IncidentType::TicketFailed);
     assert_eq!(incident.ticket_id, test.ticket_id);
     assert_eq!(incident.plan_id, "plan-1");
     assert_eq!(
@@ -381,7 +381,7 @@ fn a_failure_compensates_the_completed_tickets_and_the_failed_one_in_reverse_top
             .collect::<Vec<_>>()
     );
     let plan = o.plan("plan-1");
-    assert_eq!(plan.status, "FAILED");
+    assert_eq!(plan.status, PlanStatus::Failed);
     assert_eq!(
         plan.tickets[&build.ticket_id]
             .compensation_ticket_id
@@ -400,7 +400,7 @@ fn a_failure_compensates_the_completed_tickets_and_the_failed_one_in_reverse_top
     for c in &compensations {
         o.report(c, ExecutionStatus::Completed, None);
     }
-    assert_eq!(o.plan("plan-1").status, "COMPENSATED");
+    assert_eq!(o.plan("plan-1").status, PlanStatus::Compensated);
     assert!(o.incidents.is_empty());
 }
 
@@ -431,8 +431,8 @@ fn a_failed_compensation_raises_an_incident() {
     let _ = o.incidents.read_value().unwrap();
     o.report(&compensation, ExecutionStatus::Failed, Some("execution"));
     let incident = o.incidents.read_value().unwrap();
-    assert_eq!(incident.incident_type, "COMPENSATION_FAILED");
-    assert_eq!(incident.severity, "HIGH");
+    assert_eq!(incident.incident_type, IncidentType::CompensationFailed);
+    assert_eq!(incident.severity, Severity::High);
     assert!(o.tickets.is_empty(), "compensations are not compensated");
 }
 

@@ -521,7 +521,7 @@ fn options_are_checked_with_a_fix() {
     for (text, hint) in [
         ("max_in_flight = 0", "at least 1"),
         ("failure_rate = 2.0", "between 0 and 1"),
-        ("executor = \"k8s\"", "use \"simulated\" or \"shell\""),
+        ("executor = \"k8s\"", "expected `simulated` or `shell`"),
         ("executor = \"shell\"", "needs commands"),
         (
             "executor = \"shell\"\n[commands]\nCOOK = \"x\"",
