@@ -7,7 +7,7 @@
 
 use engine::Catalog;
 use engine::serde::Serdes;
-use engine::topology::{Consumed, ErrorPolicy, Produced, TopologyBuilder};
+use engine::topology::{ErrorPolicy, Topic, TopologyBuilder};
 
 fn main() -> std::process::ExitCode {
     let catalog = Catalog::new().with(
@@ -16,21 +16,20 @@ fn main() -> std::process::ExitCode {
         |_ctx| {
             let b = TopologyBuilder::new("word-lengths");
             b.error_policy(ErrorPolicy::dead_letter("sentences.dlq"));
-            b.stream(
+            b.stream(&Topic::new(
                 "sentences",
-                ["sentences"],
-                Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()),
-            )
-            .flat_map("words", |_key: Option<String>, line: String| {
+                Serdes::nullable(Serdes::string()),
+                Serdes::string(),
+            ))
+            .named("sentences")
+            .flat_map(|_key: Option<String>, line: String| {
                 line.split_whitespace()
                     .map(|w| (w.to_lowercase(), w.len() as i64))
                     .collect::<Vec<_>>()
             })
-            .to(
-                "lengths",
-                "word-lengths",
-                Produced::with(Serdes::string(), Serdes::i64()),
-            );
+            .named("words")
+            .to(&Topic::new("word-lengths", Serdes::string(), Serdes::i64()))
+            .named("lengths");
             b.build()
         },
     );

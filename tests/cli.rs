@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use engine::Catalog;
 use engine::serde::Serdes;
-use engine::topology::{Consumed, Produced, TopologyBuilder};
+use engine::topology::{Topic, TopologyBuilder};
 use serde_json::{Value, json};
 use support::{committed_total, consume, produce_keyed};
 use topologies::tickets::{TicketStatus, sample_ticket};
@@ -59,7 +59,7 @@ fn describe_prints_text_and_mermaid() {
     let (code, out, _) = output(engine().args(["describe", "ticket-pipeline"]));
     assert_eq!(code, 0);
     assert!(
-        out.contains("Source: tickets (topics: [bench.tickets.in])"),
+        out.contains("Source: KSTREAM-SOURCE-0000000000 (topics: [bench.tickets.in])"),
         "{out}"
     );
     let (code, out, _) =
@@ -87,22 +87,14 @@ fn unknown_topology_and_bad_usage_exit_2() {
 fn an_invalid_topology_prints_all_its_problems_and_exits_2() {
     let catalog = Catalog::new().with("broken", "two problems", |_| {
         let b = TopologyBuilder::new("broken");
-        let s = b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        );
-        s.to(
-            "same",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-        s.to(
-            "same",
-            "out2",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
-        s.filter("dead-end", |_k, _v| true);
+        let s = b
+            .stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+            .named("in");
+        s.to(&Topic::new("out", Serdes::string(), Serdes::string()))
+            .named("same");
+        s.to(&Topic::new("out2", Serdes::string(), Serdes::string()))
+            .named("same");
+        s.filter(|_k, _v| true).named("dead-end");
         b.build()
     });
     for command in [

@@ -17,7 +17,7 @@ use engine::kafka::EmbeddedBroker;
 use engine::runtime::{RunSettings, Shutdown, TopologyRunner};
 use engine::serde::Serdes;
 use engine::state::RocksSettings;
-use engine::topology::{Consumed, Grouped, Produced, Topology, TopologyBuilder};
+use engine::topology::{Grouped, Topic, Topology, TopologyBuilder};
 use support::{
     committed_total, consume, consume_until_seen, missing_summary, produce_keyed, wait_for, walk,
 };
@@ -25,17 +25,12 @@ use support::{
 /// Appends `!` to every value: enough to see every record went through.
 fn shout(app: &str) -> Topology {
     let b = TopologyBuilder::new(app);
-    b.stream(
-        "in",
-        ["in"],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .map_values("shout", |v: String| format!("{v}!"))
-    .to(
-        "out",
-        "out",
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
+    b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+        .named("in")
+        .map_values(|v: String| format!("{v}!"))
+        .named("shout")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     b.build().expect("valid")
 }
 
@@ -481,17 +476,16 @@ fn real_kafka_round_trip() {
             r.expect("topic created");
         }
         let b = TopologyBuilder::new(format!("it-{suffix}"));
-        b.stream(
-            "in",
-            [input.clone()],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .map_values("shout", |v: String| format!("{v}!"))
-        .to(
-            "out",
-            &output,
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        b.stream(&Topic::new(
+            input.clone(),
+            Serdes::string(),
+            Serdes::string(),
+        ))
+        .named("in")
+        .map_values(|v: String| format!("{v}!"))
+        .named("shout")
+        .to(&Topic::new(&output, Serdes::string(), Serdes::string()))
+        .named("out");
         let inputs = keyed_inputs(4, 50, 0);
         produce_keyed(&bootstrap, &input, &inputs).await;
         let (trigger, shutdown) = Shutdown::new();
@@ -513,20 +507,19 @@ fn counter(app: &str, caching: bool) -> Topology {
 /// [`counter`] reading `inputs` (co-partitioned) and writing `output`.
 fn counter_on(app: &str, inputs: &[&str], output: &str, caching: bool) -> Topology {
     let b = TopologyBuilder::new(app);
-    b.stream(
-        "in",
-        inputs.to_vec(),
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
-    .with_caching(caching)
-    .count("count", "per-key")
-    .to_stream("updates")
-    .to(
-        "out",
-        output,
-        Produced::with(Serdes::string(), Serdes::i64()),
-    );
+    let mut sources = inputs
+        .iter()
+        .map(|t| b.stream(&Topic::new(*t, Serdes::string(), Serdes::string())));
+    let first = sources.next().expect("at least one input");
+    sources
+        .fold(first, |merged, s| merged.merge(&s))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .with_caching(caching)
+        .count("count", "per-key")
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new(output, Serdes::string(), Serdes::i64()))
+        .named("out");
     b.build().expect("valid")
 }
 
@@ -977,20 +970,15 @@ fn a_deferred_record_is_committed_only_after_its_release_is_acknowledged() {
         let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let b = TopologyBuilder::new("deferring");
         let flag = release.clone();
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .process("hold", move || HoldUntilReleased {
-            release: flag.clone(),
-            held: Vec::new(),
-        })
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+            .named("in")
+            .process(move || HoldUntilReleased {
+                release: flag.clone(),
+                held: Vec::new(),
+            })
+            .named("hold")
+            .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+            .named("out");
         let topology = b.build().expect("valid");
         let inputs: Vec<(String, String)> = ["a", "hold-1", "b", "c"]
             .iter()
@@ -1061,20 +1049,15 @@ impl Gate {
 /// `shout`, with every record waiting for `gate`.
 fn gated(app: &str, gate: Gate) -> Topology {
     let b = TopologyBuilder::new(app);
-    b.stream(
-        "in",
-        ["in"],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .map_values("wait", move |v: String| {
-        gate.wait();
-        format!("{v}!")
-    })
-    .to(
-        "out",
-        "out",
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
+    b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+        .named("in")
+        .map_values(move |v: String| {
+            gate.wait();
+            format!("{v}!")
+        })
+        .named("wait")
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     b.build().expect("valid")
 }
 
@@ -1304,26 +1287,19 @@ fn order_namer(app: &str) -> Topology {
     let b = TopologyBuilder::new(app);
     let products = b.global_table(
         "products",
-        "products",
-        Consumed::with(Serdes::string(), Serdes::string()),
+        &Topic::new("products", Serdes::string(), Serdes::string()),
         "products-store",
     );
-    b.stream(
-        "in",
-        ["in"],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .join_global(
-        "named",
-        &products,
-        |_order: &String, product: &String| product.clone(),
-        |product: &String, name: &String| format!("{product}={name}"),
-    )
-    .to(
-        "out",
-        "out",
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
+    b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+        .named("in")
+        .join_global(
+            "named",
+            &products,
+            |_order: &String, product: &String| product.clone(),
+            |product: &String, name: &String| format!("{product}={name}"),
+        )
+        .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+        .named("out");
     b.build().expect("valid")
 }
 
@@ -1911,23 +1887,26 @@ fn real_kafka_a_repartition_topic_is_created_and_purged_once_committed() {
         let app = cluster.app("rekeyed");
         // Counts per value: re-keyed through `<app>-by-value-repartition`.
         let b = TopologyBuilder::new(&app);
-        b.stream(
-            "in",
-            [cluster.input.as_str()],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
+        b.stream(&Topic::new(
+            cluster.input.as_str(),
+            Serdes::string(),
+            Serdes::string(),
+        ))
+        .named("in")
         .group_by(
             "by-value",
             |_k: &String, v: &String| v.clone(),
             Grouped::with(Serdes::string(), Serdes::string()),
         )
         .count("count", "per-value")
-        .to_stream("updates")
-        .to(
-            "out",
+        .to_stream()
+        .named("updates")
+        .to(&Topic::new(
             &cluster.output,
-            Produced::with(Serdes::string(), Serdes::i64()),
-        );
+            Serdes::string(),
+            Serdes::i64(),
+        ))
+        .named("out");
         let topology = b.build().unwrap();
         let repartition = format!("{app}-by-value-repartition");
         assert_eq!(
@@ -2005,17 +1984,16 @@ fn real_kafka_missing_user_topics_are_refused_unless_asked_to_create_them() {
         let app = support::unique("create");
         let pipeline = || {
             let b = TopologyBuilder::new(&app);
-            b.stream(
-                "in",
-                [input.as_str()],
-                Consumed::with(Serdes::string(), Serdes::string()),
-            )
-            .map_values("shout", |v: String| format!("{v}!"))
-            .to(
-                "out",
-                &output,
-                Produced::with(Serdes::string(), Serdes::string()),
-            );
+            b.stream(&Topic::new(
+                input.as_str(),
+                Serdes::string(),
+                Serdes::string(),
+            ))
+            .named("in")
+            .map_values(|v: String| format!("{v}!"))
+            .named("shout")
+            .to(&Topic::new(&output, Serdes::string(), Serdes::string()))
+            .named("out");
             b.build().unwrap()
         };
         let mut s = RunSettings::new(bootstrap.clone());
@@ -2082,17 +2060,12 @@ where
             value(),
         ));
     }
-    b.stream(
-        "in",
-        [input],
-        Consumed::with(Serdes::string(), Serdes::string()),
-    )
-    .process_with_stores("process", stores, processor)
-    .to(
-        "out",
-        output,
-        Produced::with(Serdes::string(), Serdes::string()),
-    );
+    b.stream(&Topic::new(input, Serdes::string(), Serdes::string()))
+        .named("in")
+        .process_with_stores(stores, processor)
+        .named("process")
+        .to(&Topic::new(output, Serdes::string(), Serdes::string()))
+        .named("out");
     b.build().expect("valid")
 }
 
@@ -2200,21 +2173,16 @@ fn a_deferred_record_is_not_restored_as_applied_when_a_store_write_of_another_la
             Serdes::string(),
         ));
         let flag = release.clone();
-        b.stream(
-            "in",
-            ["in"],
-            Consumed::with(Serdes::string(), Serdes::string()),
-        )
-        .process_with_stores("settle", &["done"], move || SettleLater {
-            release: flag.clone(),
-            finished: Vec::new(),
-            slow: Vec::new(),
-        })
-        .to(
-            "out",
-            "out",
-            Produced::with(Serdes::string(), Serdes::string()),
-        );
+        b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
+            .named("in")
+            .process_with_stores(&["done"], move || SettleLater {
+                release: flag.clone(),
+                finished: Vec::new(),
+                slow: Vec::new(),
+            })
+            .named("settle")
+            .to(&Topic::new("out", Serdes::string(), Serdes::string()))
+            .named("out");
         b.build().expect("valid")
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
