@@ -13,7 +13,7 @@ use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
     ErrorPolicy, Grouped, ProcessingError, Processor, ProcessorContext, PunctuationType,
-    ScheduleId, StoreBuilder, Topic, Topology, TopologyBuilder, TopologyError,
+    ScheduleId, StoreBuilder, StoreRef, Topic, Topology, TopologyBuilder, TopologyError,
 };
 
 use crate::results::{ExecutionResult, ExecutionStatus};
@@ -177,7 +177,22 @@ pub fn apply_command(ticket: &mut ExecutionTicket, action: &CommandAction) -> Re
 
 /// Applies the API's commands to the stored tickets (runs partitioned by ticket id) and
 /// records each outcome for the API to answer with.
-struct ApplyCommand;
+/// The service's stores, typed, shared by its processors.
+#[derive(Clone)]
+struct Stores {
+    /// [`TICKET_STORE`].
+    tickets: StoreRef<String, ExecutionTicket>,
+    /// [`PENDING_RESULTS_STORE`].
+    pending: StoreRef<String, Vec<(i64, ExecutionResult)>>,
+    /// [`PLAN_TASK_STORE`].
+    plan_tasks: StoreRef<String, String>,
+    /// [`COMMAND_OUTCOMES_STORE`].
+    outcomes: StoreRef<String, Vec<CommandOutcome>>,
+}
+
+struct ApplyCommand {
+    stores: Stores,
+}
 
 impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand {
     fn process(
@@ -188,8 +203,8 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
         let command = record.value;
         let id = command.ticket_id.clone();
         let mut outcomes = ctx
-            .kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
-            .and_then(|o| o.get(&id))?
+            .store(&self.stores.outcomes)?
+            .get(&id)?
             .unwrap_or_default();
         if outcomes.iter().any(|o| o.command_id == command.command_id) {
             // Delivered again (at-least-once): applied already.
@@ -197,7 +212,7 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
             return Ok(());
         }
         let outcome = {
-            let mut tickets = ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)?;
+            let mut tickets = ctx.store(&self.stores.tickets)?;
             match tickets.get(&id)? {
                 None => Err(not_found(&command.action, &id)),
                 Some(mut ticket) => match apply_command(&mut ticket, &command.action) {
@@ -216,9 +231,7 @@ impl Processor<String, TicketCommand, String, ExecutionResult> for ApplyCommand 
         if outcomes.len() > OUTCOMES_KEPT {
             outcomes.remove(0);
         }
-        ctx.kv_store::<String, Vec<CommandOutcome>>(COMMAND_OUTCOMES_STORE)
-            .and_then(|mut o| o.put(&id, &outcomes))
-            .map_err(ProcessingError::from)
+        Ok(ctx.store(&self.stores.outcomes)?.put(&id, &outcomes)?)
     }
 }
 /// Where the ticket API is served by `engine run --http`.
@@ -308,7 +321,9 @@ fn idempotency_key(ticket: &ExecutionTicket) -> String {
 }
 
 /// Refuses a second ticket for a plan's task (runs partitioned by plan).
-struct OnePerTask;
+struct OnePerTask {
+    stores: Stores,
+}
 
 impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask {
     fn process(
@@ -319,7 +334,7 @@ impl Processor<String, ExecutionTicket, String, ExecutionTicket> for OnePerTask 
         let ticket = &record.value;
         let plan_task = format!("{}/{}", ticket.plan_id, ticket.task_id);
         {
-            let mut plan_tasks = ctx.kv_store::<String, String>(PLAN_TASK_STORE)?;
+            let mut plan_tasks = ctx.store(&self.stores.plan_tasks)?;
             match plan_tasks.get(&plan_task)? {
                 Some(existing) if existing != ticket.ticket_id => {
                     return Err(ProcessingError::field(
@@ -348,7 +363,9 @@ pub const ORPHAN_RESULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Stores the ticket (runs partitioned by ticket id, like the results) and applies the
 /// results that were waiting for it.
-struct Store;
+struct Store {
+    stores: Stores,
+}
 
 impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
     fn process(
@@ -358,8 +375,7 @@ impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
     ) -> Result<(), ProcessingError> {
         let mut ticket = record.value;
         let waiting = {
-            let mut pending =
-                ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)?;
+            let mut pending = ctx.store(&self.stores.pending)?;
             let waiting = pending.get(&record.key)?;
             if waiting.is_some() {
                 pending.delete(&record.key)?;
@@ -378,9 +394,7 @@ impl Processor<String, ExecutionTicket, String, ExecutionResult> for Store {
                 }
             }
         }
-        ctx.kv_store::<String, ExecutionTicket>(TICKET_STORE)
-            .and_then(|mut t| t.put(&record.key, &ticket))
-            .map_err(ProcessingError::from)
+        Ok(ctx.store(&self.stores.tickets)?.put(&record.key, &ticket)?)
     }
 }
 
@@ -443,6 +457,7 @@ fn apply(
 /// for it, and goes to the dead-letter topic if it does not come within
 /// [`ORPHAN_RESULT_TIMEOUT`].
 struct ApplyResult {
+    stores: Stores,
     orphan_timeout: Duration,
 }
 
@@ -462,27 +477,24 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
         ctx: &mut ProcessorContext<'_, String, ExecutionResult>,
     ) -> Result<(), ProcessingError> {
         let result = record.value;
-        let stored = ctx
-            .kv_store::<String, ExecutionTicket>(TICKET_STORE)
-            .and_then(|t| t.get(&result.ticket_id))?;
+        let stored = ctx.store(&self.stores.tickets)?.get(&result.ticket_id)?;
         let Some(mut ticket) = stored else {
             let now = ctx.wall_clock_time();
-            let mut pending =
-                ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)?;
+            let mut pending = ctx.store(&self.stores.pending)?;
             let id = result.ticket_id.clone();
             let mut waiting = pending.get(&id)?.unwrap_or_default();
             waiting.push((now, result));
-            return pending.put(&id, &waiting).map_err(ProcessingError::from);
+            pending.put(&id, &waiting)?;
+            return Ok(());
         };
         match apply(&mut ticket, result)? {
             Applied::Duplicate => {
                 ctx.count_skipped();
                 Ok(())
             }
-            Applied::Changed => ctx
-                .kv_store::<String, ExecutionTicket>(TICKET_STORE)
-                .and_then(|mut t| t.put(&ticket.ticket_id, &ticket))
-                .map_err(ProcessingError::from),
+            Applied::Changed => Ok(ctx
+                .store(&self.stores.tickets)?
+                .put(&ticket.ticket_id, &ticket)?),
         }
     }
 
@@ -494,14 +506,13 @@ impl Processor<String, ExecutionResult, String, ExecutionResult> for ApplyResult
     ) -> Result<(), ProcessingError> {
         let timeout = i64::try_from(self.orphan_timeout.as_millis()).unwrap_or(i64::MAX);
         let expired: Vec<(String, Vec<(i64, ExecutionResult)>)> = ctx
-            .kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-            .and_then(|p| p.all())?
+            .store(&self.stores.pending)?
+            .all()?
             .into_iter()
             .filter(|(_, waiting)| waiting.first().is_some_and(|(at, _)| now - at >= timeout))
             .collect();
         for (id, waiting) in expired {
-            ctx.kv_store::<String, Vec<(i64, ExecutionResult)>>(PENDING_RESULTS_STORE)
-                .and_then(|mut p| p.delete(&id))?;
+            ctx.store(&self.stores.pending)?.delete(&id)?;
             for (at, result) in waiting {
                 tracing::warn!(ticket_id = %id, waited_ms = now - at, "a result's ticket never arrived: dead-lettered");
                 let mut orphan = Record::new(id.clone(), result, now);
@@ -544,29 +555,27 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
     let api_tickets = tickets.value_serde();
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
-    b.add_store(StoreBuilder::persistent(
-        TICKET_STORE,
-        Serdes::string(),
-        Serdes::json::<ExecutionTicket>(),
-    ));
-    b.add_store(StoreBuilder::persistent(
-        PENDING_RESULTS_STORE,
-        Serdes::string(),
-        Serdes::json::<Vec<(i64, ExecutionResult)>>(),
-    ));
-    b.add_store(StoreBuilder::persistent(
-        PLAN_TASK_STORE,
-        Serdes::string(),
-        Serdes::string(),
-    ));
-    b.add_store(
-        StoreBuilder::persistent(
-            COMMAND_OUTCOMES_STORE,
+    let stores = Stores {
+        tickets: b.add_store(StoreBuilder::persistent(
+            TICKET_STORE,
             Serdes::string(),
-            Serdes::json::<Vec<CommandOutcome>>(),
-        )
-        .with_ttl(Duration::from_secs(24 * 3600)),
-    );
+            Serdes::json(),
+        )),
+        pending: b.add_store(StoreBuilder::persistent(
+            PENDING_RESULTS_STORE,
+            Serdes::string(),
+            Serdes::json(),
+        )),
+        plan_tasks: b.add_store(StoreBuilder::persistent(
+            PLAN_TASK_STORE,
+            Serdes::string(),
+            Serdes::string(),
+        )),
+        outcomes: b.add_store(
+            StoreBuilder::persistent(COMMAND_OUTCOMES_STORE, Serdes::string(), Serdes::json())
+                .with_ttl(Duration::from_secs(24 * 3600)),
+        ),
+    };
     b.serve_http(move |service| {
         crate::ticket_api::routes(service, api_tickets.clone(), options.clone())
     });
@@ -591,14 +600,24 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
             "tickets-by-plan",
             Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores(&[PLAN_TASK_STORE], || OnePerTask)
+        .process_with_stores(&[PLAN_TASK_STORE], {
+            let stores = stores.clone();
+            move || OnePerTask {
+                stores: stores.clone(),
+            }
+        })
         .named("one-per-task")
         .select_key(|_k, t: &ExecutionTicket| t.ticket_id.clone())
         .repartition(
             "tickets-by-id",
             Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], || Store)
+        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], {
+            let stores = stores.clone();
+            move || Store {
+                stores: stores.clone(),
+            }
+        })
         .named("store");
 
     // Results move the stored tickets; one whose ticket never comes is dead-lettered.
@@ -610,8 +629,12 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
             "results-by-id",
             Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], move || {
-            ApplyResult { orphan_timeout }
+        .process_with_stores(&[TICKET_STORE, PENDING_RESULTS_STORE], {
+            let stores = stores.clone();
+            move || ApplyResult {
+                stores: stores.clone(),
+                orphan_timeout,
+            }
         })
         .named("apply-result");
     stored.merge(&orphaned).to(&orphans).named("orphans-out");
@@ -622,7 +645,11 @@ pub fn build(ctx: &BuildContext) -> Result<Topology, TopologyError> {
             "commands-by-id",
             Grouped::with(Serdes::string(), Serdes::json()),
         )
-        .process_with_stores(&[TICKET_STORE, COMMAND_OUTCOMES_STORE], || ApplyCommand)
+        .process_with_stores(&[TICKET_STORE, COMMAND_OUTCOMES_STORE], move || {
+            ApplyCommand {
+                stores: stores.clone(),
+            }
+        })
         .named("apply-command");
     b.build()
 }

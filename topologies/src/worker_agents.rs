@@ -384,9 +384,9 @@ impl Execute {
         ctx: &mut Ctx<'_>,
         ticket_id: &str,
     ) -> Result<Option<TicketStatus>, ProcessingError> {
-        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
-            .and_then(|s| s.get(&ticket_id.to_string()))
-            .map_err(ProcessingError::from)
+        Ok(ctx
+            .kv_store::<String, TicketStatus>(OUTCOME_STORE)?
+            .get(&ticket_id.to_string())?)
     }
 
     fn gate(ctx: &mut Ctx<'_>, ticket: &ExecutionTicket) -> Result<Gate, ProcessingError> {
@@ -468,10 +468,10 @@ impl Execute {
         job: Job,
         status: TicketStatus,
     ) -> Result<(), ProcessingError> {
-        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)
-            .and_then(|mut s| s.put(&job.ticket.ticket_id, &status))?;
-        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|mut s| s.delete(&job.ticket.ticket_id))?;
+        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)?
+            .put(&job.ticket.ticket_id, &status)?;
+        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?
+            .delete(&job.ticket.ticket_id)?;
         if let Some(d) = job.deferred {
             ctx.complete(d);
         }
@@ -647,9 +647,7 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
         ctx.schedule(self.settings.poll_interval, PunctuationType::WallClockTime);
         // Tickets accepted by this task before (here or on another instance) and not
         // finished: they wait and run again. The first punctuation starts them.
-        let pending = ctx
-            .kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|s| s.all())?;
+        let pending = ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?.all()?;
         if !pending.is_empty() {
             tracing::info!(
                 partition = ctx.partition(),
@@ -682,8 +680,8 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
             ctx.count_skipped();
             return Ok(());
         }
-        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)
-            .and_then(|mut s| s.put(&id, &ticket))?;
+        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?
+            .put(&id, &ticket)?;
         // At-least-once: the record also stays uncommitted until the ticket's final
         // result is acknowledged (`None` under exactly-once: the store write commits
         // with the transaction).
