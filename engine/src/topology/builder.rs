@@ -46,19 +46,19 @@ pub(crate) enum NodeKind {
     },
 }
 
-/// Prepares a node's serdes for its topics; returns one message per failure.
-pub(crate) type PrepareFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// Prepares a node's serdes for its topics; returns one message per failure, naming
+/// the node by the name it is given (its final one: `named` may rename a node after
+/// this closure was made).
+pub(crate) type PrepareFn = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 /// A closure preparing `key` and `value` for `topics` in `role`.
 pub(crate) fn prepare_fn<K: 'static, V: 'static>(
-    node: &str,
     topics: Vec<String>,
     key: Arc<dyn Serde<K>>,
     value: Arc<dyn Serde<V>>,
     role: SerdeRole,
 ) -> PrepareFn {
-    let node = node.to_string();
-    Arc::new(move || {
+    Arc::new(move |node: &str| {
         let mut problems = Vec::new();
         for topic in &topics {
             if let Err(e) = key.prepare(topic, role) {
@@ -443,7 +443,6 @@ pub(crate) fn add_source<K: Data, V: Data>(
 ) -> KStream<K, V> {
     let topics = vec![topic.name().to_string()];
     let prepare = prepare_fn(
-        name,
         topics.clone(),
         topic.key.clone(),
         topic.value.clone(),
@@ -884,9 +883,9 @@ impl Topology {
             .inner
             .nodes
             .iter()
-            .filter_map(|n| n.prepare.as_ref())
-            .chain(self.inner.globals.iter().map(|g| &g.prepare))
-            .flat_map(|p| p())
+            .filter_map(|n| n.prepare.as_ref().map(|p| p(&n.name)))
+            .chain(self.inner.globals.iter().map(|g| (g.prepare)(&g.name)))
+            .flatten()
             .collect();
         if problems.is_empty() {
             Ok(())

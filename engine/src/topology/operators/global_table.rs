@@ -165,7 +165,6 @@ impl TopologyBuilder {
         spec.changelog = false;
         let serdes = Arc::new(serdes);
         let prepare: PrepareFn = prepare_fn(
-            name,
             vec![topic.to_string()],
             consumed.key.clone(),
             consumed.value.clone(),

@@ -127,7 +127,6 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Adds the sink node `name` writing `topic`.
     pub(crate) fn to_node(&self, name: &str, topic: &Topic<K, V>) {
         let prepare = prepare_fn(
-            name,
             vec![topic.name().to_string()],
             topic.key.clone(),
             topic.value.clone(),
