@@ -1295,6 +1295,22 @@ fn engine_consume_all(bootstrap: &str, registry: &str, topic: &str, idle_ms: u64
         .collect()
 }
 
+#[test]
+fn consume_with_an_idle_timeout_reads_to_the_end_before_idle_time_counts() {
+    let kafka = Kafka::mock(&["--topology", "ticket-pipeline"]);
+    let lines: Vec<String> = (0..20).map(|i| format!("{{\"n\": {i}}}")).collect();
+    engine_produce(
+        &kafka.bootstrap,
+        &kafka.registry,
+        &["bench.tickets.in", "--format", "json"],
+        &lines,
+    );
+    // An idle timeout far shorter than joining the group and fetching: the records
+    // are there, and the consumer reaches the end of the topic before it counts.
+    let read = engine_consume_all(&kafka.bootstrap, &kafka.registry, "bench.tickets.in", 1);
+    assert_eq!(read.len(), 20, "{read:?}");
+}
+
 /// The final status of a ticket through the ticket API, once it is final.
 fn final_status(addr: &str, ticket_id: &str, deadline: Instant) -> String {
     loop {

@@ -94,7 +94,8 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     max: Option<u64>,
-    /// Stop after this long without a record (ms).
+    /// Stop after this long without a record (ms), counted once every partition was
+    /// read to its end (before the group assigns partitions, at most 30 s more).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
 }
@@ -373,6 +374,10 @@ fn decode_value(
     }
 }
 
+/// How long `engine consume --idle-timeout-ms` waits beyond the timeout for the group to
+/// assign partitions before it gives up (a missing topic is never assigned).
+const UNASSIGNED_WAIT: Duration = Duration::from_secs(30);
+
 /// Runs `engine consume TOPIC`.
 pub(super) fn consume(
     args: ConsumeArgs,
@@ -387,6 +392,8 @@ pub(super) fn consume(
             format!("engine-consume-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
+        // The end of each partition is reported, so the idle timeout counts from there.
+        .set("enable.partition.eof", "true")
         .set(
             "auto.offset.reset",
             if args.from_beginning {
@@ -403,18 +410,37 @@ pub(super) fn consume(
     let registry = avro.registry.as_ref();
     let mut plans = std::collections::HashMap::new();
     let mut count = 0u64;
+    let started = Instant::now();
+    // The last record, or the moment every partition was read to its end if later.
     let mut last = Instant::now();
+    // Partitions read to their end since their last record.
+    let mut at_end = std::collections::HashSet::new();
     let idle = args.idle_timeout_ms.map(Duration::from_millis);
     while args.max.is_none_or(|m| count < m) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                if idle.is_some_and(|i| last.elapsed() >= i) {
+        if let Some(idle) = idle {
+            let assigned = consumer.assignment().map_or(0, |a| a.count());
+            if assigned == 0 {
+                // The group has not assigned partitions yet (or the topic is missing).
+                if started.elapsed() >= idle + UNASSIGNED_WAIT {
                     break;
                 }
+                last = Instant::now();
+            } else if at_end.len() < assigned {
+                // Still reading what is there: not idle.
+                last = Instant::now();
+            } else if last.elapsed() >= idle {
+                break;
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             Some(Ok(m)) => {
                 last = Instant::now();
+                at_end.remove(&m.partition());
                 count += 1;
                 let (format, schema_id, value) = decode_value(registry, &mut plans, m.payload());
                 let line = serde_json::json!({
