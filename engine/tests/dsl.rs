@@ -424,3 +424,19 @@ fn join_table_with_grace_joins_at_once_or_when_the_table_gets_the_key() {
     driver.input(&orders).pipe(s("o2"), s("pencil")).unwrap();
     assert!(driver.output(&paid).is_empty());
 }
+
+#[test]
+fn a_narrowing_step_whose_output_goes_nowhere_is_reported() {
+    let b = TopologyBuilder::new("t");
+    let source = b.stream(&strings("in"));
+    source.to(&strings("copy"));
+    source
+        .filter_map_values(|_k, v: String| v.parse::<i64>().ok())
+        .named("numbers");
+    assert!(
+        b.validate()
+            .contains(&Problem::NoOutput { node: s("numbers") }),
+        "{:?}",
+        b.validate()
+    );
+}

@@ -19,6 +19,8 @@ const PURE_OPERATORS: &[&str] = &[
     "map_values",
     "filter",
     "flat_map",
+    "flat_map_values",
+    "filter_map_values",
     "select_key",
     "merge",
     "branch",
