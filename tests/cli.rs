@@ -1311,9 +1311,11 @@ fn consume_with_an_idle_timeout_reads_to_the_end_before_idle_time_counts() {
     assert_eq!(read.len(), 20, "{read:?}");
 }
 
-/// The final status of a ticket through the ticket API, once it is final.
-fn final_status(addr: &str, ticket_id: &str, deadline: Instant) -> String {
+/// The final status of a ticket through the ticket API, once it is final; `check` is
+/// called between tries (it panics if a service is gone).
+fn final_status(addr: &str, ticket_id: &str, deadline: Instant, check: &mut dyn FnMut()) -> String {
     loop {
+        check();
         let (status, body) = if std::net::TcpStream::connect(addr).is_ok() {
             http_get(addr, &format!("/api/v1/tickets/{ticket_id}"))
         } else {
@@ -1636,11 +1638,33 @@ fn three_services(kafka: &Kafka, exactly_once_with_kills: bool) {
         }
     }
 
+    // A service that exited says why, rather than the API going silent.
+    let lives: Vec<u32> = if exactly_once_with_kills {
+        vec![1; 3]
+    } else {
+        vec![0; 3]
+    };
+    let mut all_running = || {
+        for (((name, _), process), life) in services.iter().zip(&mut running).zip(&lives) {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                let log = dir.path().join(format!("{name}-{life}.log"));
+                panic!(
+                    "{name} exited ({status}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    };
     // Every original ticket finishes, as the ticket API reports it.
     let originals = engine_consume(bootstrap, registry, "execution.tickets", expected_tickets);
     let deadline = Instant::now() + Duration::from_secs(120);
     for t in &originals {
-        final_status(&addr, t["value"]["ticket_id"].as_str().unwrap(), deadline);
+        final_status(
+            &addr,
+            t["value"]["ticket_id"].as_str().unwrap(),
+            deadline,
+            &mut all_running,
+        );
     }
     // Then the whole topic: originals once each, per approved plan task, and
     // compensations, which finish too.
@@ -1670,7 +1694,10 @@ fn three_services(kafka: &Kafka, exactly_once_with_kills: bool) {
     );
     let mut finals: BTreeMap<String, String> = BTreeMap::new();
     for id in &ids {
-        finals.insert(id.clone(), final_status(&addr, id, deadline));
+        finals.insert(
+            id.clone(),
+            final_status(&addr, id, deadline, &mut all_running),
+        );
     }
     let failed = finals.values().filter(|s| *s == "FAILED").count();
     assert!(failed > 0, "the seed makes some tasks fail");
