@@ -316,11 +316,11 @@ impl<K, V> StoreRef<K, V> {
 ///
 /// let builder = TopologyBuilder::new("shout");
 /// builder
-///     .stream(&Topic::new("words", Serdes::string(), Serdes::string())).named("words")
-///     .map_values(|v: String| v.to_uppercase()).named("upper")
-///     .to(&Topic::new("shouts", Serdes::string(), Serdes::string())).named("to-shouts");
+///     .stream(&Topic::new("words", Serdes::string(), Serdes::string()))
+///     .map_values(|v: String| v.to_uppercase())
+///     .to(&Topic::new("shouts", Serdes::string(), Serdes::string()));
 /// let topology = builder.build().unwrap();
-/// assert!(topology.describe().contains("Sink: to-shouts (topic: shouts)"));
+/// assert!(topology.describe().contains("Sink: KSTREAM-SINK-0000000002 (topic: shouts)"));
 /// ```
 pub struct TopologyBuilder {
     pub(crate) state: Rc<RefCell<BuilderState>>,
@@ -908,8 +908,8 @@ impl Topology {
     /// let right = b.table("right", &nullable("right"), "right-store");
     /// left.join("both", &right, |l: &String, r: &String| format!("{l}{r}"),
     ///     StoreBuilder::persistent("both", Serdes::string(), Serdes::nullable(Serdes::string())))
-    ///     .to_stream().named("updates")
-    ///     .for_each(|_k: &String, _v: &Option<String>| {}).named("ignore");
+    ///     .to_stream()
+    ///     .for_each(|_k: &String, _v: &Option<String>| {});
     /// let topology = b.build().unwrap();
     /// let counts = HashMap::from([("left".to_string(), 3), ("right".to_string(), 4)]);
     /// assert!(topology.check_copartitioning(&counts).is_err());

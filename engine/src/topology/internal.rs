@@ -65,11 +65,11 @@ impl Topology {
     /// # use engine::topology::{Topic, Grouped, TopologyBuilder};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream(&Topic::new("in", Serdes::string(), Serdes::string())).named("in")
+    /// b.stream(&Topic::new("in", Serdes::string(), Serdes::string()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .count("count", "per-key")
-    ///     .to_stream().named("updates")
-    ///     .to(&Topic::new("counts", Serdes::string(), Serdes::i64())).named("out");
+    ///     .to_stream()
+    ///     .to(&Topic::new("counts", Serdes::string(), Serdes::i64()));
     /// let topics = b.build().unwrap().internal_topics();
     /// assert_eq!(topics[0].name, "counts-per-key-changelog");
     /// assert_eq!(topics[0].configs["cleanup.policy"], "compact");

@@ -64,12 +64,12 @@ impl<K, V> KGroupedStream<K, V> {
     /// # use engine::topology::{TopologyBuilder, Topic, Grouped};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .with_caching(false)
     ///     .count("count", "clicks-per-user")
-    ///     .to_stream().named("every-update")
-    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64())).named("out");
+    ///     .to_stream()
+    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn with_caching(mut self, caching: bool) -> Self {
@@ -228,11 +228,11 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// # use engine::topology::{TopologyBuilder, Topic, Grouped};
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("counts");
-    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .count("count", "clicks-per-user")
-    ///     .to_stream().named("updates")
-    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64())).named("out");
+    ///     .to_stream()
+    ///     .to(&Topic::new("click-counts", Serdes::string(), Serdes::i64()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn count(&self, name: &str, store: &str) -> KTable<K, i64> {

@@ -142,11 +142,11 @@ impl TopologyBuilder {
     /// let b = TopologyBuilder::new("enrich");
     /// let countries = b.global_table("countries", &Topic::new("countries", Serdes::string(), Serdes::string()), "countries-store");
     /// assert_eq!(countries.store_name(), "countries-store");
-    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders")
+    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string()))
     ///     .join_global("with-country", &countries,
     ///         |_order_id: &String, order: &String| order.split(':').next().unwrap_or("").to_string(),
     ///         |order: &String, country: &String| format!("{order} ({country})"))
-    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string())).named("out");
+    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string()));
     /// let topology = b.build().unwrap();
     /// assert_eq!(topology.global_topics(), ["countries"]);
     /// assert!(!topology.source_topics().contains(&"countries".to_string()));

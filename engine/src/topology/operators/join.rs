@@ -47,9 +47,9 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::serde::Serdes;
     /// let b = TopologyBuilder::new("enrich");
     /// let users = b.table("users", &Topic::new("users", Serdes::string(), Serdes::string()), "users-store");
-    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("clicks")
+    /// b.stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
     ///     .join_table("with-user", &users, |click: &String, user: &String| format!("{user}: {click}"))
-    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string())).named("out");
+    ///     .to(&Topic::new("enriched", Serdes::string(), Serdes::string()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join_table<VT: Data, VR: Data>(

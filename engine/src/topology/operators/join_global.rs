@@ -52,11 +52,11 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// let b = TopologyBuilder::new("orders");
     /// let products = b.global_table("products", &Topic::new("products", Serdes::string(), Serdes::string()), "products-store");
     /// // Orders are keyed by order id; the value names the product.
-    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders")
+    /// b.stream(&Topic::new("orders", Serdes::string(), Serdes::string()))
     ///     .join_global("with-product", &products,
     ///         |_id: &String, product: &String| product.clone(),
     ///         |product: &String, name: &String| format!("{product}: {name}"))
-    ///     .to(&Topic::new("named-orders", Serdes::string(), Serdes::string())).named("out");
+    ///     .to(&Topic::new("named-orders", Serdes::string(), Serdes::string()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join_global<GK: Data, GV: Data, VR: Data>(

@@ -424,8 +424,8 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("payments");
-    /// let orders = b.stream(&Topic::new("orders", Serdes::string(), Serdes::string())).named("orders");
-    /// let payments = b.stream(&Topic::new("payments", Serdes::string(), Serdes::i64())).named("payments");
+    /// let orders = b.stream(&Topic::new("orders", Serdes::string(), Serdes::string()));
+    /// let payments = b.stream(&Topic::new("payments", Serdes::string(), Serdes::i64()));
     /// orders
     ///     .join(
     ///         "paid",
@@ -434,7 +434,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///         JoinWindows::of(Duration::from_secs(600)),
     ///         StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::i64()),
     ///     )
-    ///     .to(&Topic::new("paid-orders", Serdes::string(), Serdes::string())).named("out");
+    ///     .to(&Topic::new("paid-orders", Serdes::string(), Serdes::string()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join<VO: Data, VR: Data>(
@@ -461,8 +461,8 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("ads");
-    /// let views = b.stream(&Topic::new("ad-views", Serdes::string(), Serdes::string())).named("views");
-    /// let clicks = b.stream(&Topic::new("ad-clicks", Serdes::string(), Serdes::string())).named("clicks");
+    /// let views = b.stream(&Topic::new("ad-views", Serdes::string(), Serdes::string()));
+    /// let clicks = b.stream(&Topic::new("ad-clicks", Serdes::string(), Serdes::string()));
     /// views
     ///     .left_join(
     ///         "view-click",
@@ -471,7 +471,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///         JoinWindows::of(Duration::from_secs(60)).grace(Duration::from_secs(5)),
     ///         StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string()),
     ///     )
-    ///     .to(&Topic::new("view-clicks", Serdes::string(), Serdes::string())).named("out");
+    ///     .to(&Topic::new("view-clicks", Serdes::string(), Serdes::string()));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn left_join<VO: Data, VR: Data>(
@@ -495,8 +495,8 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("reconcile");
-    /// let ours = b.stream(&Topic::new("ledger", Serdes::string(), Serdes::i64())).named("ours");
-    /// let theirs = b.stream(&Topic::new("bank", Serdes::string(), Serdes::i64())).named("theirs");
+    /// let ours = b.stream(&Topic::new("ledger", Serdes::string(), Serdes::i64()));
+    /// let theirs = b.stream(&Topic::new("bank", Serdes::string(), Serdes::i64()));
     /// ours.outer_join(
     ///     "reconciled",
     ///     &theirs,
@@ -504,7 +504,7 @@ impl<K: Data, V: Data> KStream<K, V> {
     ///     JoinWindows::of(Duration::from_secs(3600)),
     ///     StreamJoined::with(Serdes::string(), Serdes::i64(), Serdes::i64()),
     /// )
-    /// .for_each(|_id: &String, _matches: &bool| {}).named("report");
+    /// .for_each(|_id: &String, _matches: &bool| {});
     /// assert!(b.build().is_ok());
     /// ```
     pub fn outer_join<VO: Data, VR: Data>(

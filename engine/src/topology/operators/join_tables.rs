@@ -104,8 +104,8 @@ impl<K: Data, V: Data> KTable<K, Option<V>> {
     ///         |name: &String, email: &String| format!("{name} <{email}>"),
     ///         StoreBuilder::persistent("profiles", Serdes::string(), Serdes::nullable(Serdes::string())),
     ///     )
-    ///     .to_stream().named("profile-updates")
-    ///     .to(&Topic::new("profiles", Serdes::string(), Serdes::nullable(Serdes::string()))).named("out");
+    ///     .to_stream()
+    ///     .to(&Topic::new("profiles", Serdes::string(), Serdes::nullable(Serdes::string())));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn join<VO: Data, VR: Data>(

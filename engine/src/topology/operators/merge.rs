@@ -11,9 +11,9 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// let a = b.stream(&Topic::new("a", Serdes::string(), Serdes::string())).named("a");
-    /// let c = b.stream(&Topic::new("c", Serdes::string(), Serdes::string())).named("c");
-    /// let both = a.merge(&c).named("both");
+    /// let a = b.stream(&Topic::new("a", Serdes::string(), Serdes::string()));
+    /// let c = b.stream(&Topic::new("c", Serdes::string(), Serdes::string()));
+    /// let both = a.merge(&c);
     /// ```
     pub fn merge(&self, other: &KStream<K, V>) -> KStream<K, V> {
         let name = self.generate_name("merge");

@@ -31,10 +31,10 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// # use engine::topology::{TopologyBuilder, Topic};
     /// # use engine::serde::Serdes;
     /// # let b = TopologyBuilder::new("app");
-    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string())).named("in");
+    /// # let s = b.stream(&Topic::new("in", Serdes::string(), Serdes::string()));
     /// let by_first_word = s.select_key(|_k: &String, v: &String| {
     ///     v.split_whitespace().next().unwrap_or_default().to_string()
-    /// }).named("first-word");
+    /// });
     /// ```
     pub fn select_key<K2: Data>(
         &self,

@@ -91,7 +91,7 @@ impl SessionWindows {
 /// # use std::time::Duration;
 /// let b = TopologyBuilder::new("visits");
 /// let visits = b
-///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
+///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
 ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
 ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(1800)));
 /// ```
@@ -354,7 +354,7 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// # use engine::serde::Serdes;
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("sessions");
-    /// b.stream(&Topic::new("page-views", Serdes::string(), Serdes::i64())).named("in")
+    /// b.stream(&Topic::new("page-views", Serdes::string(), Serdes::i64()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(300)))
     ///     .aggregate(
@@ -365,8 +365,8 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     ///         |_user: &String, millis: i64, total: i64| total + millis,
     ///         |_user: &String, a: i64, b: i64| a + b,
     ///     )
-    ///     .to_stream().named("updates")
-    ///     .to(&Topic::new("time-on-site", WindowedSerde::new(Serdes::string()), Serdes::nullable(Serdes::i64()))).named("out");
+    ///     .to_stream()
+    ///     .to(&Topic::new("time-on-site", WindowedSerde::new(Serdes::string()), Serdes::nullable(Serdes::i64())));
     /// assert!(b.build().is_ok());
     /// ```
     pub fn aggregate<A: Data>(
@@ -395,7 +395,7 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("longest");
     /// let longest = b
-    ///     .stream(&Topic::new("calls", Serdes::string(), Serdes::i64())).named("in")
+    ///     .stream(&Topic::new("calls", Serdes::string(), Serdes::i64()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(60)))
     ///     .reduce("longest", "longest-call", Serdes::i64(), |a: i64, b: i64| a.max(b));
@@ -425,7 +425,7 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("visits");
     /// let clicks_per_visit = b
-    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
+    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .windowed_by(SessionWindows::with_inactivity_gap(Duration::from_secs(1800)))
     ///     .count("count", "clicks-per-visit");

@@ -215,7 +215,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     /// # use std::time::Duration;
     /// let b = TopologyBuilder::new("per-minute");
     /// let per_minute = b
-    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string())).named("in")
+    ///     .stream(&Topic::new("clicks", Serdes::string(), Serdes::string()))
     ///     .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
     ///     .windowed_by(TimeWindows::of(Duration::from_secs(60)))
     ///     .count("count", "clicks-per-minute");
