@@ -37,7 +37,8 @@ use engine::record::Record;
 use engine::serde::Serdes;
 use engine::topology::{
     Branch, Deferred, ErrorPolicy, Grouped, Problem, ProcessingError, Processor, ProcessorContext,
-    PunctuationType, ScheduleId, StoreBuilder, Topic, Topology, TopologyBuilder, TopologyError,
+    PunctuationType, ScheduleId, StoreBuilder, StoreRef, Topic, Topology, TopologyBuilder,
+    TopologyError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -352,6 +353,10 @@ enum Gate {
 /// Gates, executes and reports the tickets of one partition.
 struct Execute {
     settings: WorkerSettings,
+    /// [`OUTCOME_STORE`]: the final status of each ticket run here.
+    outcomes: StoreRef<String, TicketStatus>,
+    /// [`JOBS_STORE`]: the tickets accepted and not finished.
+    accepted: StoreRef<String, ExecutionTicket>,
     runtime: Option<tokio::runtime::Handle>,
     sender: Sender<Finished>,
     finished: Receiver<Finished>,
@@ -365,10 +370,16 @@ struct Execute {
 type Ctx<'a> = ProcessorContext<'a, String, WorkerOutput>;
 
 impl Execute {
-    fn new(settings: WorkerSettings) -> Self {
+    fn new(
+        settings: WorkerSettings,
+        outcomes: StoreRef<String, TicketStatus>,
+        accepted: StoreRef<String, ExecutionTicket>,
+    ) -> Self {
         let (sender, finished) = channel();
         Execute {
             settings,
+            outcomes,
+            accepted,
             runtime: None,
             sender,
             finished,
@@ -381,18 +392,17 @@ impl Execute {
     }
 
     fn outcome(
+        &self,
         ctx: &mut Ctx<'_>,
         ticket_id: &str,
     ) -> Result<Option<TicketStatus>, ProcessingError> {
-        Ok(ctx
-            .kv_store::<String, TicketStatus>(OUTCOME_STORE)?
-            .get(&ticket_id.to_string())?)
+        Ok(ctx.store(&self.outcomes)?.get(&ticket_id.to_string())?)
     }
 
-    fn gate(ctx: &mut Ctx<'_>, ticket: &ExecutionTicket) -> Result<Gate, ProcessingError> {
+    fn gate(&self, ctx: &mut Ctx<'_>, ticket: &ExecutionTicket) -> Result<Gate, ProcessingError> {
         let mut wait = false;
         for dep in &ticket.dependencies {
-            match Self::outcome(ctx, dep)? {
+            match self.outcome(ctx, dep)? {
                 Some(TicketStatus::Completed) => {}
                 Some(TicketStatus::Failed) => {
                     return Ok(Gate::Fail("dependency", format!("dependency {dep} failed")));
@@ -468,10 +478,9 @@ impl Execute {
         job: Job,
         status: TicketStatus,
     ) -> Result<(), ProcessingError> {
-        ctx.kv_store::<String, TicketStatus>(OUTCOME_STORE)?
+        ctx.store(&self.outcomes)?
             .put(&job.ticket.ticket_id, &status)?;
-        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?
-            .delete(&job.ticket.ticket_id)?;
+        ctx.store(&self.accepted)?.delete(&job.ticket.ticket_id)?;
         if let Some(d) = job.deferred {
             ctx.complete(d);
         }
@@ -608,7 +617,7 @@ impl Execute {
                     continue;
                 };
                 let ticket = job.ticket.clone();
-                match Self::gate(ctx, &ticket)? {
+                match self.gate(ctx, &ticket)? {
                     Gate::Open => self.ready.push_back(id),
                     Gate::Wait => self.waiting.push(id),
                     Gate::Fail(failure, message) => {
@@ -647,7 +656,7 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
         ctx.schedule(self.settings.poll_interval, PunctuationType::WallClockTime);
         // Tickets accepted by this task before (here or on another instance) and not
         // finished: they wait and run again. The first punctuation starts them.
-        let pending = ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?.all()?;
+        let pending = ctx.store(&self.accepted)?.all()?;
         if !pending.is_empty() {
             tracing::info!(
                 partition = ctx.partition(),
@@ -675,13 +684,12 @@ impl Processor<String, ExecutionTicket, String, WorkerOutput> for Execute {
     ) -> Result<(), ProcessingError> {
         let ticket = record.value;
         let id = ticket.ticket_id.clone();
-        if self.jobs.contains_key(&id) || Self::outcome(ctx, &id)?.is_some() {
+        if self.jobs.contains_key(&id) || self.outcome(ctx, &id)?.is_some() {
             tracing::debug!(ticket_id = %id, "duplicate ticket skipped");
             ctx.count_skipped();
             return Ok(());
         }
-        ctx.kv_store::<String, ExecutionTicket>(JOBS_STORE)?
-            .put(&id, &ticket)?;
+        ctx.store(&self.accepted)?.put(&id, &ticket)?;
         // At-least-once: the record also stays uncommitted until the ticket's final
         // result is acknowledged (`None` under exactly-once: the store write commits
         // with the transaction).
@@ -725,7 +733,7 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
     let results = crate::results::topic(ctx)?;
     let b = TopologyBuilder::new(NAME);
     b.error_policy(ErrorPolicy::dead_letter(DEAD_LETTER));
-    b.add_store(
+    let outcomes = b.add_store(
         StoreBuilder::persistent(
             OUTCOME_STORE,
             Serdes::string(),
@@ -733,7 +741,7 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
         )
         .with_ttl(Duration::from_secs(7 * 24 * 3600)),
     );
-    b.add_store(StoreBuilder::persistent(
+    let accepted = b.add_store(StoreBuilder::persistent(
         JOBS_STORE,
         Serdes::string(),
         Serdes::json::<ExecutionTicket>(),
@@ -749,7 +757,7 @@ pub fn build_with(ctx: &BuildContext, settings: WorkerSettings) -> Result<Topolo
             Grouped::with(Serdes::string(), Serdes::json::<ExecutionTicket>()),
         )
         .process_with_stores(&[OUTCOME_STORE, JOBS_STORE], move || {
-            Execute::new(settings.clone())
+            Execute::new(settings.clone(), outcomes.clone(), accepted.clone())
         })
         .named("execute");
     let dead_letters = Topic::new(
