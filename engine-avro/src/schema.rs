@@ -207,7 +207,7 @@ pub(crate) fn type_label(s: &AvroSchema) -> String {
 mod tests {
     use super::*;
 
-    const TICKET: &str = include_str!("../../../../schemas/execution-ticket/execution-ticket.avsc");
+    const TICKET: &str = include_str!("../../schemas/execution-ticket/execution-ticket.avsc");
 
     #[test]
     fn field_level_logical_types_are_reported_and_ignored() {

@@ -488,7 +488,7 @@ fn struct_field_order_and_encode_defaults() {
 #[test]
 fn encode_error_paths() {
     let ticket = schema(include_str!(
-        "../../../../schemas/execution-ticket/execution-ticket.avsc"
+        "../../schemas/execution-ticket/execution-ticket.avsc"
     ));
     let plan = EncodePlan::new(&ticket).unwrap();
     let mut good = json_ticket();
@@ -562,7 +562,7 @@ fn json_ticket() -> serde_json::Value {
 #[test]
 fn json_roundtrip_through_avro() {
     let ticket = schema(include_str!(
-        "../../../../schemas/execution-ticket/execution-ticket.avsc"
+        "../../schemas/execution-ticket/execution-ticket.avsc"
     ));
     let j = json_ticket();
     let v = json_to_value(&j, &ticket).unwrap();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use super::compatibility::{Compatibility, CompatibilityReport};
 use super::config::{RegistryConfig, Target};
 use super::error::Result;
+#[cfg(feature = "http")]
 use super::http::HttpBackend;
 use super::memory::{MemoryRegistry, MockRegistries};
 use super::{SubjectVersion, VersionRef};
@@ -38,6 +39,7 @@ struct Inner {
 #[derive(Debug)]
 enum Backend {
     // Boxed: the agent is large and the handle lives in an Arc anyway.
+    #[cfg(feature = "http")]
     Http(Box<HttpBackend>),
     Memory(Arc<MemoryRegistry>),
 }
@@ -73,6 +75,7 @@ impl SchemaRegistry {
                 tracing::debug!(scope, "using in-memory schema registry");
                 Ok(Self::memory(mocks.get(&scope)?))
             }
+            #[cfg(feature = "http")]
             Target::Http {
                 base_url,
                 basic_auth,
@@ -110,6 +113,7 @@ impl SchemaRegistry {
             return Ok(id);
         }
         let id = match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.register(subject, schema)?,
             Backend::Memory(m) => m.register(subject, schema)?,
         };
@@ -127,6 +131,7 @@ impl SchemaRegistry {
             return Ok(Some(found.clone()));
         }
         let found = match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.lookup(subject, schema)?,
             Backend::Memory(m) => match m.lookup(subject, schema) {
                 Ok(found) => Some(found),
@@ -150,6 +155,7 @@ impl SchemaRegistry {
             return Ok(Arc::clone(text));
         }
         let text: Arc<str> = match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => Arc::from(h.schema_by_id(id)?),
             Backend::Memory(m) => m.schema_by_id(id)?,
         };
@@ -161,6 +167,7 @@ impl SchemaRegistry {
     /// All subjects with at least one version.
     pub fn subjects(&self) -> Result<Vec<String>> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.subjects(),
             Backend::Memory(m) => m.subjects(),
         }
@@ -169,6 +176,7 @@ impl SchemaRegistry {
     /// The version numbers of `subject`.
     pub fn versions(&self, subject: &str) -> Result<Vec<i32>> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.versions(subject),
             Backend::Memory(m) => m.versions(subject),
         }
@@ -177,6 +185,7 @@ impl SchemaRegistry {
     /// One version of `subject`. Not cached: `Latest` moves.
     pub fn version(&self, subject: &str, version: VersionRef) -> Result<SubjectVersion> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.version(subject, version),
             Backend::Memory(m) => m.version(subject, version),
         }
@@ -191,6 +200,7 @@ impl SchemaRegistry {
         version: VersionRef,
     ) -> Result<CompatibilityReport> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.check_compatibility(subject, schema, version),
             Backend::Memory(m) => m.check_compatibility(subject, schema, version),
         }
@@ -199,6 +209,7 @@ impl SchemaRegistry {
     /// The level in force for `subject` (falling back to the global one), or the global level.
     pub fn compatibility(&self, subject: Option<&str>) -> Result<Compatibility> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.compatibility(subject),
             Backend::Memory(m) => m.compatibility(subject),
         }
@@ -207,6 +218,7 @@ impl SchemaRegistry {
     /// Sets the level of `subject`, or the global level.
     pub fn set_compatibility(&self, subject: Option<&str>, level: Compatibility) -> Result<()> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.set_compatibility(subject, level),
             Backend::Memory(m) => m.set_compatibility(subject, level),
         }
@@ -215,6 +227,7 @@ impl SchemaRegistry {
     /// Deletes `subject`'s versions and returns their numbers.
     pub fn delete_subject(&self, subject: &str) -> Result<Vec<i32>> {
         let deleted = match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.delete_subject(subject)?,
             Backend::Memory(m) => m.delete_subject(subject)?,
         };
@@ -226,6 +239,7 @@ impl SchemaRegistry {
     /// Whether the registry answers, with a single cheap request and no retries.
     pub fn ping(&self) -> Result<()> {
         match &self.inner.backend {
+            #[cfg(feature = "http")]
             Backend::Http(h) => h.ping(),
             Backend::Memory(m) => m.compatibility(None).map(|_| ()),
         }

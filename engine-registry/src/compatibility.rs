@@ -14,7 +14,7 @@ use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
 use super::error::RegistryError;
-use crate::serde::avro::DecodePlan;
+use engine_avro::DecodePlan;
 
 /// A subject's (or the registry's global) schema-evolution rule, with Confluent's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

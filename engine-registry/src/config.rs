@@ -99,6 +99,12 @@ impl RegistryConfig {
             "mock" => Ok(Target::Mock {
                 scope: parsed.rest.trim_end_matches('/').to_owned(),
             }),
+            #[cfg(not(feature = "http"))]
+            "http" | "https" => Err(self.invalid(
+                "this build has no HTTP client for the registry: enable the `http` feature of \
+                 engine-registry (it is on by default)",
+            )),
+            #[cfg(feature = "http")]
             "http" | "https" => {
                 if parsed.host().is_empty() {
                     return Err(self.invalid("the URL has no host"));
@@ -144,6 +150,7 @@ impl fmt::Debug for RegistryConfig {
 /// Where a config points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
+    #[cfg(feature = "http")]
     Http {
         base_url: String,
         basic_auth: Option<(String, String)>,
@@ -186,6 +193,7 @@ impl ParsedUrl {
         })
     }
 
+    #[cfg(feature = "http")]
     fn host(&self) -> &str {
         let end = self.rest.find(['/', '?', '#']).unwrap_or(self.rest.len());
         &self.rest[..end]
@@ -235,6 +243,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "http")]
     fn defaults() {
         let c = RegistryConfig::new("http://localhost:8081");
         assert_eq!(c.timeout, Duration::from_secs(5));
@@ -247,6 +256,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "http")]
     fn userinfo_becomes_basic_auth() {
         let c = RegistryConfig::new("https://us%40er:p%3Ass@host:8081/");
         assert_eq!(c.url, "https://host:8081/");
@@ -281,6 +291,17 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "http"))]
+    fn without_the_http_feature_an_http_url_is_refused_with_the_feature_to_enable() {
+        let err = RegistryConfig::new("http://localhost:8081")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("`http` feature"), "{err}");
+        assert!(RegistryConfig::new("mock://scope").validate().is_ok());
+    }
+
+    #[test]
+    #[cfg(feature = "http")]
     fn invalid_urls_say_why() {
         for (url, needle) in [
             ("localhost:8081", "scheme://"),

@@ -2,26 +2,59 @@
 //! registry with Confluent's rules, and an axum server exposing that registry over
 //! Confluent's REST API.
 //!
-//! Layout (siblings are only referred to through `super::`/`self::` so the tree can move
-//! into another crate verbatim):
+//! Useful without the engine: a producer or consumer that is not a topology registers
+//! and fetches schemas through [`SchemaRegistry`], and a test serves a
+//! [`MemoryRegistry`] to Confluent's own clients.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use engine_avro::{EncodePlan, Schema};
+//! use engine_registry::{MemoryRegistry, SchemaRegistry};
+//!
+//! #[derive(serde::Serialize)]
+//! struct Greeting<'a> {
+//!     text: &'a str,
+//! }
+//! let text = r#"{"type":"record","name":"Greeting","fields":[{"name":"text","type":"string"}]}"#;
+//! // `SchemaRegistry::connect` with an http(s):// URL reaches a Confluent-compatible server.
+//! let registry = SchemaRegistry::memory(Arc::new(MemoryRegistry::new()));
+//! let id = registry.register("greetings-value", text)?;
+//! // Confluent's wire format: magic byte 0, the schema id (big-endian), the Avro body.
+//! let mut bytes = vec![0];
+//! bytes.extend_from_slice(&id.to_be_bytes());
+//! EncodePlan::new(&Schema::parse_str(text)?)?.encode(&Greeting { text: "hi" }, &mut bytes)?;
+//! assert_eq!(bytes, [0, 0, 0, 0, 1, 4, b'h', b'i']);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Features: `http` (default) is the client of a registry over HTTP (ureq); without it
+//! only in-memory registries (`mock://SCOPE` URLs) are reachable. `server` is
+//! `server::serve` (axum, tokio).
+//!
+//! Layout (siblings refer to each other through `super::`/`self::`):
 //! - [`error`]: `RegistryError` and the `Result` alias; depends on nothing else here.
 //! - [`compatibility`]: levels and Avro evolution checks; depends on `error` and on the Avro
-//!   codec's schema resolution (`crate::serde::avro::DecodePlan::strict_from_avro`).
+//!   codec's schema resolution (`engine_avro::DecodePlan::strict_from_avro`).
 //! - [`memory`]: `MemoryRegistry` (data and rules) and `MockRegistries` (scope directory).
 //! - [`config`]: `RegistryConfig` and URL parsing.
-//! - [`http`] (private): the ureq transport with retries.
+//! - `http` (private, feature `http`): the ureq transport with retries.
 //! - [`client`]: `SchemaRegistry`, the cached handle over either backend.
-//! - [`server`]: the axum REST server over a `MemoryRegistry`.
+//! - `server` (feature `server`): the axum REST server over a `MemoryRegistry`.
+//!
+//! May depend on: `engine-avro` (schema resolution). Knows no serde of the engine, no
+//! Kafka client.
 
 pub mod client;
 pub mod compatibility;
 pub mod config;
 pub mod error;
+#[cfg(feature = "http")]
 mod http;
 pub mod memory;
+#[cfg(feature = "server")]
 pub mod server;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "http", feature = "server"))]
 mod tests;
 
 use std::fmt;

@@ -5,7 +5,9 @@
 //! - [`topology`]: the DSL ([`topology::TopologyBuilder`], [`topology::KStream`]) and the
 //!   per-partition executor.
 //! - [`serde`]: how keys and values become bytes, including Avro in the Confluent wire format.
-//! - [`registry`]: a Confluent Schema Registry client, an in-memory registry and its REST server.
+//! - [`registry`]: a Confluent Schema Registry client, an in-memory registry and its REST
+//!   server (the `engine-registry` crate; a program that is not a topology can use it, and
+//!   `engine-avro`, the codec, alone).
 //! - [`state`]: key-value stores (RocksDB or memory) with changelogs.
 //! - [`testing`]: the test driver, Kafka Streams' `TopologyTestDriver` equivalent.
 //! - [`kafka`]: client configuration and the embedded broker (librdkafka's mock cluster).
@@ -21,7 +23,9 @@ pub mod kafka;
 pub mod metrics;
 pub mod ops;
 pub mod record;
-pub mod registry;
+/// The schema registry (the `engine-registry` crate, with its `http` and `server`
+/// features).
+pub use engine_registry as registry;
 pub mod runtime;
 pub mod serde;
 pub mod state;

@@ -6,7 +6,8 @@
 //!
 //! May depend on: `record`. Must not depend on the topology, the runtime or Kafka.
 
-pub mod avro;
+/// The Avro codec (the `engine-avro` crate).
+pub use engine_avro as avro;
 mod confluent;
 mod json;
 mod primitive;
