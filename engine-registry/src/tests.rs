@@ -541,12 +541,12 @@ fn server_speaks_confluent_rest() {
     assert_eq!(r.body_mut().read_to_string().unwrap(), "[1]");
 }
 
-/// Runs confluent-kafka's own Python client (tests/python/registry_interop.py) against
+/// Runs confluent-kafka's own Python client (engine/tests/python/registry_interop.py) against
 /// our server.
 #[test]
 fn confluent_kafka_python_client_interoperates() {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/registry_interop.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/tests/python/registry_interop.py");
     assert!(script.exists(), "missing {}", script.display());
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let probe = std::process::Command::new(&python)
