@@ -1,9 +1,10 @@
 //! `SchemaRegistry`: the engine-facing, blocking, cached handle to a registry.
 //!
 //! Depends on `super::{config, error, memory, compatibility}` and the private
-//! `super::http` transport. Two backends: HTTP (a Confluent-compatible server) and an
-//! in-process `MemoryRegistry` (for `mock://SCOPE` URLs and tests). Caching sits here, in
-//! front of both, so serdes hitting it per record do no I/O after the first call.
+//! `super::http` transport. Two backends: HTTP (a Confluent-compatible server; feature
+//! `http`) and an in-process `MemoryRegistry` (for `mock://SCOPE` URLs and tests). Caching
+//! sits here, in front of both, so serdes hitting it per record do no I/O after the first
+//! call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
